@@ -1,0 +1,37 @@
+# segdet: two commands.
+#   make run    set up .venv, install, run the whole DVC pipeline (dvc repro) on the defaults
+#   make test   set up .venv, install, run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# PyTorch is pinned to the wheels this project is tested with; any version in pyproject's range works.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: run test setup lint clean-outputs
+.DEFAULT_GOAL := help
+
+help:
+	@sed -n '2,4p' Makefile | sed 's/^# *//'
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: setup
+	$(BIN)/ruff check src stages tests bench
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src stages tests bench
+	$(BIN)/ruff format --check src stages tests bench
+
+clean-outputs:
+	rm -rf data models reports mlflow.db mlartifacts

@@ -1,0 +1,303 @@
+"""Typed configuration: one frozen dataclass per ``params.yaml`` section.
+
+``load_section(name, params)`` turns the raw YAML mapping of one section into its dataclass and rejects
+anything it does not understand, naming the key, the value and what is allowed::
+
+    params.yaml: data.split.train = 1.5 is out of range: expected a number <= 1
+    params.yaml: data.seg: unknown key 'sorce' (did you mean 'source'?); valid keys: source, path, ...
+
+Constraints live beside each field (``param(default, ge=..., choices=...)``) so the loader, the error
+messages and the docs in ``params.yaml`` stay in step.  The library never reads ``params.yaml`` itself:
+stage entry points load a section and pass the dataclass (or keyword arguments taken from it) down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "BaseConfig",
+    "SplitConfig",
+    "SegDataConfig",
+    "DetDataConfig",
+    "DataConfig",
+    "SECTIONS",
+    "load_params",
+    "load_section",
+    "flatten",
+]
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range. The message names the key."""
+
+
+def param(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
+    """A dataclass field carrying its constraints (``ge``, ``gt``, ``le``, ``lt``, ``pattern``, ``choices``)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=spec)
+    return field(default=default, metadata=spec)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------------
+
+DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+|mps"
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """``base``: settings shared by every stage."""
+
+    seed: int = param(0, ge=0)
+    device: str = param("auto", pattern=DEVICE_PATTERN)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """``data.split``: fractions of a pool that go to each split (they must sum to 1)."""
+
+    train: float = param(0.7, gt=0.0, le=1.0)
+    val: float = param(0.15, ge=0.0, lt=1.0)
+    test: float = param(0.15, ge=0.0, lt=1.0)
+
+    def __post_init__(self) -> None:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(
+                f"data.split: train + val + test = {self.train} + {self.val} + {self.test} = {total:g}; "
+                "the fractions must sum to 1"
+            )
+
+
+@dataclass(frozen=True)
+class SegDataConfig:
+    """``data.seg``: where the segmentation (ISIC-style) data comes from."""
+
+    source: Literal["synthetic", "isic", "manifest"] = "synthetic"
+    path: str | None = None
+    num_images: int = param(300, ge=3, le=100_000)
+    image_size: int = param(128, ge=32, le=4096)
+
+    def __post_init__(self) -> None:
+        _require_path("data.seg", self.source, self.path)
+
+
+@dataclass(frozen=True)
+class DetDataConfig:
+    """``data.det``: where the detection (Pascal VOC-style) data comes from."""
+
+    source: Literal["synthetic", "voc", "coco", "manifest"] = "synthetic"
+    path: str | None = None
+    images: str | None = None
+    classes: tuple[str, ...] | None = None
+    num_images: int = param(300, ge=3, le=100_000)
+    image_size: int = param(256, ge=32, le=4096)
+    max_objects: int = param(8, ge=1, le=50)
+
+    def __post_init__(self) -> None:
+        _require_path("data.det", self.source, self.path)
+        if self.images is not None and self.source != "coco":
+            raise ConfigError(
+                f"data.det.images = {self.images!r} is only used with data.det.source: coco "
+                f"(source is {self.source!r}); set it to null"
+            )
+        if self.classes is not None:
+            if not self.classes:
+                raise ConfigError("data.det.classes = [] is empty: list the class names, or null to read them")
+            dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if dupes:
+                raise ConfigError(f"data.det.classes: duplicate class names {dupes}")
+            bad = [c for c in self.classes if not c or c != c.strip() or "\n" in c]
+            if bad:
+                raise ConfigError(f"data.det.classes: invalid class names {bad} (empty or padded with spaces)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data``: datasets for the prepare and manifest stages."""
+
+    seed: int = param(0, ge=0)
+    use_source_splits: bool = True
+    split: SplitConfig = param(factory=SplitConfig)
+    seg: SegDataConfig = param(factory=SegDataConfig)
+    det: DetDataConfig = param(factory=DetDataConfig)
+
+
+def _require_path(prefix: str, source: str, path: str | None) -> None:
+    if source == "synthetic":
+        if path is not None:
+            raise ConfigError(
+                f"{prefix}.path = {path!r} is set but {prefix}.source is 'synthetic'; "
+                f"set {prefix}.source to the format of that data, or path to null"
+            )
+    elif not path:
+        raise ConfigError(f"{prefix}.path is required when {prefix}.source is {source!r}")
+
+
+#: params.yaml section name -> dataclass. One naming chain: section ``unet_train`` = ``UnetTrainConfig``.
+SECTIONS: dict[str, type] = {
+    "base": BaseConfig,
+    "data": DataConfig,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and checking
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read a params file into a plain dict; unknown top-level sections are an error."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{path}: {_unknown_key_message('', unknown[0], SECTIONS)}")
+    return raw
+
+
+def load_section(name: str, params: dict[str, Any] | str | Path = "params.yaml") -> Any:
+    """Load section ``name`` of ``params`` (a dict, or a params.yaml path) into its frozen dataclass.
+
+    Missing keys take their defaults; unknown keys, wrong types and out-of-range values raise
+    :class:`ConfigError` naming ``section.key``, the value and what is allowed.
+    """
+    if name not in SECTIONS:
+        raise ConfigError(_unknown_key_message("", name, SECTIONS))
+    label = "params.yaml"
+    if not isinstance(params, dict):
+        label = str(params)
+        params = load_params(params)
+    raw = params.get(name)
+    if raw is None:
+        raw = {}
+    try:
+        return _build(SECTIONS[name], raw, name)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix} = {raw!r} must be a mapping of keys (got {type(raw).__name__})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(prefix, key, fields))
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        kwargs[name] = _convert(raw[name], hints[name], f"{prefix}.{name}", f.metadata)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(prefix: str, key: str, valid: Any) -> str:
+    names = list(valid)
+    where = f"{prefix}: unknown key" if prefix else "unknown section"
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where} {key!r}{hint}; valid: {', '.join(names)}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, spec: Any) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(value, inner[0], key, spec)
+        raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - programming error
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed or isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected {_type_name(tp)}")
+        item_tp = get_args(tp)[0]
+        return tuple(_convert(v, item_tp, f"{key}[{i}]", {}) for i, v in enumerate(value))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:  # pragma: no cover - programming error
+        raise ConfigError(f"{key}: unsupported type {tp}")
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} has the wrong type: expected {_type_name(tp)}")
+    if tp is float:
+        value = float(value)
+    _check_range(value, key, spec)
+    return value
+
+
+def _check_range(value: Any, key: str, spec: Any) -> None:
+    checks = [
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    ]
+    bounds = [f"{sym} {spec[name]}" for name, _, sym in checks if name in spec]
+    for name, test, _sym in checks:
+        if name in spec and not test(value, spec[name]):
+            raise ConfigError(f"{key} = {value!r} is out of range: expected a value {' and '.join(bounds)}")
+    if "pattern" in spec and not re.fullmatch(spec["pattern"], value):
+        allowed = spec["pattern"].replace(r"\d+", "N").replace("|", ", ")
+        raise ConfigError(f"{key} = {value!r} is not allowed; expected one of: {allowed}")
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"split.train": 0.7, "seg.source": "synthetic", ...}`` for logging a config as flat params."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        elif isinstance(value, tuple):
+            out[key] = ",".join(map(str, value))
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,1 @@
+"""Datasets, manifests, formats (ISIC, Pascal VOC, COCO) and the synthetic generators."""

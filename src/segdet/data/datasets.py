@@ -1,0 +1,110 @@
+"""``torch.utils.data.Dataset`` classes that read a manifest (DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image
+
+from segdet.data.formats import parse_voc_xml
+from segdet.data.manifest import Pair, read_manifest, resolve
+
+
+def _pairs(manifest: str | Path | Sequence[Pair]) -> list[Pair]:
+    return list(manifest) if isinstance(manifest, (list, tuple)) else read_manifest(manifest)
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """``det_classes.txt``: one class name a line; COCO ``category_id`` = line number."""
+    return [c.strip() for c in Path(path).read_text().splitlines() if c.strip()]
+
+
+class SegmentationDataset(Dataset):
+    """Image and lesion mask pairs of a segmentation manifest.
+
+    Item ``i``: ``(image, mask)`` with ``image`` a ``tv_tensors.Image[3, H, W]`` (uint8 RGB, or float
+    after ``transforms``) and ``mask`` a ``tv_tensors.Mask[H, W]`` int64 with 0 = background,
+    1 = lesion (labels 0/255 and 0/1 both read as 0/1).
+
+    Args:
+        manifest: a manifest path, or its pairs.
+        root: folder that relative manifest paths start from (the repository root).
+        transforms: joint transform called as ``transforms(image, mask)``.
+    """
+
+    def __init__(self, manifest: str | Path | Sequence[Pair], root: str | Path = ".",
+                 transforms: Callable | None = None):
+        self.pairs = _pairs(manifest)
+        self.root = Path(root)
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        p = self.pairs[i]
+        image = decode_image(str(resolve(p.image, self.root)), mode=ImageReadMode.RGB)
+        mask = decode_image(str(resolve(p.label, self.root)), mode=ImageReadMode.GRAY)[0]
+        return tv_tensors.Image(image), tv_tensors.Mask((mask > 0).to(torch.int64))
+
+    def __getitem__(self, i: int):
+        image, mask = self.read(i)
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask
+
+
+class DetectionDataset(Dataset):
+    """Images and Pascal VOC boxes of a detection manifest.
+
+    Item ``i``: ``(image, target)`` with ``image`` a ``tv_tensors.Image[3, H, W]`` and ``target`` a dict:
+    ``boxes`` ``tv_tensors.BoundingBoxes[N, 4]`` in XYXY pixels (``x1 = xmin - 1``, DESIGN.md),
+    ``labels`` ``Tensor[N]`` int64 with ``1..C`` = line of ``det_classes.txt`` (0 is background),
+    ``image_id`` = ``i + 1`` (the COCO id of DESIGN.md) and ``orig_size`` ``(H, W)``.
+    Annotations are parsed once, up front; zero-area boxes are skipped as in the manifest stage.
+    """
+
+    def __init__(self, manifest: str | Path | Sequence[Pair], classes: str | Path | Sequence[str],
+                 root: str | Path = ".", transforms: Callable | None = None):
+        self.pairs = _pairs(manifest)
+        self.root = Path(root)
+        self.classes = list(classes) if isinstance(classes, (list, tuple)) else read_classes(classes)
+        self.transforms = transforms
+        index = {c: k for k, c in enumerate(self.classes, 1)}
+        self.targets = []
+        for p in self.pairs:
+            ann = parse_voc_xml(resolve(p.label, self.root))
+            objs = [o for o in ann.objects if o.voc[2] > o.voc[0] and o.voc[3] > o.voc[1]]
+            unknown = sorted({o.name for o in objs} - set(index))
+            if unknown:
+                raise ValueError(f"{p.where}: classes {unknown} are not in the class list {self.classes}")
+            boxes = torch.tensor([o.box for o in objs], dtype=torch.float32).reshape(-1, 4)
+            labels = torch.tensor([index[o.name] for o in objs], dtype=torch.int64)
+            self.targets.append((boxes, labels))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        p = self.pairs[i]
+        image = tv_tensors.Image(decode_image(str(resolve(p.image, self.root)), mode=ImageReadMode.RGB))
+        h, w = image.shape[-2:]
+        boxes, labels = self.targets[i]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(h, w)),
+            "labels": labels.clone(),
+            "image_id": i + 1,
+            "orig_size": (h, w),
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def detection_collate(batch):
+    """``[(image, target), ...]`` -> ``(images, targets)`` as tuples (sizes may differ)."""
+    return tuple(zip(*batch, strict=True))

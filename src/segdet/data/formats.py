@@ -1,0 +1,369 @@
+"""Dataset formats: ISIC 2018 Task 1 folders, Pascal VOC folders and COCO json.
+
+Box convention (DESIGN.md): in code a box is float ``(x1, y1, x2, y2)`` in pixels with
+``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``, where ``xmin..xmax`` are Pascal VOC's 1-based
+inclusive pixel indices. So a VOC box ``xmin=1, xmax=10`` covers pixels 0..9 and is 10 pixels wide.
+
+The ``import_*`` functions copy a user's folder into the canonical layout under ``data/raw/``
+(``isic/[split/]{images,masks}``, ``voc/{JPEGImages,Annotations,ImageSets/Main}``), so every later
+stage reads one layout whatever the source was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+#: split list / split folder names a source may carry, mapped to segdet's names
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "trainval": "trainval",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+ISIC_MASK_SUFFIX = "_segmentation"
+_LABEL_SUFFIXES = ("_segmentation", "_mask", "_gt", "_label")
+
+
+class FormatError(ValueError):
+    """A file is not in the format it claims to be; the message starts with the file's path."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pascal VOC
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VocObject:
+    name: str
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 (DESIGN.md convention)
+    voc: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax as written in the XML
+    difficult: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class VocAnnotation:
+    path: str
+    filename: str | None
+    width: int | None
+    height: int | None
+    objects: tuple[VocObject, ...] = field(default_factory=tuple)
+
+
+def voc_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[float, float, float, float]:
+    """VOC 1-based inclusive corners -> float ``(x1, y1, x2, y2)``."""
+    return (float(xmin) - 1.0, float(ymin) - 1.0, float(xmax), float(ymax))
+
+
+def xyxy_to_voc(x1: float, y1: float, x2: float, y2: float) -> tuple[int, int, int, int]:
+    """Float ``(x1, y1, x2, y2)`` -> VOC integer corners (rounded outwards to whole pixels)."""
+    import math
+
+    return (math.floor(x1) + 1, math.floor(y1) + 1, math.ceil(x2), math.ceil(y2))
+
+
+def _text(node: ET.Element, tag: str) -> str | None:
+    child = node.find(tag)
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def parse_voc_xml(path: str | Path) -> VocAnnotation:
+    """Parse one Pascal VOC annotation file.
+
+    Raises:
+        FormatError: the file is not XML, has no ``<annotation>`` root, or an object lacks a name or a
+            numeric ``<bndbox>``. Range checks (box inside the image) are the validator's job.
+    """
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise FormatError(f"{path}: not a readable XML file ({exc})") from None
+    if root.tag != "annotation":
+        raise FormatError(f"{path}: root element is <{root.tag}>, expected <annotation> (Pascal VOC)")
+    width = height = None
+    size = root.find("size")
+    if size is not None:
+        try:
+            width = int(float(_text(size, "width") or 0)) or None
+            height = int(float(_text(size, "height") or 0)) or None
+        except ValueError:
+            raise FormatError(f"{path}: <size> holds non-numeric width/height") from None
+    objects = []
+    for k, obj in enumerate(root.findall("object"), 1):
+        name = _text(obj, "name")
+        if not name:
+            raise FormatError(f"{path}: object {k} has no <name>")
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise FormatError(f"{path}: object {k} ({name}) has no <bndbox>")
+        try:
+            voc = tuple(float(_text(bnd, t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError):
+            raise FormatError(f"{path}: object {k} ({name}) has a missing or non-numeric box corner") from None
+        objects.append(
+            VocObject(
+                name=name,
+                box=voc_to_xyxy(*voc),
+                voc=voc,  # type: ignore[arg-type]
+                difficult=_text(obj, "difficult") == "1",
+                truncated=_text(obj, "truncated") == "1",
+            )
+        )
+    return VocAnnotation(str(path), _text(root, "filename"), width, height, tuple(objects))
+
+
+def write_voc_xml(
+    path: str | Path,
+    filename: str,
+    width: int,
+    height: int,
+    objects: list[tuple[str, tuple[int, int, int, int]]],
+    depth: int = 3,
+) -> None:
+    """Write a Pascal VOC annotation; ``objects`` are ``(name, (xmin, ymin, xmax, ymax))``, 1-based."""
+    ann = ET.Element("annotation")
+    ET.SubElement(ann, "folder").text = "JPEGImages"
+    ET.SubElement(ann, "filename").text = filename
+    size = ET.SubElement(ann, "size")
+    for tag, val in (("width", width), ("height", height), ("depth", depth)):
+        ET.SubElement(size, tag).text = str(val)
+    ET.SubElement(ann, "segmented").text = "0"
+    for name, (xmin, ymin, xmax, ymax) in objects:
+        obj = ET.SubElement(ann, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        trunc = xmin <= 1 or ymin <= 1 or xmax >= width or ymax >= height
+        ET.SubElement(obj, "truncated").text = "1" if trunc else "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        box = ET.SubElement(obj, "bndbox")
+        for tag, val in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
+            ET.SubElement(box, tag).text = str(val)
+    ET.indent(ann, space="\t")
+    Path(path).write_text(ET.tostring(ann, encoding="unicode") + "\n")
+
+
+def read_split_list(path: Path) -> list[str]:
+    """Ids of a VOC ``ImageSets/Main/<split>.txt`` (first column; per-class ``id flag`` lists read too)."""
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def voc_split_lists(folder: Path) -> dict[str, list[str]]:
+    """``{"train": ids, "val": ids, "test": ids, "trainval": ids}`` for the lists present in ``ImageSets/Main``."""
+    main = folder / "ImageSets" / "Main"
+    out: dict[str, list[str]] = {}
+    if main.is_dir():
+        for name in ("train", "val", "test", "trainval"):
+            f = main / f"{name}.txt"
+            if f.is_file():
+                out[name] = read_split_list(f)
+    return out
+
+
+def find_voc_image(folder: Path, image_id: str) -> Path | None:
+    """``JPEGImages/<id>.<ext>`` for the first image extension present, else None."""
+    for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS):
+        p = folder / "JPEGImages" / f"{image_id}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def check_voc_folder(folder: Path) -> None:
+    missing = [d for d in ("JPEGImages", "Annotations") if not (folder / d).is_dir()]
+    if missing:
+        raise FormatError(
+            f"{folder}: not a Pascal VOC folder (missing {', '.join(missing)}/); expected "
+            "JPEGImages/, Annotations/*.xml and optionally ImageSets/Main/{train,val,test}.txt"
+        )
+
+
+def import_voc(src: Path, dst: Path) -> dict:
+    """Copy a Pascal VOC folder into ``dst`` (JPEGImages, Annotations, split lists, classes.txt)."""
+    src = Path(src)
+    check_voc_folder(src)
+    for sub in ("JPEGImages", "Annotations"):
+        shutil.copytree(src / sub, dst / sub)
+    (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    lists = voc_split_lists(src)
+    for name in lists:
+        shutil.copy2(src / "ImageSets" / "Main" / f"{name}.txt", dst / "ImageSets" / "Main" / f"{name}.txt")
+    if not lists:
+        ids = sorted(p.stem for p in (dst / "Annotations").glob("*.xml"))
+        (dst / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in ids))
+    if (src / "classes.txt").is_file():
+        shutil.copy2(src / "classes.txt", dst / "classes.txt")
+    return {
+        "images": sum(1 for _ in (dst / "JPEGImages").iterdir()),
+        "annotations": sum(1 for _ in (dst / "Annotations").glob("*.xml")),
+        "split_lists": sorted(lists),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# COCO json -> VOC layout
+# ----------------------------------------------------------------------------------------------------------
+
+
+def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> dict:
+    """Convert a COCO instances json and its images into the VOC layout under ``dst``.
+
+    Image files are looked up as ``images_dir/<file_name>`` (default: the json's folder, then its
+    ``images/`` sibling). Boxes ``[x, y, w, h]`` become VOC corners rounded outwards; ``iscrowd``
+    annotations are skipped (counted). ``classes.txt`` lists the categories in id order, so COCO names
+    keep their order.
+    """
+    json_path = Path(json_path)
+    try:
+        coco = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{json_path}: not a readable COCO json ({exc})") from None
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise FormatError(f"{json_path}: no '{key}' list; expected a COCO instances file")
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    cat_name = {c["id"]: c["name"] for c in cats}
+    candidates = [images_dir] if images_dir else [json_path.parent, json_path.parent / "images"]
+    by_image: dict[int, list[dict]] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    (dst / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (dst / "Annotations").mkdir(parents=True, exist_ok=True)
+    (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    ids: list[str] = []
+    names_seen: dict[str, int] = {}
+    crowd = 0
+    for img in coco["images"]:
+        fname = img.get("file_name", "")
+        found = next((Path(c) / fname for c in candidates if c and (Path(c) / fname).is_file()), None)
+        if found is None:
+            tried = ", ".join(str(Path(c) / fname) for c in candidates if c)
+            problems.append(f"{json_path}: image id {img.get('id')}: file {fname!r} not found (tried {tried})")
+            continue
+        base = Path(fname).name
+        if base in names_seen:
+            problems.append(f"{json_path}: two images share the file name {base!r} (ids {names_seen[base]}, {img['id']})")
+            continue
+        names_seen[base] = img["id"]
+        shutil.copy2(found, dst / "JPEGImages" / base)
+        w, h = int(img["width"]), int(img["height"])
+        objects = []
+        for a in by_image.get(img["id"], []):
+            if a.get("iscrowd", 0):
+                crowd += 1
+                continue
+            if a["category_id"] not in cat_name:
+                problems.append(f"{json_path}: annotation {a.get('id')} has unknown category_id {a['category_id']}")
+                continue
+            x, y, bw, bh = a["bbox"]
+            xmin, ymin, xmax, ymax = xyxy_to_voc(x, y, x + bw, y + bh)
+            objects.append((cat_name[a["category_id"]], (max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h))))
+        stem = Path(base).stem
+        write_voc_xml(dst / "Annotations" / f"{stem}.xml", base, w, h, objects)
+        ids.append(stem)
+    if problems:
+        raise FormatError("\n".join(problems))
+    (dst / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
+    (dst / "classes.txt").write_text("".join(f"{c['name']}\n" for c in cats))
+    return {"images": len(ids), "annotations": len(coco["annotations"]) - crowd, "crowd_skipped": crowd}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ISIC 2018 Task 1 folders
+# ----------------------------------------------------------------------------------------------------------
+
+
+def label_pairs_with(image: str, label: str) -> bool:
+    """True when ``label``'s stem, minus a ``_segmentation``/``_mask``/``_gt``/``_label`` suffix, is ``image``'s stem."""
+    stem = Path(label).stem
+    for suffix in _LABEL_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return stem == Path(image).stem
+
+
+def isic_split_folders(folder: Path) -> dict[str | None, Path]:
+    """Split sub-folders of an ISIC source (``train/``, ``val/``, ``test/``), or ``{None: folder}``."""
+    subs = {}
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        name = SPLIT_ALIASES.get(p.name.lower())
+        if p.is_dir() and name in SPLITS:
+            subs[name] = p
+    return subs or {None: folder}
+
+
+def find_isic_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Pair every image under ``folder`` with its ``<id>_segmentation.png`` mask, anywhere below it.
+
+    Images and masks may share one folder or sit in two (ISIC's ``..._Input`` and ``..._GroundTruth``).
+    Returns ``(pairs sorted by id, problems)``; a problem is an image without a mask, a mask without an
+    image, or an id found twice.
+    """
+    images: dict[str, list[Path]] = {}
+    masks: dict[str, list[Path]] = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
+            continue
+        if p.stem.endswith(ISIC_MASK_SUFFIX):
+            masks.setdefault(p.stem[: -len(ISIC_MASK_SUFFIX)], []).append(p)
+        else:
+            images.setdefault(p.stem, []).append(p)
+    problems = []
+    pairs = []
+    for key in sorted(set(images) | set(masks)):
+        imgs, msks = images.get(key, []), masks.get(key, [])
+        if len(imgs) > 1:
+            problems.append(f"{imgs[1]}: image id {key!r} found more than once (also {imgs[0]})")
+        elif len(msks) > 1:
+            problems.append(f"{msks[1]}: mask for {key!r} found more than once (also {msks[0]})")
+        elif not msks:
+            problems.append(f"{imgs[0]}: no mask {key}{ISIC_MASK_SUFFIX}.png for this image")
+        elif not imgs:
+            problems.append(f"{msks[0]}: no image {key}.* for this mask")
+        else:
+            pairs.append((imgs[0], msks[0]))
+    if not pairs and not problems:
+        problems.append(f"{folder}: no images found (expected ISIC_xxxxxxx.jpg with ISIC_xxxxxxx_segmentation.png)")
+    return pairs, problems
+
+
+def import_isic(src: Path, dst: Path) -> dict:
+    """Copy an ISIC folder into ``dst/[split/]{images,masks}``, keeping its train/val/test sub-folders."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FormatError(f"{src}: no such folder (data.seg.path must name an ISIC folder)")
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    for split, folder in isic_split_folders(src).items():
+        pairs, probs = find_isic_pairs(folder)
+        problems += probs
+        base = dst / split if split else dst
+        (base / "images").mkdir(parents=True, exist_ok=True)
+        (base / "masks").mkdir(parents=True, exist_ok=True)
+        for img, mask in pairs:
+            shutil.copy2(img, base / "images" / img.name)
+            shutil.copy2(mask, base / "masks" / mask.name)
+        counts[split or "all"] += len(pairs)
+    if problems:
+        raise FormatError("\n".join(problems))
+    return {"images": sum(counts.values()), "splits": dict(counts)}
+
+
+def isic_id(name: str) -> str | None:
+    m = re.fullmatch(r"(ISIC_\d+)(_segmentation)?", Path(name).stem)
+    return m.group(1) if m else None

@@ -1,0 +1,253 @@
+"""Manifests: one ``image_path label_path`` pair a line (DESIGN.md).
+
+Paths are relative to the repository root (absolute paths are read too); blank lines and ``#``
+comments are skipped, so a manifest can be curated by hand. The pairing is explicit: it never comes
+from sorting two folder listings.
+
+Validation collects every problem before anything is written and names where each one is: the
+manifest file and line for a manifest, or the file itself for a folder source::
+
+    my_seg.txt:12: mask size 64x64 differs from image size 128x128 (masks/ISIC_0000003_segmentation.png)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from segdet.data.formats import FormatError, VocAnnotation, label_pairs_with, parse_voc_xml
+
+MAX_LISTED_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One manifest line: an image, its label, and where the pair came from (``file:line`` or a file)."""
+
+    image: str
+    label: str
+    where: str
+
+
+class ManifestError(ValueError):
+    """Validation failed. ``problems`` holds one located message per problem."""
+
+    def __init__(self, what: str, problems: list[str]):
+        self.problems = list(problems)
+        shown = self.problems[:MAX_LISTED_PROBLEMS]
+        more = len(self.problems) - len(shown)
+        text = "\n  ".join(shown) + (f"\n  ... and {more} more" if more else "")
+        super().__init__(f"{what}: {len(self.problems)} problem(s); nothing was written\n  {text}")
+
+
+def resolve(path: str, root: Path) -> Path:
+    """A manifest path as a filesystem path: absolute as is, relative against the repository root."""
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def read_manifest(path: str | Path) -> list[Pair]:
+    """Read a manifest. Each malformed line is reported as ``path:line``; all of them in one error."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(str(path), [f"{path}: cannot read manifest ({exc.strerror or exc})"]) from None
+    pairs, problems = [], []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            problems.append(
+                f"{path}:{lineno}: expected 'image_path label_path' (2 fields separated by a space), "
+                f"got {len(fields)} field(s): {line[:120]!r}"
+            )
+            continue
+        pairs.append(Pair(fields[0], fields[1], f"{path}:{lineno}"))
+    if problems:
+        raise ManifestError(str(path), problems)
+    return pairs
+
+
+def write_manifest(path: str | Path, pairs: list[Pair], header: str | None = None) -> None:
+    """Write ``image label`` lines (plus an optional ``#`` header). Paths must not contain whitespace."""
+    lines = [f"# {h}\n" for h in header.splitlines()] if header else []
+    for p in pairs:
+        if any(ch.isspace() for ch in p.image + p.label):
+            raise ManifestError(str(path), [f"{p.where}: path contains whitespace: {p.image!r} {p.label!r}"])
+        lines.append(f"{p.image} {p.label}\n")
+    Path(path).write_text("".join(lines))
+
+
+def _open_image(path: Path) -> tuple[Image.Image | None, str | None]:
+    if not path.is_file():
+        return None, f"file not found: {path}"
+    try:
+        img = Image.open(path)
+        img.load()
+        return img, None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        return None, f"cannot open image {path} ({exc})"
+
+
+def _duplicates(pairs: list[Pair], root: Path) -> list[str]:
+    first: dict[Path, str] = {}
+    problems = []
+    for p in pairs:
+        key = resolve(p.image, root).resolve()
+        if key in first:
+            problems.append(f"{p.where}: duplicate image {p.image} (already listed at {first[key]})")
+        else:
+            first[key] = p.where
+    return problems
+
+
+def validate_seg(pairs: list[Pair], root: Path, progress: bool = False) -> list[str]:
+    """Check segmentation pairs; returns located problems (empty when all is well).
+
+    Checks: both files exist and decode; image and mask pair by name (``ISIC_1.jpg`` with
+    ``ISIC_1_segmentation.png``); no image listed twice; the mask is single-channel, the size of the
+    image, and holds only 0/255 (or 0/1).
+    """
+    problems = _duplicates(pairs, root)
+    for p in tqdm(pairs, desc="validate seg", unit="img", disable=not progress, leave=False):
+        if not label_pairs_with(p.image, p.label):
+            problems.append(
+                f"{p.where}: image {Path(p.image).name} and mask {Path(p.label).name} do not pair by name "
+                f"(expected {Path(p.image).stem}_segmentation.png)"
+            )
+            continue
+        img, err = _open_image(resolve(p.image, root))
+        if err:
+            problems.append(f"{p.where}: {err}")
+            continue
+        mask, err = _open_image(resolve(p.label, root))
+        if err:
+            problems.append(f"{p.where}: {err}")
+            continue
+        if len(mask.getbands()) != 1:
+            problems.append(
+                f"{p.where}: mask {p.label} has {len(mask.getbands())} channels ({mask.mode}); "
+                "expected a single-channel PNG with 0 = background, 255 = lesion"
+            )
+            continue
+        if mask.size != img.size:
+            problems.append(
+                f"{p.where}: mask size {mask.size[0]}x{mask.size[1]} differs from image size "
+                f"{img.size[0]}x{img.size[1]} ({p.label})"
+            )
+            continue
+        values = set(np.unique(np.asarray(mask)).tolist())
+        if not (values <= {0, 255} or values <= {0, 1}):
+            shown = sorted(values)[:8]
+            problems.append(
+                f"{p.where}: mask {p.label} has values {shown}{'...' if len(values) > 8 else ''}; "
+                "expected only 0 and 255 (or 0 and 1)"
+            )
+    return problems
+
+
+@dataclass(frozen=True)
+class DetCheck:
+    """Result of :func:`validate_det`: problems (fatal), dropped degenerate boxes, parsed annotations."""
+
+    problems: list[str]
+    degenerate: int
+    annotations: list[VocAnnotation | None]
+
+
+def validate_det(
+    pairs: list[Pair], root: Path, classes: list[str] | None = None, progress: bool = False
+) -> DetCheck:
+    """Check detection pairs (image, Pascal VOC XML); returns problems and the usable annotations.
+
+    Checks: both files exist, the image decodes and the XML parses; the XML ``<filename>`` is the
+    image's file name; its ``<size>`` (when given) is the image's size; every box lies inside the image
+    (``1 <= xmin``, ``xmax <= width``, same for y) and is not inverted; every class is in ``classes``
+    (when given). A zero-area box (``xmax == xmin`` or ``ymax == ymin``), as found in real data, is
+    dropped from the returned annotation and counted in ``degenerate``.
+    """
+    problems = _duplicates(pairs, root)
+    known = set(classes) if classes is not None else None
+    annotations: list[VocAnnotation | None] = []
+    degenerate = 0
+    for p in tqdm(pairs, desc="validate det", unit="img", disable=not progress, leave=False):
+        annotations.append(None)
+        img, err = _open_image(resolve(p.image, root))
+        if err:
+            problems.append(f"{p.where}: {err}")
+            continue
+        xml = resolve(p.label, root)
+        if not xml.is_file():
+            problems.append(f"{p.where}: file not found: {xml}")
+            continue
+        try:
+            ann = parse_voc_xml(xml)
+        except FormatError as exc:
+            problems.append(f"{p.where}: {exc}")
+            continue
+        name = Path(p.image).name
+        if ann.filename is not None and ann.filename != name:
+            problems.append(f"{p.where}: {p.label} is for <filename>{ann.filename}</filename>, not for image {name}")
+            continue
+        w, h = img.size
+        if (ann.width, ann.height) != (None, None) and (ann.width, ann.height) != (w, h):
+            problems.append(
+                f"{p.where}: {p.label} gives size {ann.width}x{ann.height} but image {name} is {w}x{h}"
+            )
+            continue
+        kept = []
+        for k, obj in enumerate(ann.objects, 1):
+            xmin, ymin, xmax, ymax = obj.voc
+            what = f"{p.where}: {p.label} object {k} ({obj.name}, box {xmin:g},{ymin:g},{xmax:g},{ymax:g})"
+            if known is not None and obj.name not in known:
+                problems.append(f"{what}: unknown class {obj.name!r}; known classes: {', '.join(classes or [])}")
+            elif xmax < xmin or ymax < ymin:
+                problems.append(f"{what}: inverted box (xmax < xmin or ymax < ymin)")
+            elif xmin < 1 or ymin < 1 or xmax > w or ymax > h:
+                problems.append(f"{what}: box outside the {w}x{h} image (VOC corners are 1..width, 1..height)")
+            elif xmax == xmin or ymax == ymin:
+                degenerate += 1
+            else:
+                kept.append(obj)
+        annotations[-1] = VocAnnotation(ann.path, ann.filename, w, h, tuple(kept))
+    return DetCheck(problems, degenerate, annotations)
+
+
+def class_counts(annotations: list[VocAnnotation | None]) -> Counter[str]:
+    return Counter(o.name for a in annotations if a for o in a.objects)
+
+
+def coco_ground_truth(pairs: list[Pair], annotations: list[VocAnnotation], classes: list[str]) -> dict:
+    """COCO ground truth for one split (DESIGN.md): ``image_id`` = 1-based manifest position,
+    ``category_id`` = 1-based line of ``det_classes.txt``, ``bbox = [x1, y1, x2 - x1, y2 - y1]``."""
+    cat = {c: i for i, c in enumerate(classes, 1)}
+    images, anns = [], []
+    for image_id, (p, a) in enumerate(zip(pairs, annotations, strict=True), 1):
+        images.append({"id": image_id, "file_name": p.image, "width": a.width, "height": a.height})
+        for o in a.objects:
+            x1, y1, x2, y2 = o.box
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cat[o.name],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"description": "segdet ground truth", "version": "1"},
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i, "name": c, "supercategory": "object"} for c, i in cat.items()],
+    }

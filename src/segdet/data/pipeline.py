@@ -1,0 +1,287 @@
+"""The prepare and manifest stages as library functions.
+
+``prepare_data`` fills ``data/raw/isic`` and ``data/raw/voc``: generated (synthetic, the default) or a
+user's folder imported into one canonical layout. ``build_manifests`` pairs, splits and validates them
+and writes ``data/manifests/`` (DESIGN.md contracts); nothing is written unless every check passes.
+
+Splits: a seeded shuffle with ``data.split`` ratios, or the source's own split lists where it has them
+(VOC ``ImageSets/Main/{train,val,test}.txt``, ISIC ``train/ val/ test/`` folders, manifest files
+``train.txt`` ...). A source split that is missing is made from the source's train part: with train and
+test given, val is carved from train; with train and val given (ISIC 2018, VOC 2012), the source's
+held-out val becomes ``test`` and a new val is carved from train, so the reported test numbers are
+always on data the source held out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from segdet.config import DataConfig, SplitConfig
+from segdet.data.formats import (
+    FormatError,
+    find_isic_pairs,
+    find_voc_image,
+    import_coco,
+    import_isic,
+    import_voc,
+    isic_split_folders,
+    voc_split_lists,
+)
+from segdet.data.manifest import (
+    ManifestError,
+    Pair,
+    class_counts,
+    coco_ground_truth,
+    read_manifest,
+    resolve,
+    validate_det,
+    validate_seg,
+    write_manifest,
+)
+from segdet.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prepare
+# ----------------------------------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: DataConfig, out: Path, root: Path, progress: bool = True) -> dict:
+    """Write ``out/isic`` and ``out/voc`` (each replaced atomically) and return what was made.
+
+    ``out/<x>/source.json`` records the source; for ``source: manifest`` nothing is copied (the user's
+    manifest names the files) and that file is all the folder holds.
+    """
+    from segdet.data.synthetic import generate_isic, generate_voc
+
+    summary = {}
+    with atomic_dir(out / "isic") as d:
+        seg = cfg.seg
+        if seg.source == "synthetic":
+            info = generate_isic(d, num_images=seg.num_images, image_size=seg.image_size, seed=cfg.seed,
+                                 progress=progress)
+        elif seg.source == "isic":
+            info = import_isic(resolve(seg.path, root), d)
+        else:
+            info = {"manifest": str(resolve(seg.path, root))}
+        summary["seg"] = {"source": seg.source, **info}
+        write_json(d / "source.json", summary["seg"])
+    with atomic_dir(out / "voc") as d:
+        det = cfg.det
+        if det.source == "synthetic":
+            info = generate_voc(d, num_images=det.num_images, image_size=det.image_size, seed=cfg.seed,
+                                max_objects=det.max_objects, progress=progress)
+        elif det.source == "voc":
+            info = import_voc(resolve(det.path, root), d)
+        elif det.source == "coco":
+            images = resolve(det.images, root) if det.images else None
+            info = import_coco(resolve(det.path, root), d, images)
+        else:
+            info = {"manifest": str(resolve(det.path, root))}
+        summary["det"] = {"source": det.source, **info}
+        write_json(d / "source.json", summary["det"])
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# splits
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _counts(n: int, fractions: list[float]) -> list[int]:
+    """Split ``n`` items by ``fractions`` (sum 1): every non-zero fraction gets at least one item."""
+    sizes = [int(round(n * f)) for f in fractions]
+    for i, f in enumerate(fractions[1:], 1):
+        if f > 0 and sizes[i] == 0 and n >= len(fractions):
+            sizes[i] = 1
+    sizes[0] = n - sum(sizes[1:])
+    if sizes[0] < 1:
+        raise ValueError(f"{n} item(s) are too few to split by {fractions}")
+    return sizes
+
+
+def _shuffle_split(items: list[Pair], fractions: list[float], rng: np.random.Generator) -> list[list[Pair]]:
+    items = sorted(items, key=lambda p: p.image)
+    order = rng.permutation(len(items))
+    parts, start = [], 0
+    for size in _counts(len(items), fractions):
+        parts.append(sorted((items[i] for i in order[start : start + size]), key=lambda p: p.image))
+        start += size
+    return parts
+
+
+def assign_splits(
+    sources: dict[str | None, list[Pair]], ratios: SplitConfig, seed: int, use_source_splits: bool = True
+) -> tuple[dict[str, list[Pair]], str]:
+    """Map a source's pairs to train/val/test; returns the splits and a sentence saying how.
+
+    ``sources`` is ``{None: pool}`` for a source without split lists, else ``{"train"|"trainval"|"val"|
+    "test": pairs}``.
+    """
+    rng = np.random.default_rng(seed)
+    named = {k: v for k, v in sources.items() if k is not None}
+    if not use_source_splits or not named or set(named) == {"trainval"}:
+        pool = [p for v in sources.values() for p in v]
+        train, val, test = _shuffle_split(pool, [ratios.train, ratios.val, ratios.test], rng)
+        how = f"seeded shuffle of {len(pool)} by ratios {ratios.train:g}/{ratios.val:g}/{ratios.test:g}"
+        return {"train": train, "val": val, "test": test}, how
+    train = named.get("train", named.get("trainval", []))
+    if not train:
+        raise ManifestError("splits", [f"the source has split lists {sorted(named)} but no train list"])
+    carve = ratios.val / (ratios.train + ratios.val)
+    if "test" in named:
+        test = named["test"]
+        if "val" in named:
+            val, how = named["val"], "the source's train/val/test lists"
+        else:
+            train, val = _shuffle_split(train, [1 - carve, carve], rng)
+            how = f"the source's train/test lists; val = {carve:.1%} of train (seeded)"
+    elif "val" in named:
+        test = named["val"]
+        train, val = _shuffle_split(train, [1 - carve, carve], rng)
+        how = f"the source's held-out val list became test; val = {carve:.1%} of train (seeded)"
+    else:
+        train, val, test = _shuffle_split(train, [ratios.train, ratios.val, ratios.test], rng)
+        how = f"seeded shuffle of the source's train list by ratios {ratios.train:g}/{ratios.val:g}/{ratios.test:g}"
+    return {"train": train, "val": val, "test": test}, how
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sources -> pairs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _rel(path: Path, root: Path) -> str:
+    """A path as written in a manifest: relative to the repository root when inside it."""
+    p, r = path.resolve(), root.resolve()
+    return str(p.relative_to(r)) if p.is_relative_to(r) else str(p)
+
+
+def _manifest_sources(path: Path, kind: str) -> dict[str | None, list[Pair]]:
+    """A user's manifest file (one pool) or folder of ``{train,val,test,trainval}.txt`` / ``<kind>_<split>.txt``."""
+    if path.is_file():
+        return {None: read_manifest(path)}
+    if not path.is_dir():
+        raise ManifestError(str(path), [f"{path}: no such manifest file or folder"])
+    found: dict[str | None, list[Pair]] = {}
+    for split in ("train", "val", "test", "trainval"):
+        for name in (f"{split}.txt", f"{kind}_{split}.txt"):
+            if (path / name).is_file():
+                found[split] = read_manifest(path / name)
+                break
+    if not found:
+        raise ManifestError(
+            str(path), [f"{path}: no manifests found (expected train.txt, val.txt, test.txt or {kind}_train.txt ...)"]
+        )
+    return found
+
+
+def seg_sources(cfg: DataConfig, raw: Path, root: Path) -> dict[str | None, list[Pair]]:
+    if cfg.seg.source == "manifest":
+        return _manifest_sources(resolve(cfg.seg.path, root), "seg")
+    out: dict[str | None, list[Pair]] = {}
+    problems: list[str] = []
+    for split, folder in isic_split_folders(raw / "isic").items():
+        pairs, probs = find_isic_pairs(folder)
+        problems += probs
+        out[split] = [Pair(_rel(i, root), _rel(m, root), _rel(i, root)) for i, m in pairs]
+    if problems:
+        raise ManifestError(str(raw / "isic"), problems)
+    return out
+
+
+def det_sources(cfg: DataConfig, raw: Path, root: Path) -> dict[str | None, list[Pair]]:
+    if cfg.det.source == "manifest":
+        return _manifest_sources(resolve(cfg.det.path, root), "det")
+    folder = raw / "voc"
+    lists = voc_split_lists(folder) or {None: sorted(p.stem for p in (folder / "Annotations").glob("*.xml"))}
+    out: dict[str | None, list[Pair]] = {}
+    problems = []
+    for split, ids in lists.items():
+        pairs = []
+        for image_id in ids:
+            xml = folder / "Annotations" / f"{image_id}.xml"
+            where = _rel(xml, root)
+            image = find_voc_image(folder, image_id)
+            if image is None:
+                problems.append(f"{where}: no image {image_id}.jpg (or .png ...) in {_rel(folder / 'JPEGImages', root)}")
+            elif not xml.is_file():
+                problems.append(f"{where}: annotation missing for id {image_id!r} listed in ImageSets/Main/{split}.txt")
+            else:
+                pairs.append(Pair(_rel(image, root), where, where))
+        out[split] = pairs
+    if problems:
+        raise ManifestError(str(folder), problems)
+    return out
+
+
+def _known_classes(cfg: DataConfig, raw: Path) -> list[str] | None:
+    if cfg.det.classes is not None:
+        return list(cfg.det.classes)
+    listed = raw / "voc" / "classes.txt"
+    if cfg.det.source != "manifest" and listed.is_file():
+        return [c.strip() for c in listed.read_text().splitlines() if c.strip()]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# manifest
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_manifests(cfg: DataConfig, raw: Path, out: Path, root: Path, progress: bool = True) -> dict:
+    """Pair, split and validate both datasets, then write ``out`` (replaced atomically).
+
+    Raises:
+        ManifestError: listing every problem with its manifest line or file; ``out`` is left untouched.
+    """
+    seg_splits, seg_how = assign_splits(seg_sources(cfg, raw, root), cfg.split, cfg.seed, cfg.use_source_splits)
+    det_splits, det_how = assign_splits(
+        det_sources(cfg, raw, root), cfg.split, cfg.seed + 1, cfg.use_source_splits
+    )
+    log.info("seg splits: %s", seg_how)
+    log.info("det splits: %s", det_how)
+
+    seg_all = [p for s in SPLITS for p in seg_splits[s]]
+    problems = validate_seg(seg_all, root, progress=progress)
+    if problems:
+        raise ManifestError("segmentation data", problems)
+
+    classes = _known_classes(cfg, raw)
+    det_all = [p for s in SPLITS for p in det_splits[s]]
+    check = validate_det(det_all, root, classes, progress=progress)
+    if check.problems:
+        raise ManifestError("detection data", check.problems)
+    if check.degenerate:
+        log.warning("dropped %d degenerate (zero-area) box(es) from the detection labels", check.degenerate)
+    if classes is None:
+        classes = sorted(class_counts(check.annotations))
+    if not classes:
+        raise ManifestError("detection data", ["no objects found in any annotation; cannot derive classes"])
+
+    anns = dict(zip([p.image for p in det_all], check.annotations, strict=True))
+    summary: dict = {
+        "seg": {"how": seg_how, **{s: len(seg_splits[s]) for s in SPLITS}},
+        "det": {"how": det_how, "classes": classes, "degenerate_boxes_dropped": check.degenerate,
+                **{s: len(det_splits[s]) for s in SPLITS}},
+    }
+    with atomic_dir(out) as d:
+        for s in SPLITS:
+            write_manifest(d / f"seg_{s}.txt", seg_splits[s])
+            write_manifest(d / f"det_{s}.txt", det_splits[s])
+            split_anns = [anns[p.image] for p in det_splits[s]]
+            write_json(d / f"det_{s}_coco.json", coco_ground_truth(det_splits[s], split_anns, classes))
+            counts = class_counts(split_anns)
+            summary["det"][f"{s}_objects"] = {c: counts.get(c, 0) for c in classes}
+        (d / "det_classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    return summary
+
+
+__all__ = ["prepare_data", "build_manifests", "assign_splits", "seg_sources", "det_sources", "FormatError"]

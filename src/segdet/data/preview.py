@@ -1,0 +1,70 @@
+"""Contact sheets: a grid of samples with masks or boxes drawn, for a quick look in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segdet.data.formats import VocAnnotation
+from segdet.data.manifest import Pair, resolve
+
+_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _fit(img: np.ndarray, tile: int) -> tuple[np.ndarray, float]:
+    scale = tile / max(img.shape[:2])
+    out = np.full((tile, tile, 3), 32, np.uint8)
+    small = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA)
+    out[: small.shape[0], : small.shape[1]] = small
+    return out, scale
+
+
+def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
+    tile = tiles[0].shape[0]
+    rows = (len(tiles) + cols - 1) // cols
+    sheet = np.full((rows * (tile + 2), cols * (tile + 2), 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        sheet[r * (tile + 2): r * (tile + 2) + tile, c * (tile + 2): c * (tile + 2) + tile] = t
+    return sheet
+
+
+def seg_sheet(pairs: list[Pair], root: Path, n: int = 16, tile: int = 160, cols: int = 4) -> np.ndarray:
+    """``HxWx3`` uint8 grid of the first ``n`` images with their lesion outline drawn in green."""
+    tiles = []
+    for p in pairs[:n]:
+        img = _read_rgb(resolve(p.image, root))
+        mask = cv2.imread(str(resolve(p.label, root)), cv2.IMREAD_GRAYSCALE)
+        contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(img, contours, -1, (0, 255, 0), max(1, max(img.shape[:2]) // 128), cv2.LINE_AA)
+        tiles.append(_fit(img, tile)[0])
+    return _grid(tiles or [np.zeros((tile, tile, 3), np.uint8)], cols)
+
+
+def det_sheet(
+    pairs: list[Pair], annotations: list[VocAnnotation], classes: list[str], root: Path,
+    n: int = 16, tile: int = 192, cols: int = 4,
+) -> np.ndarray:
+    """``HxWx3`` uint8 grid of the first ``n`` images with their boxes and class names drawn."""
+    tiles = []
+    for p, ann in list(zip(pairs, annotations, strict=True))[:n]:
+        img, scale = _fit(_read_rgb(resolve(p.image, root)), tile)
+        for o in ann.objects:
+            colour = _COLOURS[classes.index(o.name) % len(_COLOURS)] if o.name in classes else (255, 255, 255)
+            x1, y1, x2, y2 = (round(v * scale) for v in o.box)
+            cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), colour, 1)
+            cv2.putText(img, o.name, (x1 + 1, max(8, y1 + 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, colour, 1,
+                        cv2.LINE_AA)
+        tiles.append(img)
+    return _grid(tiles or [np.zeros((tile, tile, 3), np.uint8)], cols)

@@ -1,0 +1,43 @@
+"""Joint image/target transforms with ``torchvision.transforms.v2``.
+
+Images are ``tv_tensors.Image``, masks ``tv_tensors.Mask`` and boxes ``tv_tensors.BoundingBoxes``, so
+one transform moves all of them together: a horizontal flip mirrors the mask and the boxes with the
+image, a resize scales the boxes and resamples the mask with nearest-neighbour.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+_IMAGE_TO_FLOAT = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
+
+
+def _size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def seg_transforms(size: int | tuple[int, int], train: bool, hflip: float = 0.5, vflip: float = 0.5) -> v2.Compose:
+    """Resize to ``size`` (int: square; ``(H, W)``); when ``train``, random flips. Image -> float in [0, 1].
+
+    Input ``(Image[3, H, W] uint8, Mask[H, W])``; output ``(Image[3, h, w] float32, Mask[h, w])``.
+    Lesions have no up or down, so vertical flips are on by default too.
+    """
+    ops: list = [v2.Resize(_size(size), antialias=True)]
+    if train:
+        ops += [v2.RandomHorizontalFlip(hflip), v2.RandomVerticalFlip(vflip)]
+    ops.append(_IMAGE_TO_FLOAT)
+    return v2.Compose(ops)
+
+
+def det_transforms(size: int | tuple[int, int], train: bool, hflip: float = 0.5) -> v2.Compose:
+    """Resize to ``size``; when ``train``, random horizontal flip; drop boxes that became degenerate.
+
+    Input ``(Image[3, H, W] uint8, {"boxes": BoundingBoxes[N, 4] XYXY, "labels": Tensor[N]})``.
+    """
+    ops: list = [v2.Resize(_size(size), antialias=True)]
+    if train:
+        ops.append(v2.RandomHorizontalFlip(hflip))
+    ops += [_IMAGE_TO_FLOAT, v2.SanitizeBoundingBoxes(min_size=1.0)]
+    return v2.Compose(ops)

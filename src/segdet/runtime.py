@@ -1,0 +1,48 @@
+"""Device choice, seeding and (later) distributed setup."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` as asked.
+
+    Raises:
+        ValueError: a device was asked for that this machine does not have (names the key ``base.device``).
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"base.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"base.device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"base.device = {name!r} but MPS is not available here; use 'auto' or 'cpu'")
+    return dev
+
+
+def device_name(device) -> str:
+    """``cpu``, or the accelerator's marketing name (``NVIDIA H100 80GB HBM3``) for logs and reports."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return dev.type
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    import torch
+
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

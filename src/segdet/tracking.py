@@ -1,0 +1,202 @@
+"""MLflow tracking: the only module that imports mlflow (DESIGN.md).
+
+Every stage run is one MLflow run in the experiment ``segdet`` (``MLFLOW_EXPERIMENT_NAME`` overrides)
+with its params section flattened, its metrics, artifacts and these tags:
+
+===========================  ==========================================================================
+``segdet.stage``             the DVC stage (``prepare``, ``manifest``, ...)
+``segdet.pipeline_run``      one id shared by every stage run of the same ``dvc repro`` / ``dvc exp run``
+``segdet.dvc_exp_name``      ``DVC_EXP_NAME`` when DVC runs an experiment (else ``workspace``)
+``mlflow.source.git.commit``  the commit the run started from (``DVC_EXP_BASELINE_REV`` in experiments)
+``segdet.device``            ``cpu`` or the GPU's name
+===========================  ==========================================================================
+
+Store: ``MLFLOW_TRACKING_URI`` when set (a tracking server, a PostgreSQL store ...), else
+``sqlite:///<repository root>/mlflow.db``; a SQLite store keeps artifacts beside it in ``mlartifacts/``. The root is
+the user's repository even when DVC runs a queued or ``--temp`` experiment in a copy under
+``.dvc/tmp/exps/``, so all runs land in the store that ``mlflow ui --backend-store-uri sqlite:///mlflow.db``
+opens from the repository root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "segdet"
+_EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The user's repository root: the nearest folder above ``start`` holding ``.dvc`` or ``.git``,
+    or the repository that owns a DVC experiment copy under ``.dvc/tmp/exps/``."""
+    here = Path(start or os.getcwd()).resolve()
+    text = str(here) + os.sep
+    if _EXPS_MARKER in text:
+        return Path(text.split(_EXPS_MARKER, 1)[0])
+    for p in (here, *here.parents):
+        if (p / ".dvc").is_dir() or (p / ".git").exists():
+            return p
+    return here
+
+
+def tracking_uri(root: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db`` (an absolute path)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{repo_root(root) / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store sit beside its database (``mlartifacts/``); a server decides its own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
+    return None
+
+
+def pipeline_run_id() -> str:
+    """An id shared by all stage runs of one pipeline run.
+
+    ``SEGDET_PIPELINE_RUN`` when set; else derived from the ``dvc`` process that started this stage
+    (its pid and start time), so every stage of one ``dvc repro`` or of one queued experiment shares
+    it; else a fresh id (a stage run by hand is its own pipeline run).
+    """
+    env = os.environ.get("SEGDET_PIPELINE_RUN")
+    if env:
+        return env
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            cmd = proc.cmdline()
+            if any(Path(c).name == "dvc" for c in cmd[:2]) or cmd[1:3] == ["-m", "dvc"]:
+                key = f"{proc.pid}-{proc.create_time()}-{' '.join(cmd)}"
+                return hashlib.sha1(key.encode()).hexdigest()[:16]
+    except Exception as exc:  # pragma: no cover - process table unreadable
+        log.debug("no dvc parent process found: %s", exc)
+    return uuid.uuid4().hex[:16]
+
+
+def git_commit(root: Path) -> str:
+    rev = os.environ.get("DVC_EXP_BASELINE_REV")
+    if rev:
+        return rev
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel queued run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class StageRun:
+    """Handle for logging into the active stage run (metrics, params, images, files)."""
+
+    def __init__(self, run: Any):
+        self.run = run
+        self.run_id: str = run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_image(self, image: Any, name: str) -> None:
+        """Log an ``HxWx3`` uint8 array or PIL image as ``name`` (e.g. ``samples/seg.png``)."""
+        mlflow.log_image(image, artifact_file=name)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        mlflow.log_dict(obj, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        mlflow.log_text(text, name)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+    @contextlib.contextmanager
+    def artifact_dir(self, artifact_path: str | None = None) -> Iterator[Path]:
+        """A temporary folder whose contents are logged as artifacts when the block ends."""
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+            mlflow.log_artifacts(tmp, artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    root: str | Path | None = None,
+    device: str = "cpu",
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage; a failure (exception or Ctrl-C) marks it FAILED / KILLED.
+
+    Args:
+        stage: DVC stage name, also the run name prefix.
+        params: flat ``{"key": value}`` of the stage's params sections (see ``segdet.config.flatten``).
+        root: the repository root (default: found from the working directory).
+        device: ``cpu`` or the accelerator's name, logged as ``segdet.device``.
+    """
+    root = repo_root(root)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    exp_id = _experiment_id(MlflowClient(), os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT), uri)
+    exp_name = os.environ.get("DVC_EXP_NAME") or "workspace"
+    commit = git_commit(root)
+    all_tags = {
+        "segdet.stage": stage,
+        "segdet.pipeline_run": pipeline_run_id(),
+        "segdet.dvc_exp_name": exp_name,
+        "segdet.device": device,
+        "mlflow.source.git.commit": commit,
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    if mlflow.active_run() is not None:  # never nest into a run left open by the caller
+        mlflow.end_run()
+    run = mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} [{exp_name}]", tags=all_tags)
+    handle = StageRun(run)
+    try:
+        if params:
+            handle.log_params(params)
+        yield handle
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
