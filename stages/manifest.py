@@ -16,6 +16,7 @@ from segdet.data.formats import parse_voc_xml
 from segdet.data.manifest import read_manifest, resolve
 from segdet.data.pipeline import SPLITS, build_manifests
 from segdet.data.preview import det_sheet, seg_sheet
+from segdet.runtime import repo_root
 
 
 def main(argv=None):
@@ -25,9 +26,9 @@ def main(argv=None):
     ap.add_argument("--out", default="data/manifests", type=Path)
     args = ap.parse_args(argv)
     cfg = load_section("data", args.params)
-    root = Path.cwd()
+    root, source_root = Path.cwd(), repo_root()
     with tracking.stage_run("manifest", flatten(cfg, "data.")) as run:
-        summary = build_manifests(cfg, args.raw, args.out, root)
+        summary = build_manifests(cfg, args.raw, args.out, root, source_root=source_root)
         run.log_dict(summary, "manifest_summary.json")
         run.set_tags({"segdet.seg_splits": summary["seg"]["how"], "segdet.det_splits": summary["det"]["how"]})
         metrics = {f"{k}_{s}_images": summary[k][s] for k in ("seg", "det") for s in SPLITS}

@@ -14,6 +14,7 @@ from segdet.data.formats import parse_voc_xml
 from segdet.data.manifest import resolve
 from segdet.data.pipeline import det_sources, prepare_data, seg_sources
 from segdet.data.preview import det_sheet, seg_sheet
+from segdet.runtime import repo_root
 
 
 def main(argv=None):
@@ -22,14 +23,14 @@ def main(argv=None):
     ap.add_argument("--out", default="data/raw", type=Path)
     args = ap.parse_args(argv)
     cfg = load_section("data", args.params)
-    root = Path.cwd()
+    root, source_root = Path.cwd(), repo_root()
     with tracking.stage_run("prepare", flatten(cfg, "data.")) as run:
-        summary = prepare_data(cfg, args.out, root)
+        summary = prepare_data(cfg, args.out, root, source_root=source_root)
         run.log_dict(summary, "prepare_summary.json")
         run.log_metrics({f"{k}_{m}": v for k in ("seg", "det") for m, v in summary[k].items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        seg = [p for ps in seg_sources(cfg, args.out, root).values() for p in ps][:16]
-        det = [p for ps in det_sources(cfg, args.out, root).values() for p in ps][:16]
+        seg = [p for ps in seg_sources(cfg, args.out, root, source_root).values() for p in ps][:16]
+        det = [p for ps in det_sources(cfg, args.out, root, source_root).values() for p in ps][:16]
         anns = [parse_voc_xml(resolve(p.label, root)) for p in det]
         classes = sorted({o.name for a in anns for o in a.objects})
         run.log_image(seg_sheet(seg, root), "samples/seg_raw.png")

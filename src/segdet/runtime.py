@@ -1,11 +1,27 @@
-"""Device choice, seeding and (later) distributed setup."""
+"""Device choice, seeding, the repository root and (later) distributed setup."""
 
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
+
+_EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The user's repository root: the nearest folder above ``start`` holding ``.dvc`` or ``.git``,
+    or the repository that owns a DVC experiment copy under ``.dvc/tmp/exps/``."""
+    here = Path(start or os.getcwd()).resolve()
+    text = str(here) + os.sep
+    if _EXPS_MARKER in text:
+        return Path(text.split(_EXPS_MARKER, 1)[0])
+    for p in (here, *here.parents):
+        if (p / ".dvc").is_dir() or (p / ".git").exists():
+            return p
+    return here
 
 
 def resolve_device(name: str = "auto"):

@@ -34,23 +34,11 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from segdet.runtime import repo_root
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "segdet"
-_EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
-
-
-def repo_root(start: str | Path | None = None) -> Path:
-    """The user's repository root: the nearest folder above ``start`` holding ``.dvc`` or ``.git``,
-    or the repository that owns a DVC experiment copy under ``.dvc/tmp/exps/``."""
-    here = Path(start or os.getcwd()).resolve()
-    text = str(here) + os.sep
-    if _EXPS_MARKER in text:
-        return Path(text.split(_EXPS_MARKER, 1)[0])
-    for p in (here, *here.parents):
-        if (p / ".dvc").is_dir() or (p / ".git").exists():
-            return p
-    return here
 
 
 def tracking_uri(root: str | Path | None = None) -> str:

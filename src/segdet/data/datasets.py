@@ -8,14 +8,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
-from segdet.data.formats import parse_voc_xml
+from segdet.data.formats import parse_voc_xml, read_gray, read_rgb
 from segdet.data.manifest import Pair, read_manifest, resolve
 
 
 def _pairs(manifest: str | Path | Sequence[Pair]) -> list[Pair]:
     return list(manifest) if isinstance(manifest, (list, tuple)) else read_manifest(manifest)
+
+
+def _to_image(rgb) -> tv_tensors.Image:
+    """``uint8[H, W, 3]`` array -> ``tv_tensors.Image[3, H, W]`` uint8."""
+    return tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
 
 
 def read_classes(path: str | Path) -> list[str]:
@@ -47,9 +51,9 @@ class SegmentationDataset(Dataset):
 
     def read(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         p = self.pairs[i]
-        image = decode_image(str(resolve(p.image, self.root)), mode=ImageReadMode.RGB)
-        mask = decode_image(str(resolve(p.label, self.root)), mode=ImageReadMode.GRAY)[0]
-        return tv_tensors.Image(image), tv_tensors.Mask((mask > 0).to(torch.int64))
+        image = _to_image(read_rgb(resolve(p.image, self.root)))
+        mask = torch.from_numpy(read_gray(resolve(p.label, self.root)) > 0).to(torch.int64)
+        return image, tv_tensors.Mask(mask)
 
     def __getitem__(self, i: int):
         image, mask = self.read(i)
@@ -91,7 +95,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, i: int):
         p = self.pairs[i]
-        image = tv_tensors.Image(decode_image(str(resolve(p.image, self.root)), mode=ImageReadMode.RGB))
+        image = _to_image(read_rgb(resolve(p.image, self.root)))
         h, w = image.shape[-2:]
         boxes, labels = self.targets[i]
         target = {

@@ -12,12 +12,15 @@ stage reads one layout whatever the source was.
 from __future__ import annotations
 
 import json
-import re
+import math
 import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -38,6 +41,26 @@ _LABEL_SUFFIXES = ("_segmentation", "_mask", "_gt", "_label")
 
 class FormatError(ValueError):
     """A file is not in the format it claims to be; the message starts with the file's path."""
+
+
+# EXIF orientation is ignored, as PIL and annotation tools do: boxes and masks refer to the stored pixels.
+_READ_FLAGS = cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``uint8[H, W, 3]`` RGB (greyscale files are expanded to 3 channels)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | _READ_FLAGS)
+    if img is None:
+        raise FormatError(f"{path}: cannot read image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Decode a single-channel label image to ``uint8[H, W]``."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | _READ_FLAGS)
+    if img is None:
+        raise FormatError(f"{path}: cannot read image")
+    return img
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -70,8 +93,6 @@ def voc_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[flo
 
 def xyxy_to_voc(x1: float, y1: float, x2: float, y2: float) -> tuple[int, int, int, int]:
     """Float ``(x1, y1, x2, y2)`` -> VOC integer corners (rounded outwards to whole pixels)."""
-    import math
-
     return (math.floor(x1) + 1, math.floor(y1) + 1, math.ceil(x2), math.ceil(y2))
 
 
@@ -362,8 +383,3 @@ def import_isic(src: Path, dst: Path) -> dict:
     if problems:
         raise FormatError("\n".join(problems))
     return {"images": sum(counts.values()), "splits": dict(counts)}
-
-
-def isic_id(name: str) -> str | None:
-    m = re.fullmatch(r"(ISIC_\d+)(_segmentation)?", Path(name).stem)
-    return m.group(1) if m else None

@@ -53,14 +53,19 @@ SPLITS = ("train", "val", "test")
 # ----------------------------------------------------------------------------------------------------------
 
 
-def prepare_data(cfg: DataConfig, out: Path, root: Path, progress: bool = True) -> dict:
+def prepare_data(
+    cfg: DataConfig, out: Path, root: Path, progress: bool = True, source_root: Path | None = None
+) -> dict:
     """Write ``out/isic`` and ``out/voc`` (each replaced atomically) and return what was made.
 
     ``out/<x>/source.json`` records the source; for ``source: manifest`` nothing is copied (the user's
-    manifest names the files) and that file is all the folder holds.
+    manifest names the files) and that file is all the folder holds. Relative ``data.*.path`` values are
+    resolved against ``source_root`` (default ``root``): the user's repository, also when DVC runs an
+    experiment in a copy of it.
     """
     from segdet.data.synthetic import generate_isic, generate_voc
 
+    root = source_root or root
     summary = {}
     with atomic_dir(out / "isic") as d:
         seg = cfg.seg
@@ -183,9 +188,12 @@ def _manifest_sources(path: Path, kind: str) -> dict[str | None, list[Pair]]:
     return found
 
 
-def seg_sources(cfg: DataConfig, raw: Path, root: Path) -> dict[str | None, list[Pair]]:
+def seg_sources(
+    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None
+) -> dict[str | None, list[Pair]]:
+    """Segmentation pairs by source split (``{None: pool}`` without split lists)."""
     if cfg.seg.source == "manifest":
-        return _manifest_sources(resolve(cfg.seg.path, root), "seg")
+        return _manifest_sources(resolve(cfg.seg.path, source_root or root), "seg")
     out: dict[str | None, list[Pair]] = {}
     problems: list[str] = []
     for split, folder in isic_split_folders(raw / "isic").items():
@@ -197,9 +205,12 @@ def seg_sources(cfg: DataConfig, raw: Path, root: Path) -> dict[str | None, list
     return out
 
 
-def det_sources(cfg: DataConfig, raw: Path, root: Path) -> dict[str | None, list[Pair]]:
+def det_sources(
+    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None
+) -> dict[str | None, list[Pair]]:
+    """Detection pairs (image, VOC XML) by source split (``{None: pool}`` without split lists)."""
     if cfg.det.source == "manifest":
-        return _manifest_sources(resolve(cfg.det.path, root), "det")
+        return _manifest_sources(resolve(cfg.det.path, source_root or root), "det")
     folder = raw / "voc"
     lists = voc_split_lists(folder) or {None: sorted(p.stem for p in (folder / "Annotations").glob("*.xml"))}
     out: dict[str | None, list[Pair]] = {}
@@ -236,15 +247,22 @@ def _known_classes(cfg: DataConfig, raw: Path) -> list[str] | None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_manifests(cfg: DataConfig, raw: Path, out: Path, root: Path, progress: bool = True) -> dict:
+def build_manifests(
+    cfg: DataConfig, raw: Path, out: Path, root: Path, progress: bool = True, source_root: Path | None = None
+) -> dict:
     """Pair, split and validate both datasets, then write ``out`` (replaced atomically).
+
+    Manifest paths are relative to ``root``; a user's manifest file named in ``data.*.path`` is found
+    from ``source_root`` (default ``root``), see :func:`prepare_data`.
 
     Raises:
         ManifestError: listing every problem with its manifest line or file; ``out`` is left untouched.
     """
-    seg_splits, seg_how = assign_splits(seg_sources(cfg, raw, root), cfg.split, cfg.seed, cfg.use_source_splits)
+    seg_splits, seg_how = assign_splits(
+        seg_sources(cfg, raw, root, source_root), cfg.split, cfg.seed, cfg.use_source_splits
+    )
     det_splits, det_how = assign_splits(
-        det_sources(cfg, raw, root), cfg.split, cfg.seed + 1, cfg.use_source_splits
+        det_sources(cfg, raw, root, source_root), cfg.split, cfg.seed + 1, cfg.use_source_splits
     )
     log.info("seg splits: %s", seg_how)
     log.info("det splits: %s", det_how)

@@ -7,18 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segdet.data.formats import VocAnnotation
+from segdet.data.formats import VocAnnotation, read_gray, read_rgb
 from segdet.data.manifest import Pair, resolve
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise OSError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _fit(img: np.ndarray, tile: int) -> tuple[np.ndarray, float]:
@@ -44,8 +37,8 @@ def seg_sheet(pairs: list[Pair], root: Path, n: int = 16, tile: int = 160, cols:
     """``HxWx3`` uint8 grid of the first ``n`` images with their lesion outline drawn in green."""
     tiles = []
     for p in pairs[:n]:
-        img = _read_rgb(resolve(p.image, root))
-        mask = cv2.imread(str(resolve(p.label, root)), cv2.IMREAD_GRAYSCALE)
+        img = read_rgb(resolve(p.image, root))
+        mask = read_gray(resolve(p.label, root))
         contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(img, contours, -1, (0, 255, 0), max(1, max(img.shape[:2]) // 128), cv2.LINE_AA)
         tiles.append(_fit(img, tile)[0])
@@ -59,7 +52,7 @@ def det_sheet(
     """``HxWx3`` uint8 grid of the first ``n`` images with their boxes and class names drawn."""
     tiles = []
     for p, ann in list(zip(pairs, annotations, strict=True))[:n]:
-        img, scale = _fit(_read_rgb(resolve(p.image, root)), tile)
+        img, scale = _fit(read_rgb(resolve(p.image, root)), tile)
         for o in ann.objects:
             colour = _COLOURS[classes.index(o.name) % len(_COLOURS)] if o.name in classes else (255, 255, 255)
             x1, y1, x2, y2 = (round(v * scale) for v in o.box)

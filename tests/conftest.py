@@ -1,0 +1,24 @@
+"""Shared fixtures. No test writes into the repository's mlflow.db: MLflow points at a temporary store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def mlflow_store(tmp_path_factory) -> str:
+    """A session-wide temporary SQLite MLflow store (``MLFLOW_TRACKING_URI``)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old

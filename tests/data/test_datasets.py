@@ -1,0 +1,86 @@
+"""Datasets read manifests; joint transforms keep masks and boxes on the image content."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segdet.data.datasets import DetectionDataset, SegmentationDataset, detection_collate
+from segdet.data.formats import write_voc_xml
+from segdet.data.manifest import Pair
+from segdet.data.transforms import det_transforms, seg_transforms
+
+H, W = 24, 40
+
+
+def _seg_pair(tmp_path, mask_high=255):
+    """A dark image with a bright block at rows 4..11, cols 2..9; the mask marks exactly that block."""
+    img = np.full((H, W, 3), 20, np.uint8)
+    img[4:12, 2:10] = 230
+    mask = np.zeros((H, W), np.uint8)
+    mask[4:12, 2:10] = mask_high
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray(mask).save(tmp_path / "a_segmentation.png")
+    return [Pair("a.png", "a_segmentation.png", "m:1")]
+
+
+def _det_pair(tmp_path):
+    """Bright block at cols 2..9, rows 4..11 = VOC box (3, 5, 10, 12) = xyxy (2, 4, 10, 12)."""
+    img = np.full((H, W, 3), 20, np.uint8)
+    img[4:12, 2:10] = 230
+    Image.fromarray(img).save(tmp_path / "b.png")
+    write_voc_xml(tmp_path / "b.xml", "b.png", W, H, [("dog", (3, 5, 10, 12))])
+    return [Pair("b.png", "b.xml", "m:1")]
+
+
+def test_segmentation_item_reads_mask_as_0_1(tmp_path):
+    for high in (255, 1):
+        image, mask = SegmentationDataset(_seg_pair(tmp_path, high), root=tmp_path)[0]
+        assert image.shape == (3, H, W) and image.dtype == torch.uint8
+        assert mask.shape == (H, W) and mask.dtype == torch.int64
+        assert set(mask.unique().tolist()) == {0, 1} and int(mask.sum()) == 64
+
+
+def test_flip_moves_mask_with_image_content(tmp_path):
+    ds = SegmentationDataset(_seg_pair(tmp_path), root=tmp_path, transforms=seg_transforms((H, W), True, 1.0, 0.0))
+    image, mask = ds[0]
+    assert image.dtype == torch.float32 and float(image.max()) <= 1.0
+    expected = torch.zeros(H, W, dtype=torch.int64)
+    expected[4:12, W - 10 : W - 2] = 1  # hand-computed mirror of cols 2..9
+    assert torch.equal(mask, expected)
+    bright = image.mean(0) > 0.5
+    assert torch.equal(bright, mask.bool())
+
+
+def test_resize_keeps_mask_binary_and_aligned(tmp_path):
+    ds = SegmentationDataset(_seg_pair(tmp_path), root=tmp_path, transforms=seg_transforms((48, 80), False))
+    image, mask = ds[0]
+    assert mask.shape == (48, 80) and set(mask.unique().tolist()) == {0, 1}
+    assert torch.equal(mask[8:24, 4:20], torch.ones(16, 16, dtype=torch.int64))
+    assert float(image[:, mask.bool()].mean()) > 0.8 and float(image[:, ~mask.bool()].mean()) < 0.2
+
+
+def test_detection_item_boxes_and_labels(tmp_path):
+    image, target = DetectionDataset(_det_pair(tmp_path), ["cat", "dog"], root=tmp_path)[0]
+    assert target["boxes"].tolist() == [[2.0, 4.0, 10.0, 12.0]]
+    assert target["labels"].tolist() == [2]  # 1-based line of the class list
+    assert target["image_id"] == 1 and target["orig_size"] == (H, W)
+
+
+def test_flip_moves_boxes_with_image_content(tmp_path):
+    ds = DetectionDataset(_det_pair(tmp_path), ["dog"], root=tmp_path, transforms=det_transforms((H, W), True, 1.0))
+    image, target = ds[0]
+    x1, y1, x2, y2 = target["boxes"][0].tolist()
+    assert (x1, y1, x2, y2) == (W - 10, 4, W - 2, 12)  # hand-computed mirror
+    bright = image.mean(0) > 0.5
+    inside = torch.zeros_like(bright)
+    inside[int(y1) : int(y2), int(x1) : int(x2)] = True
+    assert torch.equal(bright, inside)
+
+
+def test_resize_scales_boxes(tmp_path):
+    ds = DetectionDataset(_det_pair(tmp_path), ["dog"], root=tmp_path, transforms=det_transforms((48, 120), False))
+    image, target = ds[0]
+    assert target["boxes"][0].tolist() == [6.0, 8.0, 30.0, 24.0]
+    assert float(image[:, 8:24, 6:30].mean()) > 0.8
+    images, targets = detection_collate([ds[0], ds[0]])
+    assert len(images) == 2 and targets[1]["labels"].tolist() == [1]

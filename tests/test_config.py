@@ -1,0 +1,95 @@
+import dataclasses
+import re
+
+import pytest
+
+from segdet.config import SECTIONS, ConfigError, DataConfig, flatten, load_params, load_section
+from tests.conftest import REPO
+
+
+def data(**over):
+    return load_section("data", {"data": over})
+
+
+def test_repository_params_load_with_documented_defaults():
+    params = load_params(REPO / "params.yaml")
+    cfg = load_section("data", params)
+    assert isinstance(cfg, DataConfig)
+    assert (cfg.seg.source, cfg.det.source) == ("synthetic", "synthetic")
+    assert cfg.split.train + cfg.split.val + cfg.split.test == pytest.approx(1.0)
+    assert load_section("base", params).device == "auto"
+    assert set(params) <= set(SECTIONS)
+
+
+def test_every_params_key_has_a_type_and_meaning_comment():
+    for lineno, line in enumerate((REPO / "params.yaml").read_text().splitlines(), 1):
+        if re.match(r"^\s+\w+:\s*[^#\s]", line):  # a key with a value (not a section header)
+            assert re.search(r"#\s*\(.+\)\s*\S", line), f"params.yaml:{lineno} lacks '# (type) meaning': {line}"
+
+
+def test_missing_section_and_keys_take_defaults():
+    assert load_section("data", {}) == DataConfig()
+    assert data(seed=3).seg == DataConfig().seg
+
+
+def test_unknown_key_names_key_and_suggests():
+    with pytest.raises(ConfigError, match=r"data\.seg: unknown key 'sorce' \(did you mean 'source'\?\)"):
+        data(seg={"sorce": "isic"})
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("dta:\n  seed: 1\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown section 'dta' \(did you mean 'data'\?\)"):
+        load_params(f)
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"seed": "one"}, r"data\.seed = 'one' has the wrong type: expected an integer"),
+        ({"seed": True}, r"data\.seed = True has the wrong type: expected an integer"),
+        ({"seed": -1}, r"data\.seed = -1 is out of range: expected a value >= 0"),
+        ({"use_source_splits": "yes"}, r"data\.use_source_splits = 'yes' has the wrong type: expected true/false"),
+        ({"split": {"train": 1.5}}, r"data\.split\.train = 1\.5 is out of range: expected a value > 0\.0 and <= 1\.0"),
+        ({"split": {"train": 0.5}}, r"data\.split: train \+ val \+ test = 0\.5 \+ 0\.15 \+ 0\.15 = 0\.8"),
+        ({"seg": {"source": "png"}}, r"data\.seg\.source = 'png' is not allowed; choose one of: synthetic, isic, manifest"),
+        ({"seg": {"source": "isic"}}, r"data\.seg\.path is required when data\.seg\.source is 'isic'"),
+        ({"seg": {"path": "x"}}, r"data\.seg\.path = 'x' is set but data\.seg\.source is 'synthetic'"),
+        ({"seg": {"image_size": 8}}, r"data\.seg\.image_size = 8 is out of range: expected a value >= 32 and <= 4096"),
+        ({"det": {"classes": "cat"}}, r"data\.det\.classes = 'cat' has the wrong type: expected a list of a string"),
+        ({"det": {"classes": ["a", "a"]}}, r"data\.det\.classes: duplicate class names \['a'\]"),
+        ({"det": {"source": "voc", "path": "v", "images": "i"}}, r"data\.det\.images = 'i' is only used with"),
+        ({"seg": 3}, r"data\.seg = 3 must be a mapping"),
+    ],
+)
+def test_invalid_values_name_key_value_and_allowed(over, message):
+    with pytest.raises(ConfigError, match=message):
+        data(**over)
+
+
+def test_device_must_be_a_known_kind():
+    assert load_section("base", {"base": {"device": "cuda:1"}}).device == "cuda:1"
+    with pytest.raises(ConfigError, match=r"base\.device = 'gpu' is not allowed; expected one of: auto, cpu, cuda"):
+        load_section("base", {"base": {"device": "gpu"}})
+
+
+def test_error_names_the_params_file(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text("data:\n  seed: -2\n")
+    with pytest.raises(ConfigError, match=r"my\.yaml: data\.seed = -2"):
+        load_section("data", f)
+
+
+def test_ints_are_accepted_for_floats_and_configs_are_frozen():
+    cfg = data(split={"train": 1, "val": 0, "test": 0})
+    assert cfg.split.train == 1.0 and isinstance(cfg.split.train, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 4  # type: ignore[misc]
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(data(det={"classes": ["a", "b"]}), "data.")
+    assert flat["data.split.train"] == 0.7
+    assert flat["data.det.classes"] == "a,b"
+    assert flat["data.seg.path"] is None
