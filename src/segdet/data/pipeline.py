@@ -108,7 +108,7 @@ def _counts(n: int, fractions: list[float]) -> list[int]:
             sizes[i] = 1
     sizes[0] = n - sum(sizes[1:])
     if sizes[0] < 1:
-        raise ValueError(f"{n} item(s) are too few to split by {fractions}")
+        raise ManifestError("splits", [f"{n} item(s) are too few to split by fractions {fractions}"])
     return sizes
 
 
@@ -258,22 +258,17 @@ def build_manifests(
     Raises:
         ManifestError: listing every problem with its manifest line or file; ``out`` is left untouched.
     """
-    seg_splits, seg_how = assign_splits(
-        seg_sources(cfg, raw, root, source_root), cfg.split, cfg.seed, cfg.use_source_splits
-    )
-    det_splits, det_how = assign_splits(
-        det_sources(cfg, raw, root, source_root), cfg.split, cfg.seed + 1, cfg.use_source_splits
-    )
-    log.info("seg splits: %s", seg_how)
-    log.info("det splits: %s", det_how)
-
-    seg_all = [p for s in SPLITS for p in seg_splits[s]]
-    problems = validate_seg(seg_all, root, progress=progress)
+    # validated in source order (so a duplicate is reported at its later line), then split
+    seg_src = seg_sources(cfg, raw, root, source_root)
+    problems = validate_seg([p for ps in seg_src.values() for p in ps], root, progress=progress)
     if problems:
         raise ManifestError("segmentation data", problems)
+    seg_splits, seg_how = assign_splits(seg_src, cfg.split, cfg.seed, cfg.use_source_splits)
+    log.info("seg splits: %s", seg_how)
 
     classes = _known_classes(cfg, raw)
-    det_all = [p for s in SPLITS for p in det_splits[s]]
+    det_src = det_sources(cfg, raw, root, source_root)
+    det_all = [p for ps in det_src.values() for p in ps]
     check = validate_det(det_all, root, classes, progress=progress)
     if check.problems:
         raise ManifestError("detection data", check.problems)
@@ -284,6 +279,8 @@ def build_manifests(
     if not classes:
         raise ManifestError("detection data", ["no objects found in any annotation; cannot derive classes"])
 
+    det_splits, det_how = assign_splits(det_src, cfg.split, cfg.seed + 1, cfg.use_source_splits)
+    log.info("det splits: %s", det_how)
     anns = dict(zip([p.image for p in det_all], check.annotations, strict=True))
     summary: dict = {
         "seg": {"how": seg_how, **{s: len(seg_splits[s]) for s in SPLITS}},
