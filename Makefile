@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # PyTorch is pinned to the wheels this project is tested with; any version in pyproject's range works.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test setup lint clean-outputs
+.PHONY: help run test setup lint clean-outputs
 .DEFAULT_GOAL := help
 
 help:
@@ -26,12 +26,12 @@ run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup
-	$(BIN)/ruff check src stages tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src stages tests bench
-	$(BIN)/ruff format --check src stages tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-outputs:
 	rm -rf data models reports mlflow.db mlartifacts
