@@ -27,8 +27,10 @@ def main(argv=None):
     with tracking.stage_run("prepare", flatten(cfg, "data.")) as run:
         summary = prepare_data(cfg, args.out, root, source_root=source_root)
         run.log_dict(summary, "prepare_summary.json")
-        run.log_metrics({f"{k}_{m}": v for k in ("seg", "det") for m, v in summary[k].items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        metrics = {f"{k}_{m}": v for k in ("seg", "det") for m, v in summary[k].items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics.update({f"det_objects_{c}": n for c, n in summary["det"].get("objects_per_class", {}).items()})
+        run.log_metrics(metrics)
         seg = [p for ps in seg_sources(cfg, args.out, root, source_root).values() for p in ps][:16]
         det = [p for ps in det_sources(cfg, args.out, root, source_root).values() for p in ps][:16]
         anns = [parse_voc_xml(resolve(p.label, root)) for p in det]
