@@ -11,9 +11,11 @@ from pathlib import Path
 from segdet.config import ConfigError
 from segdet.data.formats import FormatError
 from segdet.data.manifest import ManifestError
+from segdet.engine import NonFiniteLossError
+from segdet.nets.weights import CheckpointError
 
 #: errors caused by the user's input: reported as one clear message, without a traceback
-USER_ERRORS = (ConfigError, ManifestError, FormatError)
+USER_ERRORS = (ConfigError, ManifestError, FormatError, CheckpointError, NonFiniteLossError)
 
 
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:

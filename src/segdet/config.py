@@ -31,6 +31,8 @@ __all__ = [
     "SegDataConfig",
     "DetDataConfig",
     "DataConfig",
+    "UnetTrainConfig",
+    "UnetEvalConfig",
     "SECTIONS",
     "load_params",
     "load_section",
@@ -146,10 +148,49 @@ def _require_path(prefix: str, source: str, path: str | None) -> None:
         raise ConfigError(f"{prefix}.path is required when {prefix}.source is {source!r}")
 
 
+@dataclass(frozen=True)
+class UnetTrainConfig:
+    """``unet_train``: UNet training (ISIC-style lesion segmentation)."""
+
+    variant: Literal["unet32", "unet64", "unet128"] = "unet32"
+    input_size: int = param(96, ge=16, le=2048)
+    batch_size: int = param(8, ge=1, le=1024)
+    epochs: int = param(12, ge=1, le=10_000)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = param(0.002, gt=0.0, le=10.0)
+    momentum: float = param(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = param(0.0, ge=0.0, le=1.0)
+    loss: Literal["ce", "dice", "ce+dice"] = "ce+dice"
+    step_size: int = param(8, ge=1)
+    gamma: float = param(0.1, gt=0.0, le=1.0)
+    augment: bool = True
+    workers: int = param(0, ge=0, le=64)
+    amp: bool = True
+    weights: str | None = param(None, false_is_null=True)
+    init_from: str | None = param(None, false_is_null=True)
+
+    def __post_init__(self) -> None:
+        if self.weights and self.init_from:
+            raise ConfigError(
+                "unet_train.weights (resume a run) and unet_train.init_from (start from another network's "
+                "weights) exclude each other; set one of them to null"
+            )
+
+
+@dataclass(frozen=True)
+class UnetEvalConfig:
+    """``unet_eval``: UNet evaluation on the test split."""
+
+    batch_size: int = param(8, ge=1, le=1024)
+    overlays: int = param(8, ge=0, le=100)
+
+
 #: params.yaml section name -> dataclass. One naming chain: section ``unet_train`` = ``UnetTrainConfig``.
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
     "data": DataConfig,
+    "unet_train": UnetTrainConfig,
+    "unet_eval": UnetEvalConfig,
 }
 
 
@@ -239,6 +280,8 @@ def _convert(value: Any, tp: Any, key: str, spec: Any) -> Any:
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
+            return None
+        if value is False and spec.get("false_is_null"):
             return None
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:

@@ -28,19 +28,21 @@ def resolve_device(name: str = "auto"):
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` as asked.
 
     Raises:
-        ValueError: a device was asked for that this machine does not have (names the key ``base.device``).
+        ConfigError: a device was asked for that this machine does not have (names ``base.device``).
     """
     import torch
+
+    from segdet.config import ConfigError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"base.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+        raise ConfigError(f"base.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"base.device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise ConfigError(f"base.device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"base.device = {name!r} but MPS is not available here; use 'auto' or 'cpu'")
+        raise ConfigError(f"base.device = {name!r} but MPS is not available here; use 'auto' or 'cpu'")
     return dev
 
 

@@ -133,6 +133,28 @@ class StageRun:
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
+    def log_model(self, model: Any, name: str, input_example: Any) -> bool:
+        """Log a torch model in MLflow's safe ``pt2`` format (``torch.export``; the batch dimension stays
+        dynamic); load it back with ``mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")``.
+
+        Returns False (with a warning and the tag ``segdet.model_logged=false``) when export fails, so a
+        finished training is never lost to a logging problem.
+        """
+        import mlflow.pytorch
+        import torch
+
+        try:
+            mlflow.pytorch.log_model(
+                model, name=name, input_example=input_example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+        except Exception as exc:  # noqa: BLE001 - report any export failure, keep the run
+            log.warning("could not log the model to MLflow (%s: %s)", type(exc).__name__, exc)
+            mlflow.set_tag("segdet.model_logged", "false")
+            return False
+        mlflow.set_tag("segdet.model_logged", "true")
+        return True
+
     @contextlib.contextmanager
     def artifact_dir(self, artifact_path: str | None = None) -> Iterator[Path]:
         """A temporary folder whose contents are logged as artifacts when the block ends."""

@@ -1,0 +1,201 @@
+"""The one training loop for UNet, the R-CNN CNN and YOLOv1 (torchvision ``references/detection`` style).
+
+``fit`` runs epochs of :func:`train_one_epoch`, steps the LR scheduler once per epoch, evaluates, and
+writes two checkpoints into ``run_dir`` (DESIGN.md contract): ``last.pt`` after every epoch (what a
+killed run resumes from) and ``best.pt`` whenever the monitored metric improves. Each epoch re-seeds
+PyTorch and the loader's generator from ``(seed, epoch)``, so a run resumed from ``last.pt`` after epoch
+k ends with the same weights as a run that was never interrupted. A non-finite loss stops training
+with :class:`NonFiniteLossError`. AMP (float16 autocast + GradScaler) is used on CUDA when asked.
+Models differ only in the ``step`` (batch -> loss) and ``evaluate`` functions they pass in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from segdet.nets.weights import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: ``step(model, batch, device) -> (loss, {"part": float, ...})``
+StepFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message says where and what to try."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _batch_size(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return len(first)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    step: StepFn,
+    device: torch.device,
+    *,
+    epoch: int,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the sample-weighted mean of ``loss`` and of each loss part."""
+    model.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    bar = tqdm(loader, desc=f"{desc} epoch {epoch}", unit="batch", disable=not progress, leave=False)
+    for i, batch in enumerate(bar):
+        with torch.autocast(device.type, enabled=amp):
+            loss, parts = step(model, batch, device)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"{desc}: the loss became {value} at epoch {epoch}, batch {i + 1}; training stopped. "
+                f"Try a lower learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the labels; "
+                "the last good checkpoint is last.pt of the previous epoch"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = _batch_size(batch)
+        seen += n
+        for k, v in {"loss": value, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v * n
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+    return {k: v / max(seen, 1) for k, v in sums.items()}
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_value: float
+    best_checkpoint: Path
+    last_checkpoint: Path
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_loader: Any,
+    *,
+    step: StepFn,
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    epochs: int,
+    device: torch.device,
+    run_dir: str | Path,
+    monitor: str,
+    mode: str = "max",
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    amp: bool = False,
+    resume: str | Path | None = None,
+    config: dict | None = None,
+    classes: list[str] | None = None,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> FitResult:
+    """Train for ``epochs`` (counting from 1), resuming from the checkpoint ``resume`` when given.
+
+    Args:
+        generator: the ``torch.Generator`` of ``train_loader`` (shuffle order, worker seeds); re-seeded
+            every epoch together with the global RNG.
+        monitor: key of ``evaluate``'s result that picks ``best.pt`` (``mode`` ``max`` or ``min``).
+        on_epoch: called after each epoch with the history so far (rows of a resumed run included); the
+            last row is this epoch's ``{"epoch", "train_loss", ..., "lr", "seconds"}``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    amp = amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    history: list[dict] = []
+    best_epoch, best_value = 0, None
+    start = 1
+    if resume:
+        ckpt = load_checkpoint(resume, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler") and scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        metrics = ckpt.get("metrics") or {}
+        history = list(metrics.get("history", []))
+        best_epoch, best_value = metrics.get("best_epoch", 0), metrics.get("best_value")
+        start = int(ckpt["epoch"]) + 1
+        src_best = Path(resume).with_name("best.pt")
+        if src_best.is_file() and src_best.resolve() != best_path.resolve():
+            shutil.copy2(src_best, best_path)
+        log.info("resumed from %s after epoch %d (best %s = %s at epoch %d)", resume, start - 1, monitor,
+                 best_value, best_epoch)
+        if start > epochs:
+            log.warning("the checkpoint is already at epoch %d >= epochs = %d: nothing to train", start - 1, epochs)
+
+    def checkpoint(path: Path, epoch: int) -> None:
+        save_checkpoint(
+            path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
+            config=config or {}, classes=classes or [],
+            metrics={"history": history, "best_epoch": best_epoch, "best_value": best_value, "monitor": monitor},
+        )
+
+    for epoch in range(start, epochs + 1):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        if generator is not None:
+            generator.manual_seed(epoch_seed(seed, epoch))
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(model, optimizer, train_loader, step, device, epoch=epoch, scaler=scaler,
+                                amp=amp, progress=progress, desc=desc)
+        if scheduler is not None:
+            scheduler.step()
+        val = evaluate(model)
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **val, "lr": lr,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if monitor not in val:
+            raise KeyError(f"evaluate() returned {sorted(val)}, not the monitored metric {monitor!r}")
+        if _better(val[monitor], best_value, mode):
+            best_epoch, best_value = epoch, float(val[monitor])
+            checkpoint(best_path, epoch)
+        checkpoint(last_path, epoch)
+        if on_epoch is not None:
+            on_epoch(history)
+        log.info("epoch %d/%d: %s", epoch, epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+    if not best_path.is_file():
+        log.warning("no best.pt from before the resume was found; the last epoch is used as the best")
+        checkpoint(best_path, max(start - 1, epochs))
+    return FitResult(history, best_epoch, best_value if best_value is not None else float("nan"), best_path,
+                     last_path)

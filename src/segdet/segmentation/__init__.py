@@ -1,0 +1,1 @@
+"""UNet training and evaluation: losses, metrics, train and evaluate loops."""

@@ -1,0 +1,110 @@
+"""UNet training: data, model, optimizer and schedule from a :class:`UnetTrainConfig`, loop in ``engine``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from segdet.config import UnetTrainConfig
+from segdet.data.datasets import SegmentationDataset
+from segdet.data.transforms import seg_transforms
+from segdet.engine import FitResult, fit
+from segdet.nets.unet import UNet, build_unet
+from segdet.nets.weights import TransferReport, init_from
+from segdet.segmentation.losses import SegLoss
+from segdet.segmentation.metrics import scores
+
+log = logging.getLogger(__name__)
+
+CLASSES = ["background", "lesion"]
+
+
+def make_optimizer(cfg: UnetTrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def validate(model: UNet, loader: DataLoader, loss_fn: SegLoss, device: torch.device) -> dict[str, float]:
+    """``val_loss`` and per-image mean ``val_dice`` / ``val_iou`` at the training input size."""
+    model.eval()
+    total, n, dice, iou = 0.0, 0, 0.0, 0.0
+    for images, masks in loader:
+        images, masks = images.to(device), masks.to(device)
+        logits = model(images)
+        loss, _ = loss_fn(logits, masks)
+        s = scores(logits.argmax(1), masks)
+        total += float(loss) * len(images)
+        dice += float(s["dice"].sum())
+        iou += float(s["iou"].sum())
+        n += len(images)
+    n = max(n, 1)
+    return {"val_loss": total / n, "val_dice": dice / n, "val_iou": iou / n}
+
+
+def train_unet(
+    cfg: UnetTrainConfig,
+    *,
+    train_manifest: str | Path,
+    val_manifest: str | Path,
+    root: str | Path,
+    device: torch.device,
+    run_dir: str | Path,
+    seed: int = 0,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+    on_transfer: Callable[[TransferReport], None] | None = None,
+    progress: bool = True,
+) -> tuple[UNet, FitResult]:
+    """Train a UNet; ``run_dir`` receives ``last.pt`` (resume) and ``best.pt`` (highest val Dice).
+
+    ``cfg.weights`` resumes a run from its checkpoint (model, optimizer, scheduler, epoch);
+    ``cfg.init_from`` starts from another network's weights (strict=False transfer, reported to
+    ``on_transfer``). Returns the model with the best weights loaded and the fit result.
+    """
+    torch.manual_seed(seed)  # model initialisation
+    model = build_unet(cfg.variant, num_classes=len(CLASSES))
+    if cfg.init_from:
+        report = init_from(model, cfg.init_from)
+        log.info("%s", report.summary())
+        if on_transfer is not None:
+            on_transfer(report)
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    generator = torch.Generator()
+    pin = device.type == "cuda"
+    train_ds = SegmentationDataset(train_manifest, root, seg_transforms(cfg.input_size, train=cfg.augment))
+    val_ds = SegmentationDataset(val_manifest, root, seg_transforms(cfg.input_size, train=False))
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ValueError(f"unet_train needs images in both {train_manifest} ({len(train_ds)}) and "
+                         f"{val_manifest} ({len(val_ds)})")
+    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator,
+                              num_workers=cfg.workers, pin_memory=pin)
+    val_loader = DataLoader(val_ds, cfg.batch_size, num_workers=cfg.workers, pin_memory=pin)
+
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    loss_fn = SegLoss(cfg.loss)
+
+    def step(model, batch, device):
+        images, masks = batch
+        logits = model(images.to(device, non_blocking=True))
+        return loss_fn(logits, masks.to(device, non_blocking=True))
+
+    result = fit(
+        model, optimizer, scheduler, train_loader,
+        step=step, evaluate=lambda m: validate(m, val_loader, loss_fn, device),
+        epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_dice", mode="max", seed=seed,
+        generator=generator, amp=cfg.amp, resume=cfg.weights, config=dataclasses.asdict(cfg),
+        classes=CLASSES, on_epoch=on_epoch, progress=progress, desc=cfg.variant,
+    )
+    best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    return model, result

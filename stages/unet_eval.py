@@ -1,0 +1,63 @@
+"""DVC stage ``unet_eval``: score the trained UNet on the test split at the original image sizes.
+
+Reads ``models/unet.pt``, ``data/manifests/seg_test.txt`` and params ``base``, ``unet_eval``; writes
+``reports/unet_eval.json`` (means over images), ``reports/unet_eval_per_image.csv`` and 0/255 PNG
+predictions ``reports/unet/pred_test/<label file name>``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from segdet import tracking
+from segdet.cli import run_stage
+from segdet.config import flatten, load_params, load_section
+from segdet.data.formats import read_gray, read_rgb
+from segdet.data.manifest import resolve
+from segdet.io import atomic_dir, atomic_file, write_json
+from segdet.nets.unet import build_unet
+from segdet.nets.weights import load_checkpoint
+from segdet.runtime import device_name, resolve_device
+from segdet.segmentation.evaluate import evaluate_unet, overlay
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", default="models/unet.pt", type=Path)
+    ap.add_argument("--manifest", default="data/manifests/seg_test.txt", type=Path)
+    ap.add_argument("--metrics", default="reports/unet_eval.json", type=Path)
+    ap.add_argument("--per-image", default="reports/unet_eval_per_image.csv", type=Path)
+    ap.add_argument("--pred-dir", default="reports/unet/pred_test", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    base, cfg = load_section("base", params), load_section("unet_eval", params)
+    device = resolve_device(base.device)
+    ckpt = load_checkpoint(args.model, map_location=device)
+    train_cfg = ckpt["config"]
+    model = build_unet(train_cfg["variant"], num_classes=len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    root = Path.cwd()
+    logged = {**flatten(base, "base."), **flatten(cfg, "unet_eval."), "unet_train.variant": train_cfg["variant"],
+              "unet_train.input_size": train_cfg["input_size"]}
+    with tracking.stage_run("unet_eval", logged, device=device_name(device)) as run, atomic_dir(args.pred_dir) as pred:
+        result = evaluate_unet(model.to(device), args.manifest, root, input_size=train_cfg["input_size"],
+                               device=device, batch_size=cfg.batch_size, pred_dir=pred)
+        summary = {**result.summary, "device": device_name(device), "variant": train_cfg["variant"],
+                   "input_size": train_cfg["input_size"], "trained_epochs": ckpt["epoch"]}
+        with atomic_file(args.per_image) as fh:
+            result.per_image.to_csv(fh, index=False, float_format="%.6g")
+        write_json(args.metrics, summary)
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        run.log_artifact(args.per_image)
+        for row in result.per_image.head(cfg.overlays).itertuples():
+            truth = read_gray(resolve(row.label, root)) > 0
+            guess = read_gray(pred / Path(row.label).name) > 0
+            run.log_image(overlay(read_rgb(resolve(row.image, root)), truth, guess),
+                          f"overlays/{Path(row.label).stem}.png")
+        print("unet_eval: " + ", ".join(f"{k} {summary[k]:.4f}" for k in ("dice", "iou", "thresholded_jaccard"))
+              + f", {summary['images_per_second']:.1f} images/s (batch {cfg.batch_size}, {summary['device']})")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

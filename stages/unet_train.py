@@ -1,0 +1,67 @@
+"""DVC stage ``unet_train``: train a UNet on the segmentation manifests.
+
+Reads ``data/manifests/seg_{train,val}.txt`` and params ``base``, ``unet_train``; writes
+``models/unet.pt`` (best validation Dice) and ``reports/unet_train.csv`` (one row per epoch). The run
+folder ``models/unet_run/`` keeps ``last.pt`` for resuming (``-S unet_train.weights=models/unet_run/last.pt``).
+"""
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segdet import tracking
+from segdet.cli import run_stage
+from segdet.config import flatten, load_params, load_section
+from segdet.io import atomic_file
+from segdet.runtime import device_name, resolve_device, seed_everything
+from segdet.segmentation.train import train_unet
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifests", default="data/manifests", type=Path)
+    ap.add_argument("--model", default="models/unet.pt", type=Path)
+    ap.add_argument("--run-dir", default="models/unet_run", type=Path)
+    ap.add_argument("--plots", default="reports/unet_train.csv", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    base, cfg = load_section("base", params), load_section("unet_train", params)
+    device = resolve_device(base.device)
+    seed_everything(base.seed)
+    logged = {**flatten(base, "base."), **flatten(cfg, "unet_train.")}
+    with tracking.stage_run("unet_train", logged, device=device_name(device)) as run:
+
+        def on_epoch(history):
+            with atomic_file(args.plots) as fh:
+                pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
+            row = history[-1]
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+        def on_transfer(report):
+            print(report.summary())
+            run.log_dict(report.as_dict(), "transfer_report.json")
+            run.log_metrics({"transfer_loaded": len(report.loaded), "transfer_mismatched": len(report.mismatched),
+                             "transfer_missing": len(report.missing), "transfer_unexpected": len(report.unexpected)})
+
+        model, result = train_unet(
+            cfg, train_manifest=args.manifests / "seg_train.txt", val_manifest=args.manifests / "seg_val.txt",
+            root=Path.cwd(), device=device, run_dir=args.run_dir, seed=base.seed,
+            on_epoch=on_epoch, on_transfer=on_transfer,
+        )
+        args.model.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(args.model, "wb") as fh, open(result.best_checkpoint, "rb") as src:
+            shutil.copyfileobj(src, fh)
+        run.log_metrics({"best_val_dice": result.best_value, "best_epoch": result.best_epoch})
+        run.log_artifact(args.plots)
+        example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)
+        run.log_model(model.cpu().eval(), "model", example)
+        print(f"unet_train: best val Dice {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))
