@@ -93,3 +93,9 @@ def test_flatten_gives_dotted_keys():
     assert flat["data.split.train"] == 0.7
     assert flat["data.det.classes"] == "a,b"
     assert flat["data.seg.path"] is None
+
+
+def test_params_yaml_values_are_the_dataclass_defaults():
+    params = load_params(REPO / "params.yaml")
+    for name, cls in SECTIONS.items():
+        assert load_section(name, params) == cls(), f"params.yaml section {name} differs from {cls.__name__}()"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segdet.nets.weights import load_checkpoint, save_checkpoint
+from segdet.nets.weights import CheckpointError, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,13 @@ def fit(
     start = 1
     if resume:
         ckpt = load_checkpoint(resume, map_location=device)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(
+                f"{resume}: cannot resume, the checkpoint does not fit this model "
+                f"({str(exc).strip().splitlines()[0]}); to start from another network's weights use init_from"
+            ) from None
         if ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scheduler") and scheduler is not None:

@@ -13,7 +13,20 @@ import yaml
 
 from tests.conftest import REPO
 
-TINY = {"seg": {"num_images": 12, "image_size": 48}, "det": {"num_images": 12, "image_size": 64, "max_objects": 3}}
+#: params for a fast pipeline: a dozen tiny images per dataset, one or two epochs
+TINY = {
+    "data": {"seg": {"num_images": 12, "image_size": 48}, "det": {"num_images": 12, "image_size": 64, "max_objects": 3}},
+    "unet_train": {"input_size": 32, "batch_size": 4, "epochs": 2, "step_size": 1},
+    "unet_eval": {"batch_size": 4, "overlays": 2},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` updated recursively with ``over``."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -26,17 +39,15 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
     return out
 
 
-def make_repo(dest: Path, **data_overrides) -> Path:
+def make_repo(dest: Path, **overrides: dict) -> Path:
+    """A git + DVC repository in ``dest`` with this project's stages and TINY params (plus ``overrides``
+    per params section, e.g. ``data={"seed": 1}``)."""
     for name in ("stages", "src"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy2(REPO / "dvc.yaml", dest / "dvc.yaml")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key in ("seg", "det"):
-        params["data"][key].update(TINY[key])
-    for key, value in data_overrides.items():
-        params["data"][key].update(value) if isinstance(value, dict) else params["data"].__setitem__(key, value)
+    params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / ".gitignore").write_text("/data/\n/mlflow.db\n/mlartifacts/\n")
+    (dest / ".gitignore").write_text("/data/\n/models/\n/mlflow.db\n/mlartifacts/\n")
     sh(["git", "init", "-q"], dest)
     sh([sys.executable, "-m", "dvc", "init", "-q"], dest)
     sh(["git", "add", "-A"], dest)

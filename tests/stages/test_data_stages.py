@@ -28,7 +28,7 @@ def _runs(**tags):
 
 
 def test_dvc_repro_writes_manifests_and_logs_runs(tiny_repo):
-    sh(["dvc", "repro"], tiny_repo)
+    sh(["dvc", "repro", "manifest"], tiny_repo)
     man = tiny_repo / "data" / "manifests"
     for s in SPLITS:
         for f in (f"seg_{s}.txt", f"det_{s}.txt", f"det_{s}_coco.json"):
@@ -51,17 +51,17 @@ def test_dvc_repro_writes_manifests_and_logs_runs(tiny_repo):
     assert {a.path for a in client.list_artifacts(mani.info.run_id, "samples")} == {
         "samples/seg_train.png", "samples/det_train.png"}
 
-    again = sh(["dvc", "repro"], tiny_repo)
+    again = sh(["dvc", "repro", "manifest"], tiny_repo)
     assert "Data and pipelines are up to date" in again.stdout
 
 
 def test_same_params_give_byte_identical_data_and_seed_changes_it(tiny_repo):
-    sh(["dvc", "repro"], tiny_repo)
+    sh(["dvc", "repro", "manifest"], tiny_repo)
     raw, man = _digest(tiny_repo / "data" / "raw"), _digest(tiny_repo / "data" / "manifests")
-    sh(["dvc", "repro", "--force"], tiny_repo)
+    sh(["dvc", "repro", "--force", "manifest"], tiny_repo)
     assert (_digest(tiny_repo / "data" / "raw"), _digest(tiny_repo / "data" / "manifests")) == (raw, man)
 
-    out = sh(["dvc", "exp", "run", "-n", "seed-one", "-S", "data.seed=1"], tiny_repo)
+    out = sh(["dvc", "exp", "run", "-n", "seed-one", "-S", "data.seed=1", "manifest"], tiny_repo)
     assert "Running stage 'prepare'" in out.stdout and "Running stage 'manifest'" in out.stdout
     assert _digest(tiny_repo / "data" / "raw") != raw
     assert _digest(tiny_repo / "data" / "manifests") != man
@@ -70,7 +70,7 @@ def test_same_params_give_byte_identical_data_and_seed_changes_it(tiny_repo):
 
 
 def test_bad_params_fail_clearly_and_write_nothing(tmp_path):
-    repo = make_repo(tmp_path, split={"train": 2})
+    repo = make_repo(tmp_path, data={"split": {"train": 2}})
     out = sh([sys.executable, "stages/manifest.py"], repo, check=False)
     assert out.returncode == 1
     assert "ERROR: params.yaml: data.split.train = 2.0 is out of range" in out.stderr
@@ -79,8 +79,8 @@ def test_bad_params_fail_clearly_and_write_nothing(tmp_path):
 
 
 def test_bad_source_folder_fails_stage_without_output(tmp_path):
-    repo = make_repo(tmp_path, det={"source": "voc", "path": "no/such/voc"})
-    out = sh(["dvc", "repro"], repo, check=False)
+    repo = make_repo(tmp_path, data={"det": {"source": "voc", "path": "no/such/voc"}})
+    out = sh(["dvc", "repro", "manifest"], repo, check=False)
     assert out.returncode != 0
     assert "no/such/voc: not a Pascal VOC folder (missing JPEGImages, Annotations/)" in out.stderr + out.stdout
     assert not (repo / "data" / "raw" / "voc").exists()

@@ -1,0 +1,108 @@
+"""unet_train and unet_eval run as DVC stages (tiny data, tiny epochs) and log to MLflow."""
+
+import json
+from pathlib import Path
+
+import mlflow.pytorch
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from segdet import tracking
+from tests.stages.conftest import make_repo, sh
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(**tags):
+    exp = MlflowClient().get_experiment_by_name(tracking.EXPERIMENT)
+    query = " and ".join(f"tags.`segdet.{k}` = '{v}'" for k, v in tags.items())
+    return MlflowClient().search_runs([exp.experiment_id], query)
+
+
+@pytest.fixture(scope="module")
+def unet_repo(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("unet"))
+    sh(["dvc", "repro", "unet_eval"], repo)
+    return repo
+
+
+def test_training_writes_checkpoint_curve_and_mlflow_run(unet_repo):
+    ckpt = torch.load(unet_repo / "models" / "unet.pt", weights_only=True)
+    assert set(ckpt) == {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "classes", "metrics"}
+    assert ckpt["config"]["variant"] == "unet32"
+    curve = pd.read_csv(unet_repo / "reports" / "unet_train.csv")
+    assert curve["epoch"].tolist() == [1, 2]
+    assert {"train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"} <= set(curve.columns)
+    assert (unet_repo / "models" / "unet_run" / "last.pt").is_file()
+
+    run = _runs(stage="unet_train")[0]
+    history = MlflowClient().get_metric_history(run.info.run_id, "val_dice")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == pytest.approx(curve["val_dice"].tolist())
+    assert run.data.params["unet_train.variant"] == "unet32"
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 2, 32, 32)
+
+
+def test_evaluation_outputs_match_the_contract(unet_repo):
+    metrics = json.loads((unet_repo / "reports" / "unet_eval.json").read_text())
+    for k in ("dice", "iou", "thresholded_jaccard", "pixel_accuracy", "sensitivity", "specificity"):
+        assert 0.0 <= metrics[k] <= 1.0
+    assert metrics["device"] == "cpu" and metrics["images_per_second"] > 0 and metrics["batch_size"] == 4
+    per_image = pd.read_csv(unet_repo / "reports" / "unet_eval_per_image.csv")
+    test_lines = (unet_repo / "data" / "manifests" / "seg_test.txt").read_text().split("\n")
+    assert len(per_image) == len([line for line in test_lines if line])
+    assert metrics["dice"] == pytest.approx(per_image["dice"].mean())
+    for image, label in zip(per_image["image"], per_image["label"], strict=True):
+        pred = Image.open(unet_repo / "reports" / "unet" / "pred_test" / label.split("/")[-1])
+        assert pred.mode == "L" and pred.size == Image.open(unet_repo / image).size
+        assert set(np.unique(np.asarray(pred))) <= {0, 255}
+    run = _runs(stage="unet_eval")[0]
+    arts = [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "overlays")]
+    assert len(arts) == 2
+
+
+def test_resume_from_last_checkpoint_through_the_stage(unet_repo):
+    sh(["cp", "models/unet_run/last.pt", "resume.pt"], unet_repo)
+    out = sh(["dvc", "exp", "run", "-n", "resumed", "-S", "unet_train.epochs=3", "-S", "unet_train.variant=unet32",
+              "-S", "unet_train.init_from=null", "-S", "unet_train.weights=resume.pt", "unet_train"], unet_repo)
+    assert "resumed from resume.pt after epoch" in out.stderr + out.stdout
+    curve = pd.read_csv(unet_repo / "reports" / "unet_train.csv")
+    assert curve["epoch"].tolist() == [1, 2, 3]
+
+
+def test_resume_with_another_variant_fails_clearly(unet_repo):
+    out = sh(["dvc", "exp", "run", "-S", "unet_train.variant=unet64", "-S", "unet_train.weights=resume.pt",
+              "unet_train"], unet_repo, check=False)
+    assert out.returncode != 0
+    assert "was trained as unet32 but unet_train.variant is unet64" in out.stderr + out.stdout
+
+
+def test_variant_experiment_and_transfer_report(unet_repo):
+    out = sh(["dvc", "exp", "run", "-n", "wide", "-S", "unet_train.variant=unet128", "-S", "unet_train.epochs=1",
+              "-S", "unet_train.weights=null", "unet_train"], unet_repo)
+    assert "Running stage 'unet_train'" in out.stdout
+    [wide] = _runs(stage="unet_train", dvc_exp_name="wide")
+    assert wide.data.params["unet_train.variant"] == "unet128"
+
+    sh(["cp", "models/unet_run/best.pt", "u128.pt"], unet_repo)
+    sh(["dvc", "exp", "run", "-n", "transfer", "-S", "unet_train.variant=unet64", "-S", "unet_train.epochs=1",
+        "-S", "unet_train.init_from=u128.pt", "unet_train"], unet_repo)
+    [run] = _runs(stage="unet_train", dvc_exp_name="transfer")
+    local = MlflowClient().download_artifacts(run.info.run_id, "transfer_report.json")
+    report = json.loads(Path(local).read_text())
+    assert report["mismatched"] and {"key": "inc.0.weight", "source": [128, 3, 3, 3], "target": [64, 3, 3, 3]} in (
+        report["mismatched"])
+    assert run.data.metrics["transfer_mismatched"] == len(report["mismatched"])
+
+
+def test_not_a_checkpoint_fails_clearly(unet_repo):
+    (unet_repo / "junk.pt").write_text("not weights")
+    out = sh(["dvc", "exp", "run", "-S", "unet_train.weights=null", "-S", "unet_train.init_from=junk.pt",
+              "unet_train"], unet_repo, check=False)
+    assert out.returncode != 0
+    assert "ERROR: junk.pt: not a checkpoint" in out.stderr + out.stdout
