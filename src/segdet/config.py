@@ -185,12 +185,87 @@ class UnetEvalConfig:
     overlays: int = param(8, ge=0, le=100)
 
 
+@dataclass(frozen=True)
+class ProposalsConfig:
+    """``proposals``: selective search region proposals."""
+
+    mode: Literal["fast", "quality"] = "fast"
+    max_side: int = param(256, ge=32, le=4096)
+    min_size: int = param(8, ge=1)
+    max_proposals: int = param(2000, ge=1, le=100_000)
+    workers: int = param(0, ge=0, le=256)
+
+
+@dataclass(frozen=True)
+class RcnnFinetuneConfig:
+    """``rcnn_finetune``: the R-CNN region CNN, fine-tuned as (N+1)-way classification of warped proposals."""
+
+    backbone: Literal["small", "alexnet", "vgg16"] = "small"
+    crop_size: int = param(64, ge=16, le=512)
+    context: float = param(4.5, ge=0.0)
+    fg_iou: float = param(0.5, gt=0.0, le=1.0)
+    fg_per_batch: int = param(32, ge=1)
+    bg_per_batch: int = param(96, ge=1)
+    batches_per_epoch: int = param(50, ge=1)
+    val_batches: int = param(10, ge=1)
+    epochs: int = param(6, ge=1, le=10_000)
+    lr: float = param(0.01, gt=0.0, le=10.0)
+    momentum: float = param(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = param(0.0005, ge=0.0, le=1.0)
+    step_size: int = param(4, ge=1)
+    gamma: float = param(0.1, gt=0.0, le=1.0)
+    amp: bool = True
+    init_from: str | None = param(None, false_is_null=True)
+
+    def __post_init__(self) -> None:
+        if not 2 * self.context < self.crop_size:
+            raise ConfigError(
+                f"rcnn_finetune.context = {self.context} must be less than half of crop_size ({self.crop_size})"
+            )
+
+
+@dataclass(frozen=True)
+class RcnnSvmConfig:
+    """``rcnn_svm``: per-class linear SVMs with hard-negative mining, and box regressors."""
+
+    C: float = param(0.001, gt=0.0)
+    positive_weight: float = param(2.0, gt=0.0)
+    neg_iou: float = param(0.3, ge=0.0, le=1.0)
+    rounds: int = param(2, ge=0, le=20)
+    init_negatives: int = param(5000, ge=1)
+    max_negatives: int = param(20000, ge=1)
+    reg_iou: float = param(0.6, ge=0.0, le=1.0)
+    reg_alpha: float = param(1000.0, ge=0.0)
+    max_reg_samples: int = param(20000, ge=1)
+
+
+@dataclass(frozen=True)
+class RcnnEvalConfig:
+    """``rcnn_eval``: R-CNN detection on the test split."""
+
+    score_threshold: float = 0.0
+    min_score: float = -1.0
+    nms_iou: float = param(0.3, gt=0.0, le=1.0)
+    max_detections: int = param(100, ge=1)
+    samples: int = param(8, ge=0, le=100)
+
+    def __post_init__(self) -> None:
+        if self.min_score > self.score_threshold:
+            raise ConfigError(
+                f"rcnn_eval.min_score = {self.min_score} must not exceed score_threshold = {self.score_threshold}"
+            )
+
+
 #: params.yaml section name -> dataclass. One naming chain: section ``unet_train`` = ``UnetTrainConfig``.
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
     "data": DataConfig,
     "unet_train": UnetTrainConfig,
     "unet_eval": UnetEvalConfig,
+    "proposals": ProposalsConfig,
+    "rcnn_finetune": RcnnFinetuneConfig,
+    "rcnn_svm": RcnnSvmConfig,
+    "rcnn_eval": RcnnEvalConfig,
 }
 
 

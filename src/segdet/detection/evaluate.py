@@ -1,0 +1,150 @@
+"""One detection evaluator for R-CNN and YOLOv1, working on the DESIGN.md files.
+
+Inputs are the split's COCO ground truth (``det_{split}_coco.json``) and a COCO results list
+(``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``). Outputs:
+
+- VOC-style AP at IoU 0.5 per class with all-point interpolation (VOC 2010+ devkit), and its mean;
+- COCO mAP@[.5:.95] and AP50 from pycocotools (the maintained reference implementation);
+- precision and recall at a chosen score threshold;
+- per-class precision/recall curves for plotting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.ops import box_iou
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Area under the precision envelope (all-point interpolation, VOC 2010+).
+
+    ``recall`` and ``precision`` are the cumulative curves over detections sorted by descending score.
+    """
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def _xyxy(bbox: list[float]) -> list[float]:
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]
+
+
+@dataclass
+class DetEvaluation:
+    per_class: pd.DataFrame  # class, gt, detections, ap50, precision, recall (at the threshold)
+    summary: dict  # map50, coco_map, coco_map50, precision, recall, ...
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # class -> (recall, precision)
+
+
+def match(gt: dict, detections: list[dict], category_id: int, iou_threshold: float = 0.5
+          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy VOC matching for one class: returns ``(scores, is_tp)`` sorted by score, and the GT count.
+
+    Each detection, best score first, takes the unmatched ground-truth box of its image with the
+    highest IoU if that IoU is >= ``iou_threshold``; otherwise (or if that box is taken) it is a FP.
+    """
+    gts: dict[int, torch.Tensor] = {}
+    for a in gt["annotations"]:
+        if a["category_id"] == category_id:
+            gts.setdefault(a["image_id"], []).append(_xyxy(a["bbox"]))
+    gts = {k: torch.tensor(v, dtype=torch.float64) for k, v in gts.items()}
+    used = {k: np.zeros(len(v), bool) for k, v in gts.items()}
+    dets = sorted((d for d in detections if d["category_id"] == category_id), key=lambda d: -d["score"])
+    scores = np.array([d["score"] for d in dets], dtype=np.float64)
+    tp = np.zeros(len(dets), bool)
+    for i, d in enumerate(dets):
+        boxes = gts.get(d["image_id"])
+        if boxes is None:
+            continue
+        ious = box_iou(torch.tensor([_xyxy(d["bbox"])], dtype=torch.float64), boxes)[0].numpy()
+        j = int(ious.argmax())
+        if ious[j] >= iou_threshold and not used[d["image_id"]][j]:
+            used[d["image_id"]][j] = True
+            tp[i] = True
+    return scores, tp, sum(len(v) for v in gts.values())
+
+
+def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
+    """``coco_map`` (AP@[.5:.95]) and ``coco_map50`` from pycocotools; 0 when there are no detections."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not detections or not gt["annotations"]:
+        return {"coco_map": 0.0, "coco_map50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes([dict(d) for d in detections])
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"coco_map": float(ev.stats[0]), "coco_map50": float(ev.stats[1])}
+
+
+def evaluate_detections(gt: dict, detections: list[dict], score_threshold: float, iou_threshold: float = 0.5
+                        ) -> DetEvaluation:
+    """Score ``detections`` against ``gt`` (both COCO dicts/lists, DESIGN.md ids)."""
+    rows, curves = [], {}
+    total_tp = total_det = total_gt = 0
+    for cat in gt["categories"]:
+        scores, tp, n_gt = match(gt, detections, cat["id"], iou_threshold)
+        ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+        recall = ctp / max(n_gt, 1)
+        precision = ctp / np.maximum(ctp + cfp, 1)
+        ap = voc_ap(recall, precision) if n_gt else float("nan")
+        keep = scores >= score_threshold
+        k_tp, k_det = int(tp[keep].sum()), int(keep.sum())
+        rows.append({"class": cat["name"], "gt": n_gt, "detections": k_det, "ap50": ap,
+                     "precision": k_tp / k_det if k_det else 0.0, "recall": k_tp / n_gt if n_gt else float("nan")})
+        curves[cat["name"]] = (recall, precision)
+        total_tp, total_det, total_gt = total_tp + k_tp, total_det + k_det, total_gt + n_gt
+    per_class = pd.DataFrame(rows, columns=["class", "gt", "detections", "ap50", "precision", "recall"])
+    summary = {
+        "map50": float(per_class["ap50"].mean(skipna=True)) if per_class["gt"].sum() else 0.0,
+        **coco_metrics(gt, detections),
+        "precision": total_tp / total_det if total_det else 0.0,
+        "recall": total_tp / total_gt if total_gt else 0.0,
+        "score_threshold": score_threshold,
+        "images": len(gt["images"]),
+        "ground_truth_boxes": total_gt,
+        "detections": len(detections),
+    }
+    return DetEvaluation(per_class, summary, curves)
+
+
+def coco_results(image_id: int, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+    """Detections of one image as COCO results (``bbox = [x, y, w, h]``, ``category_id`` = label 1..N)."""
+    out = []
+    for b, s, c in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
+        out.append({"image_id": image_id, "category_id": int(c),
+                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+                    "score": round(float(s), 5)})
+    return out
+
+
+def pr_table(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: int = 101) -> pd.DataFrame:
+    """Precision/recall curves as rows ``class, recall, precision``, resampled to ``points`` recall levels
+    (the precision envelope, as AP uses), for ``dvc plots``."""
+    rows = []
+    levels = np.linspace(0, 1, points)
+    for name, (rec, prec) in curves.items():
+        if not len(rec):
+            continue
+        envelope = np.maximum.accumulate(prec[::-1])[::-1]
+        for r in levels:
+            idx = np.searchsorted(rec, r, side="left")
+            if idx < len(rec):
+                rows.append({"class": name, "recall": float(r), "precision": float(envelope[idx])})
+    return pd.DataFrame(rows, columns=["class", "recall", "precision"])

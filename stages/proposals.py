@@ -1,0 +1,65 @@
+"""DVC stage ``proposals``: selective search boxes for every image of the detection splits.
+
+Reads ``data/manifests/det_{train,val,test}.txt`` and params ``proposals``; writes
+``data/proposals/{train,val,test}.parquet`` (columns ``image, x1, y1, x2, y2``) and
+``reports/proposals.json`` (recall of the ground-truth boxes at IoU 0.5 and 0.7, boxes and seconds per image).
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segdet import tracking
+from segdet.cli import run_stage
+from segdet.config import flatten, load_params, load_section
+from segdet.data.datasets import DetectionDataset
+from segdet.detection.proposals import ProposalSettings, proposal_table, propose_many, recall
+from segdet.io import atomic_dir, write_json
+
+SPLITS = ("train", "val", "test")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifests", default="data/manifests", type=Path)
+    ap.add_argument("--out", default="data/proposals", type=Path)
+    ap.add_argument("--report", default="reports/proposals.json", type=Path)
+    args = ap.parse_args(argv)
+    cfg = load_section("proposals", load_params(args.params))
+    settings = ProposalSettings(cfg.mode, cfg.max_side, cfg.min_size, cfg.max_proposals)
+    workers = cfg.workers or os.cpu_count() or 1
+    classes = args.manifests / "det_classes.txt"
+    report = {"mode": cfg.mode, "max_side": cfg.max_side, "workers": workers}
+    with tracking.stage_run("proposals", flatten(cfg, "proposals.")) as run, atomic_dir(args.out) as out:
+        for split in SPLITS:
+            ds = DetectionDataset(args.manifests / f"det_{split}.txt", classes)
+            paths = [p.image for p in ds.pairs]
+            t0 = time.perf_counter()
+            results = list(tqdm(propose_many(paths, settings, workers), total=len(paths), unit="img",
+                                desc=f"selective search {split}"))
+            wall = time.perf_counter() - t0
+            boxes = [b for _, b, _ in results]
+            proposal_table(paths, boxes).to_parquet(out / f"{split}.parquet", index=False)
+            gt = [t[0].numpy() for t in ds.targets]
+            report[split] = {
+                "images": len(paths),
+                "recall_0.5": recall(gt, boxes, 0.5),
+                "recall_0.7": recall(gt, boxes, 0.7),
+                "boxes_per_image": float(np.mean([len(b) for b in boxes])) if boxes else 0.0,
+                "seconds_per_image": float(np.mean([s for _, _, s in results])) if results else 0.0,
+                "images_per_second_all_workers": len(paths) / wall if wall else 0.0,
+            }
+            run.log_metrics({f"{split}_{k.replace('.', '')}": v for k, v in report[split].items()})
+            print(f"proposals {split}: " + ", ".join(f"{k} {v:.3g}" for k, v in report[split].items()))
+        write_json(args.report, report)
+        run.log_artifact(args.report)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

@@ -1,0 +1,48 @@
+"""DVC stage ``rcnn_features``: CNN features of every ground-truth box and proposal of the train split.
+
+Reads ``models/rcnn_cnn.pt``, ``data/manifests/det_train.txt`` and ``data/proposals/train.parquet``;
+writes ``data/features/train/chunk_NNNNN.npz`` (float16 features with their boxes, labels and IoUs) and
+``meta.json``. The SVM stage streams these chunks, so changing only ``rcnn_svm`` params reuses them.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from segdet import tracking
+from segdet.cli import run_stage
+from segdet.config import flatten, load_params, load_section
+from segdet.data.datasets import read_classes
+from segdet.detection.data import iter_split
+from segdet.detection.rcnn import RegionCNN, extract_features
+from segdet.io import atomic_dir
+from segdet.nets.weights import load_checkpoint
+from segdet.runtime import device_name, resolve_device
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", default="models/rcnn_cnn.pt", type=Path)
+    ap.add_argument("--manifests", default="data/manifests", type=Path)
+    ap.add_argument("--proposals", default="data/proposals/train.parquet", type=Path)
+    ap.add_argument("--out", default="data/features/train", type=Path)
+    args = ap.parse_args(argv)
+    base = load_section("base", load_params(args.params))
+    device = resolve_device(base.device)
+    ckpt = load_checkpoint(args.model)
+    cfg = ckpt["config"]
+    classes = read_classes(args.manifests / "det_classes.txt")
+    model = RegionCNN(cfg["backbone"], len(classes))
+    model.load_state_dict(ckpt["model"])
+    items = (item for _, item in iter_split(args.manifests / "det_train.txt", classes, Path.cwd(), args.proposals))
+    logged = {**flatten(base, "base."), "rcnn_finetune.backbone": cfg["backbone"],
+              "rcnn_finetune.crop_size": cfg["crop_size"], "rcnn_finetune.context": cfg["context"]}
+    with tracking.stage_run("rcnn_features", logged, device=device_name(device)) as run, atomic_dir(args.out) as out:
+        meta = extract_features(model, items, out, crop_size=cfg["crop_size"], context=cfg["context"], device=device)
+        run.log_metrics({k: v for k, v in meta.items()})
+        print(f"rcnn_features: {meta['regions']} regions of {meta['images']} images, {meta['dim']} dimensions")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

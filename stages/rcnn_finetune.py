@@ -1,0 +1,67 @@
+"""DVC stage ``rcnn_finetune``: fine-tune the R-CNN region CNN on warped proposals.
+
+Reads the detection manifests, ``data/proposals/{train,val}.parquet`` and params ``base``,
+``rcnn_finetune``; writes ``models/rcnn_cnn.pt`` (lowest validation loss) and ``reports/rcnn_finetune.csv``.
+"""
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from segdet import tracking
+from segdet.cli import run_stage
+from segdet.config import flatten, load_params, load_section
+from segdet.data.datasets import read_classes
+from segdet.detection.data import load_split
+from segdet.detection.rcnn_train import finetune_rcnn
+from segdet.io import atomic_file
+from segdet.runtime import device_name, resolve_device, seed_everything
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifests", default="data/manifests", type=Path)
+    ap.add_argument("--proposals", default="data/proposals", type=Path)
+    ap.add_argument("--model", default="models/rcnn_cnn.pt", type=Path)
+    ap.add_argument("--run-dir", default="models/rcnn_run", type=Path)
+    ap.add_argument("--plots", default="reports/rcnn_finetune.csv", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    base, cfg = load_section("base", params), load_section("rcnn_finetune", params)
+    device = resolve_device(base.device)
+    seed_everything(base.seed)
+    classes = read_classes(args.manifests / "det_classes.txt")
+    root = Path.cwd()
+    _, train = load_split(args.manifests / "det_train.txt", classes, root, args.proposals / "train.parquet")
+    _, val = load_split(args.manifests / "det_val.txt", classes, root, args.proposals / "val.parquet")
+    logged = {**flatten(base, "base."), **flatten(cfg, "rcnn_finetune.")}
+    with tracking.stage_run("rcnn_finetune", logged, device=device_name(device)) as run:
+
+        def on_epoch(history):
+            with atomic_file(args.plots) as fh:
+                pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
+            run.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
+
+        def on_transfer(report):
+            print(report.summary())
+            run.log_dict(report.as_dict(), "transfer_report.json")
+
+        _, result = finetune_rcnn(cfg, train_items=train, val_items=val, classes=classes, device=device,
+                                  run_dir=args.run_dir, seed=base.seed, on_epoch=on_epoch, on_transfer=on_transfer)
+        args.model.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(args.model, "wb") as fh, open(result.best_checkpoint, "rb") as src:
+            shutil.copyfileobj(src, fh)
+        best = result.history[result.best_epoch - 1]
+        run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_value,
+                         "best_val_acc": best["val_acc"]})
+        run.log_artifact(args.plots)
+        print(f"rcnn_finetune: best val loss {result.best_value:.4f}, accuracy {best['val_acc']:.3f} "
+              f"(objects {best['val_fg_acc']:.3f}) at epoch {result.best_epoch} -> {args.model}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

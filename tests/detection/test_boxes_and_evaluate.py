@@ -1,0 +1,83 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from segdet.detection.boxes import decode, dilate, encode, xyxy_to_xywh
+from segdet.detection.evaluate import coco_metrics, evaluate_detections, match, pr_table, voc_ap
+
+
+def test_encode_hand_computed_and_decode_inverts_it():
+    p = torch.tensor([[0.0, 0.0, 10.0, 20.0]])  # centre (5, 10), size 10 x 20
+    g = torch.tensor([[2.0, 4.0, 22.0, 24.0]])  # centre (12, 14), size 20 x 20
+    t = encode(p, g)[0]
+    assert t.tolist() == pytest.approx([0.7, 0.2, math.log(2.0), 0.0])
+    assert decode(p, t[None])[0].tolist() == pytest.approx(g[0].tolist())
+
+
+def test_dilate_leaves_context_pixels_after_warping():
+    box = torch.tensor([[10.0, 10.0, 50.0, 30.0]])  # 40 x 20
+    # crop 64, context 4: the box maps to the central 56 px, so each side grows by 4/56 of the size
+    d = dilate(box, 64, 4)[0].tolist()
+    assert d == pytest.approx([10 - 40 * 4 / 56, 10 - 20 * 4 / 56, 50 + 40 * 4 / 56, 30 + 20 * 4 / 56])
+    with pytest.raises(ValueError, match="context"):
+        dilate(box, 64, 32)
+    assert xyxy_to_xywh(box).tolist() == [[10.0, 10.0, 40.0, 20.0]]
+
+
+def test_voc_ap_all_point_interpolation_hand_computed():
+    # detections: TP, FP, TP with 2 ground-truth boxes -> recall .5 .5 1, precision 1 .5 .667
+    rec = np.array([0.5, 0.5, 1.0])
+    prec = np.array([1.0, 0.5, 2 / 3])
+    assert voc_ap(rec, prec) == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+    assert voc_ap(np.array([]), np.array([])) == 0.0
+
+
+def _gt():
+    return {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 50, 30, 30], "area": 900, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+
+
+def test_matching_counts_duplicates_as_false_positives():
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},  # TP
+        {"image_id": 1, "category_id": 1, "bbox": [11, 10, 20, 20], "score": 0.8},  # duplicate -> FP
+        {"image_id": 2, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.7},  # wrong place -> FP
+        {"image_id": 2, "category_id": 1, "bbox": [52, 50, 30, 30], "score": 0.6},  # TP (IoU 0.875)
+    ]
+    scores, tp, n_gt = match(_gt(), dets, 1)
+    assert scores.tolist() == [0.9, 0.8, 0.7, 0.6]
+    assert tp.tolist() == [True, False, False, True] and n_gt == 2
+    ev = evaluate_detections(_gt(), dets, score_threshold=0.65)
+    a = ev.per_class.set_index("class").loc["a"]
+    # recall .5 .5 .5 1, precision 1 .5 .333 .5 -> AP = .5 * 1 + .5 * .5
+    assert a["ap50"] == pytest.approx(0.75)
+    assert (a["precision"], a["recall"]) == pytest.approx((1 / 3, 0.5))  # 3 detections >= 0.65, one TP
+    b = ev.per_class.set_index("class").loc["b"]
+    assert b["ap50"] == 0.0 and b["recall"] == 0.0
+    assert ev.summary["map50"] == pytest.approx(0.375)
+    assert ev.summary["precision"] == pytest.approx(1 / 3) and ev.summary["recall"] == pytest.approx(1 / 3)
+
+
+def test_perfect_detections_score_one_with_pycocotools():
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in _gt()["annotations"]]
+    ev = evaluate_detections(_gt(), dets, 0.5)
+    assert ev.summary["map50"] == 1.0
+    assert ev.summary["coco_map"] == pytest.approx(1.0) and ev.summary["coco_map50"] == pytest.approx(1.0)
+    assert coco_metrics(_gt(), []) == {"coco_map": 0.0, "coco_map50": 0.0}
+
+
+def test_pr_table_is_the_precision_envelope():
+    curves = {"a": (np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3]))}
+    table = pr_table(curves, points=3)
+    assert table["recall"].tolist() == [0.0, 0.5, 1.0]
+    assert table["precision"].tolist() == pytest.approx([1.0, 1.0, 2 / 3])

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdet.detection.proposals import ProposalSettings, proposal_table, propose_many, recall, selective_search
+
+
+def _scene(h=120, w=160):
+    rng = np.random.default_rng(0)
+    img = np.full((h, w, 3), 90, np.uint8) + rng.integers(0, 10, (h, w, 3), dtype=np.uint8)
+    img[20:60, 30:90] = (220, 40, 40)
+    img[70:110, 100:150] = (40, 200, 60)
+    return img
+
+
+def test_selective_search_boxes_are_valid_and_find_the_objects():
+    img = _scene()
+    boxes = selective_search(img, ProposalSettings("fast", max_side=200, min_size=4, max_proposals=500))
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 500
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 120).all()
+    assert ((boxes[:, 2] - boxes[:, 0]) >= 4).all() and ((boxes[:, 3] - boxes[:, 1]) >= 4).all()
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
+    gt = np.array([[30, 20, 90, 60], [100, 70, 150, 110]], np.float32)
+    assert recall([gt], [boxes], 0.7) == 1.0
+
+
+def test_cap_and_minimum_size():
+    img = _scene()
+    assert len(selective_search(img, ProposalSettings("fast", 200, 4, max_proposals=7))) == 7
+    big = selective_search(img, ProposalSettings("fast", 200, min_size=50))
+    assert ((big[:, 2] - big[:, 0]) >= 50).all() and ((big[:, 3] - big[:, 1]) >= 50).all()
+    with pytest.raises(ValueError, match="Available options are: fast, quality"):
+        ProposalSettings("slow")
+
+
+def test_boxes_map_back_to_original_pixels_when_resized():
+    img = _scene()
+    boxes = selective_search(img, ProposalSettings("fast", max_side=80, min_size=2))
+    assert boxes[:, 2].max() > 100  # found in the 80-px image, reported in the 160-px one
+
+
+def test_pool_gives_the_same_boxes_as_one_process(tmp_path):
+    paths = []
+    for i in range(3):
+        Image.fromarray(np.roll(_scene(), 10 * i, axis=1)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    s = ProposalSettings("fast", 160, 4, 300)
+    one = list(propose_many(paths, s, workers=1))
+    two = list(propose_many(paths, s, workers=2))
+    assert [p for p, _, _ in one] == [str(p) for p in paths] == [p for p, _, _ in two]
+    for (_, a, _), (_, b, _) in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+    table = proposal_table([p for p, _, _ in one], [b for _, b, _ in one])
+    assert list(table.columns) == ["image", "x1", "y1", "x2", "y2"] and len(table) == sum(len(b) for _, b, _ in one)
+
+
+def test_recall_hand_computed():
+    gt = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)]
+    props = [np.array([[0, 0, 10, 12]], np.float32)]  # IoU 100/120 with the first box, 0 with the second
+    assert recall(gt, props, 0.5) == 0.5 and recall(gt, props, 0.9) == 0.0
