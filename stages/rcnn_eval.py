@@ -20,10 +20,10 @@ from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import read_classes
 from segdet.detection.data import iter_split
-from segdet.detection.evaluate import coco_results, evaluate_detections, pr_table
+from segdet.detection.evaluate import coco_results, evaluate_detections, save_report
 from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
 from segdet.detection.visualize import draw_detections, pr_figure
-from segdet.io import atomic_dir, write_json
+from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
 from segdet.runtime import device_name, resolve_device
 
@@ -73,10 +73,7 @@ def main(argv=None):
         timing["seconds_proposals"] = proposal_seconds
         timing["seconds_per_image"] = sum(timing.values())
         summary = {**ev.summary, **timing, "device": device_name(device)}
-        write_json(out / "detections_test.json", results)
-        ev.per_class.to_csv(out / "per_class_ap.csv", index=False, float_format="%.6g")
-        pr_table(ev.curves).to_csv(out / "pr_curves.csv", index=False, float_format="%.5g")
-        write_json(args.metrics, summary)
+        save_report(out, args.metrics, ev, results, summary)
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         run.log_artifact(out / "per_class_ap.csv")
         run.log_image(pr_figure(ev.curves, dict(zip(ev.per_class["class"], ev.per_class["ap50"], strict=True)),

@@ -256,6 +256,60 @@ class RcnnEvalConfig:
             )
 
 
+@dataclass(frozen=True)
+class YoloTrainConfig:
+    """``yolo_train``: YOLOv1 training."""
+
+    backbone: Literal["small", "darknet24", "vgg16", "resnet18", "alexnet"] = "small"
+    input_size: int = param(224, ge=32, le=2048)
+    boxes_per_cell: int = param(2, ge=1, le=10)
+    head_channels: int = param(256, ge=8)
+    hidden: int = param(512, ge=8)
+    dropout: float = param(0.5, ge=0.0, lt=1.0)
+    batch_size: int = param(16, ge=1, le=1024)
+    epochs: int = param(40, ge=1, le=10_000)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = param(0.01, gt=0.0, le=10.0)
+    momentum: float = param(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = param(0.0005, ge=0.0, le=1.0)
+    warmup_epochs: int = param(3, ge=0)
+    l_coord: float = param(5.0, ge=0.0)
+    l_noobj: float = param(0.5, ge=0.0)
+    augment: bool = True
+    workers: int = param(0, ge=0, le=64)
+    amp: bool = True
+    val_score_threshold: float = param(0.05, ge=0.0, le=1.0)
+    weights: str | None = param(None, false_is_null=True)
+    init_from: str | None = param(None, false_is_null=True)
+    init_from_rcnn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weights and self.init_from:
+            raise ConfigError("yolo_train.weights (resume) and yolo_train.init_from exclude each other; set one to null")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"yolo_train.warmup_epochs = {self.warmup_epochs} must be less than epochs = {self.epochs}"
+            )
+
+
+@dataclass(frozen=True)
+class YoloEvalConfig:
+    """``yolo_eval``: YOLOv1 detection on the test split, and its speed."""
+
+    score_threshold: float = param(0.2, ge=0.0, le=1.0)
+    min_score: float = param(0.01, ge=0.0, le=1.0)
+    nms_iou: float = param(0.5, gt=0.0, le=1.0)
+    max_detections: int = param(100, ge=1)
+    warmup_images: int = param(5, ge=0)
+    samples: int = param(8, ge=0, le=100)
+
+    def __post_init__(self) -> None:
+        if self.min_score > self.score_threshold:
+            raise ConfigError(
+                f"yolo_eval.min_score = {self.min_score} must not exceed score_threshold = {self.score_threshold}"
+            )
+
+
 #: params.yaml section name -> dataclass. One naming chain: section ``unet_train`` = ``UnetTrainConfig``.
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
@@ -266,6 +320,8 @@ SECTIONS: dict[str, type] = {
     "rcnn_finetune": RcnnFinetuneConfig,
     "rcnn_svm": RcnnSvmConfig,
     "rcnn_eval": RcnnEvalConfig,
+    "yolo_train": YoloTrainConfig,
+    "yolo_eval": YoloEvalConfig,
 }
 
 

@@ -148,3 +148,17 @@ def pr_table(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: int = 101
             if idx < len(rec):
                 rows.append({"class": name, "recall": float(r), "precision": float(envelope[idx])})
     return pd.DataFrame(rows, columns=["class", "recall", "precision"])
+
+
+def save_report(out_dir, metrics_path, ev: DetEvaluation, results: list[dict], summary: dict) -> None:
+    """The files every detector's eval stage writes (DESIGN.md): ``<out_dir>/detections_test.json`` (COCO
+    results), ``per_class_ap.csv``, ``pr_curves.csv`` (for ``dvc plots``) and the metrics JSON."""
+    from pathlib import Path
+
+    from segdet.io import write_json
+
+    out_dir = Path(out_dir)
+    write_json(out_dir / "detections_test.json", results)
+    ev.per_class.to_csv(out_dir / "per_class_ap.csv", index=False, float_format="%.6g")
+    pr_table(ev.curves).to_csv(out_dir / "pr_curves.csv", index=False, float_format="%.5g")
+    write_json(metrics_path, summary)

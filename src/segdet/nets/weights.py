@@ -92,10 +92,12 @@ class TransferReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    note: str = ""
 
     def as_dict(self) -> dict:
         return {
             "source": self.source,
+            "note": self.note,
             "loaded": self.loaded,
             "missing": self.missing,
             "unexpected": self.unexpected,
@@ -103,6 +105,8 @@ class TransferReport:
         }
 
     def summary(self) -> str:
+        if self.note:
+            return f"weights from {self.source}: {self.note}"
         lines = [
             f"weights from {self.source}: {len(self.loaded)} tensors loaded, {len(self.mismatched)} skipped "
             f"(shape differs), {len(self.missing)} missing (kept as initialised), {len(self.unexpected)} unexpected"
@@ -136,14 +140,22 @@ def transfer_weights(
     return report
 
 
-def init_from(model: nn.Module, path: str | Path, prefix: str = "") -> TransferReport:
+def init_from(model: nn.Module, path: str | Path, prefixes: tuple[str, ...] = ("",)) -> TransferReport:
     """Load another network's weights from ``path`` (checkpoint or state dict) into ``model``.
+
+    ``prefixes`` are tried on the file's tensor names (e.g. ``"features."`` so a torchvision ResNet state dict
+    lands in a backbone called ``features``); the one that fits the most tensors is used.
 
     Raises:
         CheckpointError: the file is not a checkpoint, or not a single tensor fits the model.
     """
     state = state_dict_of(load_checkpoint(path), path)
-    report = transfer_weights(model, state, str(path), prefix)
+    target = model.state_dict()
+
+    def fits(prefix: str) -> int:
+        return sum(1 for k, v in state.items() if prefix + k in target and target[prefix + k].shape == v.shape)
+
+    report = transfer_weights(model, state, str(path), max(prefixes, key=fits))
     if not report.loaded:
         raise CheckpointError(
             f"{path}: no tensor fits this model ({len(report.mismatched)} shape mismatches, "

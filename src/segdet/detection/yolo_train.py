@@ -1,0 +1,166 @@
+"""YOLOv1 training: data with the paper's augmentation, model, schedule, loop in ``engine``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from segdet.config import YoloTrainConfig
+from segdet.data.datasets import DetectionDataset, detection_collate
+from segdet.detection.decode import decode
+from segdet.detection.evaluate import evaluate_detections
+from segdet.detection.yolo_loss import YoloLoss
+from segdet.engine import FitResult, fit
+from segdet.nets.backbones import IMAGENET_MEAN, IMAGENET_STD
+from segdet.nets.weights import TransferReport, init_from, load_checkpoint, transfer_weights
+from segdet.nets.yolo import YOLOv1
+
+log = logging.getLogger(__name__)
+
+
+def yolo_transforms(size: int, train: bool) -> v2.Compose:
+    """Resize to ``size`` x ``size``; when ``train``, the paper's augmentation: random scaling and translation
+    up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5; ImageNet normalisation.
+    Boxes move with the image; boxes pushed out of it are dropped."""
+    ops: list = [v2.Resize((size, size), antialias=True)]
+    if train:
+        ops += [v2.RandomAffine(degrees=0.0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
+                v2.ColorJitter(brightness=(1 / 1.5, 1.5), saturation=(1 / 1.5, 1.5))]
+    ops += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.SanitizeBoundingBoxes(min_size=2.0)]
+    return v2.Compose(ops)
+
+
+def collate(batch):
+    images, targets = detection_collate(batch)
+    return torch.stack([img.as_subclass(torch.Tensor) for img in images]), [
+        {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]} for t in targets]
+
+
+def build_model(cfg: YoloTrainConfig, num_classes: int) -> YOLOv1:
+    try:
+        return YOLOv1(cfg.backbone, num_classes, cfg.boxes_per_cell, cfg.input_size, cfg.head_channels, cfg.hidden,
+                      cfg.dropout)
+    except ValueError as exc:
+        from segdet.config import ConfigError
+
+        raise ConfigError(f"yolo_train.input_size = {cfg.input_size}: {exc}") from None
+
+
+def transfer_from_rcnn(model: YOLOv1, path: str | Path) -> TransferReport:
+    """Initialise ``model``'s backbone from the R-CNN region CNN checkpoint when both use the same backbone."""
+    ckpt = load_checkpoint(path)
+    theirs = ckpt.get("config", {}).get("backbone")
+    if theirs != model.backbone_name:
+        report = TransferReport(str(path), note=f"nothing transferred: the R-CNN CNN uses backbone {theirs!r}, "
+                                                f"YOLO uses {model.backbone_name!r}")
+        log.warning("%s", report.summary())
+        return report
+    backbone = {k: v for k, v in ckpt["model"].items() if k.startswith("features.")}
+    return transfer_weights(model, backbone, f"{path} (R-CNN backbone)")
+
+
+def schedule(optimizer: torch.optim.Optimizer, cfg: YoloTrainConfig):
+    """The paper's schedule scaled to ``cfg.epochs``: linear warm-up from lr/10 over ``warmup_epochs``, then lr,
+    lr/10 from 75/135 of the epochs and lr/100 from 105/135 (stepped once per epoch)."""
+    e = cfg.epochs
+    milestones = sorted({max(cfg.warmup_epochs + 1, round(e * 75 / 135)), max(cfg.warmup_epochs + 2, round(e * 105 / 135))})
+    steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m - cfg.warmup_epochs for m in milestones], gamma=0.1)
+    if not cfg.warmup_epochs:
+        return steps
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup_epochs)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, steps], milestones=[cfg.warmup_epochs])
+
+
+@torch.no_grad()
+def validate(model: YOLOv1, loader: DataLoader, loss_fn: YoloLoss, device: torch.device, classes: list[str],
+             score_threshold: float) -> dict[str, float]:
+    """Validation loss and mAP@0.5 (VOC-style) at the input resolution."""
+    model.eval()
+    gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": c} for i, c in enumerate(classes, 1)]}
+    results, total, n = [], 0.0, 0
+    for images, targets in loader:
+        pred = model(images.to(device))
+        loss, _ = loss_fn(pred, targets)
+        total += float(loss) * len(images)
+        for dets, t in zip(decode(pred, B=model.B, input_size=model.input_size, score_threshold=score_threshold,
+                                  nms_iou=0.5), targets, strict=True):
+            n += 1
+            gt["images"].append({"id": n})
+            for b, c in zip(t["boxes"].tolist(), t["labels"].tolist(), strict=True):
+                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": n, "category_id": c,
+                                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": 0,
+                                          "area": (b[2] - b[0]) * (b[3] - b[1])})
+            for b, s, c in zip(dets["boxes"].tolist(), dets["scores"].tolist(), dets["labels"].tolist(), strict=True):
+                results.append({"image_id": n, "category_id": c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                                "score": s})
+    ev = evaluate_detections(gt, results, score_threshold=0.2)
+    return {"val_loss": total / max(n, 1), "val_map50": ev.summary["map50"]}
+
+
+def train_yolo(
+    cfg: YoloTrainConfig,
+    *,
+    train_manifest: str | Path,
+    val_manifest: str | Path,
+    classes: list[str],
+    root: str | Path,
+    device: torch.device,
+    run_dir: str | Path,
+    seed: int = 0,
+    rcnn_checkpoint: str | Path | None = None,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+    on_transfer: Callable[[TransferReport], None] | None = None,
+    progress: bool = True,
+) -> tuple[YOLOv1, FitResult]:
+    """Train YOLOv1; ``run_dir`` gets ``last.pt`` (resume) and ``best.pt`` (highest validation mAP@0.5)."""
+    torch.manual_seed(seed)
+    model = build_model(cfg, len(classes))
+    report = None
+    if cfg.init_from:
+        report = init_from(model, cfg.init_from, prefixes=("", "features."))
+    elif cfg.init_from_rcnn and not cfg.weights and rcnn_checkpoint and Path(rcnn_checkpoint).is_file():
+        report = transfer_from_rcnn(model, rcnn_checkpoint)
+    if report is not None:
+        log.info("%s", report.summary())
+        if on_transfer is not None:
+            on_transfer(report)
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    generator = torch.Generator()
+    pin = device.type == "cuda"
+    train_ds = DetectionDataset(train_manifest, classes, root, yolo_transforms(cfg.input_size, cfg.augment))
+    val_ds = DetectionDataset(val_manifest, classes, root, yolo_transforms(cfg.input_size, False))
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ValueError(f"yolo_train needs images in {train_manifest} ({len(train_ds)}) and {val_manifest} "
+                         f"({len(val_ds)})")
+    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.workers,
+                              collate_fn=collate, pin_memory=pin)
+    val_loader = DataLoader(val_ds, cfg.batch_size, num_workers=cfg.workers, collate_fn=collate, pin_memory=pin)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = YoloLoss(model.S, model.B, model.C, cfg.input_size, cfg.l_coord, cfg.l_noobj)
+
+    def step(model, batch, device):
+        images, targets = batch
+        return loss_fn(model(images.to(device, non_blocking=True)), targets)
+
+    config = {**dataclasses.asdict(cfg), "grid": model.S, "num_classes": len(classes)}
+    result = fit(model, optimizer, schedule(optimizer, cfg), train_loader, step=step,
+                 evaluate=lambda m: validate(m, val_loader, loss_fn, device, classes, cfg.val_score_threshold),
+                 epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_map50", mode="max", seed=seed,
+                 generator=generator, amp=cfg.amp, resume=cfg.weights, config=config, classes=classes,
+                 on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}")
+    best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    return model, result

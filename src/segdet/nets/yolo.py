@@ -1,0 +1,67 @@
+"""YOLOv1 (Redmon et al., CVPR 2016): a backbone, the paper's detection head, an S x S x (B*5 + C) output.
+
+Head (figure 3 of the paper, its last four convolutional and two fully connected layers): 3x3 conv,
+3x3 conv with stride 2, 3x3 conv, 3x3 conv (no max-pooling), flatten, a fully connected layer (4096 in the
+paper), dropout 0.5, and a fully connected output of S*S*(B*5+C) values reshaped to ``[N, S, S, B*5+C]``.
+Each cell holds B boxes ``(x, y, w, h, confidence)`` (x, y relative to the cell, w, h to the image) and
+then C class probabilities. The output layer is linear, as in the paper.
+
+S follows from the input size: ``S = input_size / (2 * backbone stride)``, so a 448 input gives the
+paper's 7 x 7 with the stride-32 backbones (darknet24, vgg16, resnet18) and a 224 input gives 7 x 7 with
+the stride-16 ``small`` backbone; with VOC's 20 classes and B = 2 the output is 7 x 7 x 30.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segdet.nets.backbones import build_backbone
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)]
+
+
+def grid_size(backbone_stride: int, input_size: int) -> int:
+    """S for an input size; raises ``ValueError`` naming the valid sizes when it does not divide."""
+    step = 2 * backbone_stride
+    if input_size % step or input_size < step:
+        raise ValueError(
+            f"input_size {input_size} is not a multiple of {step} (2 x the backbone stride {backbone_stride}); "
+            f"valid sizes include {', '.join(str(step * k) for k in range(3, 9))}"
+        )
+    return input_size // step
+
+
+class YOLOv1(nn.Module):
+    """``[N, 3, input_size, input_size]`` -> ``[N, S, S, B*5 + C]``.
+
+    Args:
+        backbone: ``small``, ``darknet24``, ``vgg16``, ``resnet18`` or ``alexnet`` (see ``nets.backbones``).
+        num_classes: C. boxes_per_cell: B.
+        head_channels: channels of the four head convolutions (1024 in the paper).
+        hidden: width of the first fully connected layer (4096 in the paper).
+    """
+
+    def __init__(self, backbone: str = "small", num_classes: int = 20, boxes_per_cell: int = 2,
+                 input_size: int = 224, head_channels: int = 256, hidden: int = 512, dropout: float = 0.5):
+        super().__init__()
+        bb = build_backbone(backbone)
+        self.backbone_name = backbone
+        self.S = grid_size(bb.stride, input_size)
+        self.B, self.C, self.input_size = boxes_per_cell, num_classes, input_size
+        self.features = bb.features
+        c = head_channels
+        self.head = nn.Sequential(*_conv(bb.channels, c), *_conv(c, c, stride=2), *_conv(c, c), *_conv(c, c))
+        self.fc = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(self.S * self.S * c, hidden),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, self.S * self.S * (self.B * 5 + self.C)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc(self.head(self.features(x)))
+        return x.view(-1, self.S, self.S, self.B * 5 + self.C)

@@ -1,0 +1,108 @@
+"""DVC stage ``yolo_eval``: YOLOv1 detection on the test split, scored with the shared evaluator, and its speed.
+
+Speed, by definition: frames per second at batch size 1 after ``warmup_images`` untimed images, counting
+preprocessing (resize, normalise), the forward pass and decoding with NMS, from a decoded image in memory;
+and the forward pass alone. Writes ``reports/yolo_eval.json`` and ``reports/yolo/`` (``detections_test.json``,
+``per_class_ap.csv``, ``pr_curves.csv``), like ``rcnn_eval``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segdet import tracking
+from segdet.cli import run_stage
+from segdet.config import flatten, load_params, load_section
+from segdet.data.datasets import DetectionDataset, read_classes
+from segdet.detection.decode import decode
+from segdet.detection.evaluate import coco_results, evaluate_detections, save_report
+from segdet.detection.visualize import draw_detections, pr_figure
+from segdet.detection.yolo_train import yolo_transforms
+from segdet.io import atomic_dir
+from segdet.nets.weights import load_checkpoint
+from segdet.nets.yolo import YOLOv1
+from segdet.runtime import device_name, resolve_device
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", default="models/yolo.pt", type=Path)
+    ap.add_argument("--manifests", default="data/manifests", type=Path)
+    ap.add_argument("--metrics", default="reports/yolo_eval.json", type=Path)
+    ap.add_argument("--out", default="reports/yolo", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    base, cfg = load_section("base", params), load_section("yolo_eval", params)
+    device = resolve_device(base.device)
+    ckpt = load_checkpoint(args.model, map_location=device)
+    tc = ckpt["config"]
+    classes = read_classes(args.manifests / "det_classes.txt")
+    model = YOLOv1(tc["backbone"], len(classes), tc["boxes_per_cell"], tc["input_size"], tc["head_channels"],
+                   tc["hidden"], tc["dropout"])
+    model.load_state_dict(ckpt["model"])
+    model.eval().to(device)
+    size = tc["input_size"]
+    preprocess = yolo_transforms(size, train=False)
+    ds = DetectionDataset(args.manifests / "det_test.txt", classes)
+    gt = json.loads((args.manifests / "det_test_coco.json").read_text())
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    @torch.no_grad()
+    def detect(image: torch.Tensor) -> tuple[dict, float, float]:
+        t0 = time.perf_counter()
+        x = preprocess(image)[None].to(device)
+        sync()
+        t1 = time.perf_counter()
+        pred = model(x)
+        sync()
+        t2 = time.perf_counter()
+        dets = decode(pred, B=model.B, input_size=size, score_threshold=cfg.min_score, nms_iou=cfg.nms_iou,
+                      max_detections=cfg.max_detections)[0]
+        h, w = image.shape[-2:]
+        dets["boxes"] = (dets["boxes"] * torch.tensor([w / size, h / size, w / size, h / size], device=device)).cpu()
+        dets = {k: v.cpu() for k, v in dets.items()}
+        return dets, time.perf_counter() - t0, t2 - t1
+
+    logged = {**flatten(base, "base."), **flatten(cfg, "yolo_eval."), "yolo_train.backbone": tc["backbone"],
+              "yolo_train.input_size": size}
+    with tracking.stage_run("yolo_eval", logged, device=device_name(device)) as run, atomic_dir(args.out) as out:
+        for i in range(min(cfg.warmup_images, len(ds))):
+            detect(ds[i][0].as_subclass(torch.Tensor))
+        results, total, forward, samples = [], [], [], []
+        for i in tqdm(range(len(ds)), desc="yolo eval", unit="img"):
+            image, target = ds[i]
+            image = image.as_subclass(torch.Tensor)
+            dets, t_all, t_fwd = detect(image)
+            total.append(t_all)
+            forward.append(t_fwd)
+            results += coco_results(i + 1, dets["boxes"], dets["scores"], dets["labels"])
+            if len(samples) < cfg.samples:
+                shown = dets["scores"] >= cfg.score_threshold
+                samples.append(draw_detections(image.permute(1, 2, 0).numpy(), dets["boxes"][shown].numpy(),
+                                               dets["labels"][shown].numpy(), dets["scores"][shown].numpy(), classes,
+                                               target["boxes"].numpy()))
+        ev = evaluate_detections(gt, results, cfg.score_threshold)
+        summary = {**ev.summary, "fps": 1.0 / float(np.mean(total)), "seconds_per_image": float(np.mean(total)),
+                   "forward_fps": 1.0 / float(np.mean(forward)), "batch_size": 1, "input_size": size,
+                   "grid": model.S, "backbone": tc["backbone"], "device": device_name(device)}
+        save_report(out, args.metrics, ev, results, summary)
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        run.log_artifact(out / "per_class_ap.csv")
+        run.log_image(pr_figure(ev.curves, dict(zip(ev.per_class["class"], ev.per_class["ap50"], strict=True)),
+                                f"YOLOv1 precision/recall at IoU 0.5 (mAP {ev.summary['map50']:.3f})"), "pr_curve.png")
+        for k, img in enumerate(samples):
+            run.log_image(img, f"samples/test_{k:02d}.png")
+        print(f"yolo_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
+              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at score {cfg.score_threshold:g}; "
+              f"{summary['fps']:.1f} FPS (forward only {summary['forward_fps']:.1f}) at batch 1 on {summary['device']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

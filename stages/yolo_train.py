@@ -1,0 +1,68 @@
+"""DVC stage ``yolo_train``: train YOLOv1 on the detection manifests.
+
+Reads ``data/manifests/det_{train,val}.txt``, ``models/rcnn_cnn.pt`` (backbone transfer, when the backbones
+match and ``init_from_rcnn`` is on) and params ``base``, ``yolo_train``; writes ``models/yolo.pt`` (best
+validation mAP@0.5) and ``reports/yolo_train.csv``. ``models/yolo_run/last.pt`` is the resume point.
+"""
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segdet import tracking
+from segdet.cli import run_stage
+from segdet.config import flatten, load_params, load_section
+from segdet.data.datasets import read_classes
+from segdet.detection.yolo_train import train_yolo
+from segdet.io import atomic_file
+from segdet.runtime import device_name, resolve_device, seed_everything
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifests", default="data/manifests", type=Path)
+    ap.add_argument("--rcnn", default="models/rcnn_cnn.pt", type=Path)
+    ap.add_argument("--model", default="models/yolo.pt", type=Path)
+    ap.add_argument("--run-dir", default="models/yolo_run", type=Path)
+    ap.add_argument("--plots", default="reports/yolo_train.csv", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    base, cfg = load_section("base", params), load_section("yolo_train", params)
+    device = resolve_device(base.device)
+    seed_everything(base.seed)
+    classes = read_classes(args.manifests / "det_classes.txt")
+    with tracking.stage_run("yolo_train", {**flatten(base, "base."), **flatten(cfg, "yolo_train.")},
+                            device=device_name(device)) as run:
+
+        def on_epoch(history):
+            with atomic_file(args.plots) as fh:
+                pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
+            run.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
+
+        def on_transfer(report):
+            print(report.summary())
+            run.log_dict(report.as_dict(), "transfer_report.json")
+            run.set_tags({"segdet.transfer": report.summary().splitlines()[0]})
+            run.log_metrics({"transfer_loaded": len(report.loaded), "transfer_mismatched": len(report.mismatched)})
+
+        model, result = train_yolo(cfg, train_manifest=args.manifests / "det_train.txt",
+                                   val_manifest=args.manifests / "det_val.txt", classes=classes, root=Path.cwd(),
+                                   device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
+                                   on_epoch=on_epoch, on_transfer=on_transfer)
+        args.model.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(args.model, "wb") as fh, open(result.best_checkpoint, "rb") as src:
+            shutil.copyfileobj(src, fh)
+        run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
+        run.log_artifact(args.plots)
+        example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)
+        run.log_model(model.cpu().eval(), "model", example)
+        print(f"yolo_train: best val mAP@0.5 {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

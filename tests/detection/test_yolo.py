@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+
+from segdet.detection.decode import decode
+from segdet.detection.yolo_loss import YoloLoss
+from segdet.nets.yolo import YOLOv1
+
+
+def _pred():
+    """S=2, B=2, C=2; only cell (row 0, col 0) predicts something."""
+    pred = torch.zeros(1, 2, 2, 12)
+    pred[0, 0, 0, 0:5] = torch.tensor([0.5, 0.5, 0.25, 0.36, 0.8])  # predictor 0
+    pred[0, 0, 0, 5:10] = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.3])  # predictor 1
+    pred[0, 0, 0, 10:12] = torch.tensor([0.2, 0.6])  # class probabilities
+    return pred
+
+
+def test_loss_matches_hand_computed_value():
+    # object (10, 10, 40, 50) of class 2 in a 100 px input: centre (25, 30) -> cell (0, 0), x 0.5, y 0.6, w .3, h .4
+    target = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2])}]
+    loss, parts = YoloLoss(S=2, B=2, C=2, input_size=100)(_pred(), target)
+    # predictor 0 is (12.5, 7, 37.5, 43): IoU 825 / 1275 with the object; predictor 1 does not overlap it
+    iou = 825 / 1275
+    coord = 5 * (0 + 0.1**2 + (0.5 - math.sqrt(0.3)) ** 2 + (0.6 - math.sqrt(0.4)) ** 2)
+    assert parts["coord"] == pytest.approx(coord)
+    assert parts["obj"] == pytest.approx((0.8 - iou) ** 2)
+    assert parts["noobj"] == pytest.approx(0.5 * 0.3**2)  # the non-responsible predictor of the object's cell
+    assert parts["class"] == pytest.approx(0.2**2 + 0.4**2)
+    assert float(loss) == pytest.approx(coord + (0.8 - iou) ** 2 + 0.045 + 0.2)
+
+
+def test_loss_without_objects_is_only_noobj_and_gradients_flow():
+    pred = _pred().requires_grad_(True)
+    loss, parts = YoloLoss(2, 2, 2, 100)(pred, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    assert parts["coord"] == parts["obj"] == parts["class"] == 0.0
+    assert float(loss) == pytest.approx(0.5 * (0.8**2 + 0.3**2))
+    loss.backward()
+    assert pred.grad[0, 0, 0, 4] == pytest.approx(0.5 * 2 * 0.8)
+
+
+def test_decode_class_specific_scores_and_nms():
+    dets = decode(_pred(), B=2, input_size=100, score_threshold=0.1, nms_iou=0.5)[0]
+    # predictor 0: 0.8 * (0.2, 0.6) -> 0.16 and 0.48; predictor 1: 0.3 * (0.2, 0.6) -> 0.06 (dropped), 0.18
+    assert sorted(dets["scores"].tolist()) == pytest.approx([0.16, 0.18, 0.48])
+    best = int(dets["scores"].argmax())
+    assert dets["labels"][best] == 2
+    assert dets["boxes"][best].tolist() == pytest.approx([12.5, 7.0, 37.5, 43.0])
+
+
+@pytest.mark.parametrize(("backbone", "size"), [("darknet24", 448), ("vgg16", 448), ("resnet18", 448), ("small", 224)])
+def test_paper_output_shape_7x7x30_for_voc(backbone, size):
+    model = YOLOv1(backbone, num_classes=20, boxes_per_cell=2, input_size=size, head_channels=64, hidden=64).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, size, size))
+    assert out.shape == (1, 7, 7, 30)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.head.modules())
+
+
+def test_invalid_input_size_names_valid_ones():
+    with pytest.raises(ValueError, match="input_size 300 is not a multiple of 64"):
+        YOLOv1("darknet24", input_size=300)
