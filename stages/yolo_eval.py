@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
 from tqdm import tqdm
 
 from segdet import tracking
@@ -57,7 +58,7 @@ def main(argv=None):
     @torch.no_grad()
     def detect(image: torch.Tensor) -> tuple[dict, float, float]:
         t0 = time.perf_counter()
-        x = preprocess(image)[None].to(device)
+        x = preprocess(tv_tensors.Image(image))[None].to(device)
         sync()
         t1 = time.perf_counter()
         pred = model(x)

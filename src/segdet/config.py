@@ -201,18 +201,18 @@ class RcnnFinetuneConfig:
     """``rcnn_finetune``: the R-CNN region CNN, fine-tuned as (N+1)-way classification of warped proposals."""
 
     backbone: Literal["small", "alexnet", "vgg16"] = "small"
-    crop_size: int = param(64, ge=16, le=512)
-    context: float = param(4.5, ge=0.0)
+    crop_size: int = param(48, ge=16, le=512)
+    context: float = param(3.4, ge=0.0)
     fg_iou: float = param(0.5, gt=0.0, le=1.0)
     fg_per_batch: int = param(32, ge=1)
     bg_per_batch: int = param(96, ge=1)
     batches_per_epoch: int = param(50, ge=1)
     val_batches: int = param(10, ge=1)
-    epochs: int = param(6, ge=1, le=10_000)
-    lr: float = param(0.01, gt=0.0, le=10.0)
+    epochs: int = param(10, ge=1, le=10_000)
+    lr: float = param(0.03, gt=0.0, le=10.0)
     momentum: float = param(0.9, ge=0.0, lt=1.0)
     weight_decay: float = param(0.0005, ge=0.0, le=1.0)
-    step_size: int = param(4, ge=1)
+    step_size: int = param(8, ge=1)
     gamma: float = param(0.1, gt=0.0, le=1.0)
     amp: bool = True
     init_from: str | None = param(None, false_is_null=True)
@@ -265,14 +265,15 @@ class YoloTrainConfig:
     boxes_per_cell: int = param(2, ge=1, le=10)
     head_channels: int = param(256, ge=8)
     hidden: int = param(512, ge=8)
-    dropout: float = param(0.5, ge=0.0, lt=1.0)
+    dropout: float = param(0.1, ge=0.0, lt=1.0)
     batch_size: int = param(16, ge=1, le=1024)
     epochs: int = param(40, ge=1, le=10_000)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = param(0.01, gt=0.0, le=10.0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = param(0.0003, gt=0.0, le=10.0)
     momentum: float = param(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = param(0.0005, ge=0.0, le=1.0)
+    weight_decay: float = param(0.0, ge=0.0, le=1.0)
     warmup_epochs: int = param(3, ge=0)
+    grad_clip: float = param(10.0, ge=0.0)
     l_coord: float = param(5.0, ge=0.0)
     l_noobj: float = param(0.5, ge=0.0)
     augment: bool = True

@@ -57,8 +57,12 @@ def train_one_epoch(
     amp: bool = False,
     progress: bool = True,
     desc: str = "train",
+    grad_clip: float = 0.0,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the sample-weighted mean of ``loss`` and of each loss part."""
+    """One pass over ``loader``; returns the sample-weighted mean of ``loss`` and of each loss part.
+
+    ``grad_clip > 0`` clips the gradient norm to it before each step (as torchvision's references do).
+    """
     model.train()
     sums: dict[str, float] = {}
     seen = 0
@@ -74,12 +78,16 @@ def train_one_epoch(
                 "the last good checkpoint is last.pt of the previous epoch"
             )
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
+        scaled = scaler is not None and scaler.is_enabled()
+        (scaler.scale(loss) if scaled else loss).backward()
+        if grad_clip > 0:
+            if scaled:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if scaled:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         n = _batch_size(batch)
         seen += n
@@ -124,6 +132,7 @@ def fit(
     on_epoch: Callable[[list[dict]], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    grad_clip: float = 0.0,
 ) -> FitResult:
     """Train for ``epochs`` (counting from 1), resuming from the checkpoint ``resume`` when given.
 
@@ -183,7 +192,7 @@ def fit(
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(model, optimizer, train_loader, step, device, epoch=epoch, scaler=scaler,
-                                amp=amp, progress=progress, desc=desc)
+                                amp=amp, progress=progress, desc=desc, grad_clip=grad_clip)
         if scheduler is not None:
             scheduler.step()
         val = evaluate(model)

@@ -18,6 +18,14 @@ TINY = {
     "data": {"seg": {"num_images": 12, "image_size": 48}, "det": {"num_images": 12, "image_size": 64, "max_objects": 3}},
     "unet_train": {"input_size": 32, "batch_size": 4, "epochs": 2, "step_size": 1},
     "unet_eval": {"batch_size": 4, "overlays": 2},
+    "proposals": {"max_side": 64, "max_proposals": 150},
+    "rcnn_finetune": {"crop_size": 24, "context": 2, "batches_per_epoch": 3, "val_batches": 1, "epochs": 2,
+                      "fg_per_batch": 8, "bg_per_batch": 24},
+    "rcnn_svm": {"rounds": 1, "init_negatives": 200, "max_negatives": 500},
+    "rcnn_eval": {"samples": 2},
+    "yolo_train": {"input_size": 64, "batch_size": 4, "epochs": 2, "warmup_epochs": 1, "head_channels": 16,
+                   "hidden": 32},
+    "yolo_eval": {"warmup_images": 1, "samples": 2},
 }
 
 

@@ -160,7 +160,7 @@ def train_yolo(
                  evaluate=lambda m: validate(m, val_loader, loss_fn, device, classes, cfg.val_score_threshold),
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_map50", mode="max", seed=seed,
                  generator=generator, amp=cfg.amp, resume=cfg.weights, config=config, classes=classes,
-                 on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}")
+                 on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}", grad_clip=cfg.grad_clip)
     best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     return model, result

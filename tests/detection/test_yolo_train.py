@@ -1,0 +1,95 @@
+"""YOLOv1 training on a handful of tiny synthetic scenes: resume, transfer from the R-CNN CNN, augmentation."""
+
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from segdet.config import YoloTrainConfig
+from segdet.data.manifest import Pair, write_manifest
+from segdet.data.synthetic import DET_CLASSES, generate_voc
+from segdet.detection.rcnn import RegionCNN
+from segdet.detection.yolo_train import schedule, train_yolo, transfer_from_rcnn, yolo_transforms
+from segdet.nets.weights import load_checkpoint, save_checkpoint
+from segdet.nets.yolo import YOLOv1
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    generate_voc(root / "voc", num_images=8, image_size=64, seed=1, max_objects=3, progress=False)
+    pairs = [Pair(f"voc/JPEGImages/{i:06d}.jpg", f"voc/Annotations/{i:06d}.xml", "") for i in range(8)]
+    write_manifest(root / "train.txt", pairs[:6])
+    write_manifest(root / "val.txt", pairs[6:])
+    return root
+
+
+def _cfg(**kw):
+    base = dict(input_size=64, batch_size=4, epochs=3, warmup_epochs=1, head_channels=16, hidden=32, lr=0.001)
+    return YoloTrainConfig(**{**base, **kw})
+
+
+def _train(scenes, run_dir, cfg, **kw):
+    return train_yolo(cfg, train_manifest=scenes / "train.txt", val_manifest=scenes / "val.txt",
+                      classes=list(DET_CLASSES), root=scenes, device=CPU, run_dir=run_dir, progress=False, **kw)
+
+
+def test_resume_with_warmup_schedule_matches_uninterrupted(scenes, tmp_path):
+    _, straight = _train(scenes, tmp_path / "a", _cfg())
+    _train(scenes, tmp_path / "b", _cfg(epochs=2))
+    _, resumed = _train(scenes, tmp_path / "b", _cfg(weights=str(tmp_path / "b" / "last.pt")))
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in straight.history])
+    row = straight.history[-1]
+    for key in ("train_loss", "train_coord", "train_obj", "train_noobj", "train_class", "val_loss", "val_map50", "lr"):
+        assert key in row
+
+
+def test_schedule_warms_up_then_steps_down():
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = schedule(opt, _cfg(epochs=135, warmup_epochs=5))
+    lrs = []
+    for _ in range(135):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[5] == pytest.approx(0.01)
+    assert lrs[74] == pytest.approx(0.01) and lrs[75] == pytest.approx(0.001)
+    assert lrs[104] == pytest.approx(0.001) and lrs[105] == pytest.approx(0.0001)
+
+
+def test_backbone_transfer_from_the_rcnn_cnn(tmp_path):
+    rcnn = RegionCNN("small", 5)
+    save_checkpoint(tmp_path / "rcnn.pt", model=rcnn, epoch=1, config={"backbone": "small"}, classes=[], metrics={})
+    yolo = YOLOv1("small", 5, input_size=64, head_channels=16, hidden=32)
+    report = transfer_from_rcnn(yolo, tmp_path / "rcnn.pt")
+    features = [k for k in rcnn.state_dict() if k.startswith("features.")]
+    assert sorted(report.loaded) == sorted(features) and not report.mismatched
+    assert torch.equal(yolo.features[0].weight, rcnn.features[0].weight)
+    other = YOLOv1("resnet18", 5, input_size=64, head_channels=16, hidden=32)
+    report = transfer_from_rcnn(other, tmp_path / "rcnn.pt")
+    assert not report.loaded and "nothing transferred" in report.note
+
+
+def test_training_transfers_from_rcnn_and_reports(scenes, tmp_path):
+    rcnn = RegionCNN("small", 5)
+    save_checkpoint(tmp_path / "rcnn.pt", model=rcnn, epoch=1, config={"backbone": "small"}, classes=[], metrics={})
+    reports = []
+    _train(scenes, tmp_path / "run", _cfg(epochs=2), rcnn_checkpoint=tmp_path / "rcnn.pt", on_transfer=reports.append)
+    assert len(reports) == 1 and reports[0].loaded
+
+
+def test_augmentation_moves_boxes_with_the_image():
+    torch.manual_seed(0)
+    image = torch.zeros(3, 100, 100, dtype=torch.uint8)
+    image[:, 20:40, 30:60] = 255
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[30.0, 20.0, 60.0, 40.0]]), format="XYXY",
+                                                canvas_size=(100, 100)), "labels": torch.tensor([1])}
+    for _ in range(5):
+        out, t = yolo_transforms(64, train=True)(tv_tensors.Image(image), target)
+        x1, y1, x2, y2 = (int(round(v)) for v in t["boxes"][0].tolist())
+        inside = out[:, y1 + 1:y2 - 1, x1 + 1:x2 - 1].mean()
+        assert inside > out.mean()  # the bright block is still inside the moved box
