@@ -24,7 +24,7 @@ from segdet.data.datasets import DetectionDataset, read_classes
 from segdet.detection.decode import decode
 from segdet.detection.proposals import ProposalSettings, selective_search
 from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
-from segdet.detection.yolo_train import yolo_transforms
+from segdet.detection.yolo_train import yolo_preprocess
 from segdet.nets.weights import load_checkpoint
 from segdet.nets.yolo import YOLOv1
 from segdet.runtime import resolve_device
@@ -49,7 +49,7 @@ def main() -> None:
                   tc["hidden"], tc["dropout"])
     yolo.load_state_dict(ck["model"])
     yolo.eval().to(device)
-    pre = yolo_transforms(tc["input_size"], train=False)
+    pre = yolo_preprocess(tc["input_size"])
 
     @torch.no_grad()
     def run_yolo(img):

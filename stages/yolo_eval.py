@@ -24,7 +24,7 @@ from segdet.data.datasets import DetectionDataset, read_classes
 from segdet.detection.decode import decode
 from segdet.detection.evaluate import coco_results, evaluate_detections, save_report
 from segdet.detection.visualize import draw_detections, pr_figure
-from segdet.detection.yolo_train import yolo_transforms
+from segdet.detection.yolo_train import yolo_preprocess
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
 from segdet.nets.yolo import YOLOv1
@@ -50,7 +50,7 @@ def main(argv=None):
     model.load_state_dict(ckpt["model"])
     model.eval().to(device)
     size = tc["input_size"]
-    preprocess = yolo_transforms(size, train=False)
+    preprocess = yolo_preprocess(size)
     ds = DetectionDataset(args.manifests / "det_test.txt", classes)
     gt = json.loads((args.manifests / "det_test_coco.json").read_text())
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

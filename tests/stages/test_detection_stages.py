@@ -93,6 +93,7 @@ def test_paper_input_size_with_a_stride_32_backbone(det_repo):
 
 
 def test_wrong_input_size_fails_clearly(det_repo):
-    out = sh(["dvc", "exp", "run", "-S", "yolo_train.input_size=100", "yolo_train"], det_repo, check=False)
+    out = sh(["dvc", "exp", "run", "-S", "yolo_train.input_size=100", "-S", "yolo_train.backbone=small", "yolo_train"],
+             det_repo, check=False)
     assert out.returncode != 0
     assert "yolo_train.input_size = 100: input_size 100 is not a multiple of 32" in out.stdout + out.stderr

@@ -25,10 +25,17 @@ from segdet.nets.yolo import YOLOv1
 log = logging.getLogger(__name__)
 
 
+def yolo_preprocess(size: int) -> v2.Compose:
+    """An image alone (``tv_tensors.Image`` uint8 ``[3, H, W]``) -> the network's float input ``[3, size, size]``."""
+    return v2.Compose([v2.Resize((size, size), antialias=True),
+                       v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def yolo_transforms(size: int, train: bool) -> v2.Compose:
-    """Resize to ``size`` x ``size``; when ``train``, the paper's augmentation: random scaling and translation
-    up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5; ImageNet normalisation.
-    Boxes move with the image; boxes pushed out of it are dropped."""
+    """Image and boxes: resize to ``size`` x ``size``; when ``train``, the paper's augmentation: random scaling
+    and translation up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5;
+    ImageNet normalisation. Boxes move with the image; boxes pushed out of it are dropped."""
     ops: list = [v2.Resize((size, size), antialias=True)]
     if train:
         ops += [v2.RandomAffine(degrees=0.0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
