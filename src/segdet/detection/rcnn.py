@@ -85,17 +85,19 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image.float() / 255.0 - _MEAN) / _STD
 
 
-def warp(image: torch.Tensor, boxes: torch.Tensor, crop_size: int, context: float) -> torch.Tensor:
+def warp(image: torch.Tensor, boxes: torch.Tensor, crop_size: int, context: float, sampling_ratio: int = 2
+         ) -> torch.Tensor:
     """All ``boxes [K, 4]`` of one normalised image ``[3, H, W]`` warped to ``[K, 3, crop, crop]`` at once.
 
     Each box is dilated so ``context`` pixels of surrounding image appear around it after warping
     (R-CNN's p = 16 at 227 pixels); area outside the image reads as 0, the (normalised) image mean.
+    ``sampling_ratio``: bilinear samples per output pixel and axis (2: anti-aliased when shrinking).
     """
     if len(boxes) == 0:
         return image.new_zeros((0, 3, crop_size, crop_size))
     rois = dilate(boxes.to(image.dtype), crop_size, context)
     return roi_align(image[None], [rois], output_size=(crop_size, crop_size), spatial_scale=1.0,
-                     sampling_ratio=2, aligned=True)
+                     sampling_ratio=sampling_ratio, aligned=True)
 
 
 def label_regions(boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, num_classes: int,
