@@ -5,7 +5,7 @@ decoding with NMS (and the forward pass alone). R-CNN: seconds per image for the
 selective search included (proposals, warp + CNN of every proposal, SVMs + box regression, NMS).
 Needs ``models/{yolo.pt,rcnn_cnn.pt,rcnn_svm.npz}`` and ``data/manifests`` from ``dvc repro``.
 
-    python bench/detector_speed.py --images 20 [--device cuda]
+    python -m bench.detector_speed --images 20 [--device cuda]
 """
 
 from __future__ import annotations

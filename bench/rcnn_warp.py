@@ -5,8 +5,8 @@
    hand-written way), both producing the normalised float tensor the CNN takes.
 2. Selective search throughput (images/s) with 1 worker against all cores.
 
-    python bench/rcnn_warp.py                                    # synthetic images
-    python bench/rcnn_warp.py --images ../shared/realdata/raccoon-voc/JPEGImages
+    python -m bench.rcnn_warp                                    # synthetic images
+    python -m bench.rcnn_warp --images ../shared/realdata/raccoon-voc/JPEGImages
 """
 
 from __future__ import annotations

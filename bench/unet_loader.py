@@ -5,8 +5,8 @@ images: fed by the real pipeline (``SegmentationDataset`` decoding JPEG/PNG file
 through a ``DataLoader``) and fed from tensors already in memory. A ratio close to 1 means the loader
 keeps up with the model.
 
-    python bench/unet_loader.py                                # synthetic lesions (made in a temp folder)
-    python bench/unet_loader.py --data ../shared/realdata/isic2018-512/train --images 96 --size 128
+    python -m bench.unet_loader                                # synthetic lesions (made in a temp folder)
+    python -m bench.unet_loader --data ../shared/realdata/isic2018-512/train --images 96 --size 128
 """
 
 from __future__ import annotations
