@@ -5,11 +5,8 @@ Reads the detection manifests, ``data/proposals/{train,val}.parquet`` and params
 """
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
-
-import pandas as pd
 
 from segdet import tracking
 from segdet.cli import run_stage
@@ -17,7 +14,7 @@ from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import read_classes
 from segdet.detection.data import load_split
 from segdet.detection.rcnn_train import finetune_rcnn
-from segdet.io import atomic_file
+from segdet.io import atomic_copy
 from segdet.runtime import device_name, resolve_device, seed_everything
 
 
@@ -40,21 +37,10 @@ def main(argv=None):
     _, val = load_split(args.manifests / "det_val.txt", classes, root, args.proposals / "val.parquet")
     logged = {**flatten(base, "base."), **flatten(cfg, "rcnn_finetune.")}
     with tracking.stage_run("rcnn_finetune", logged, device=device_name(device)) as run:
-
-        def on_epoch(history):
-            with atomic_file(args.plots) as fh:
-                pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
-            run.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
-
-        def on_transfer(report):
-            print(report.summary())
-            run.log_dict(report.as_dict(), "transfer_report.json")
-
         _, result = finetune_rcnn(cfg, train_items=train, val_items=val, classes=classes, device=device,
-                                  run_dir=args.run_dir, seed=base.seed, on_epoch=on_epoch, on_transfer=on_transfer)
-        args.model.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(args.model, "wb") as fh, open(result.best_checkpoint, "rb") as src:
-            shutil.copyfileobj(src, fh)
+                                  run_dir=args.run_dir, seed=base.seed, on_epoch=run.epoch_logger(args.plots),
+                                  on_transfer=run.log_transfer)
+        atomic_copy(result.best_checkpoint, args.model)
         best = result.history[result.best_epoch - 1]
         run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_value,
                          "best_val_acc": best["val_acc"]})

@@ -6,17 +6,15 @@ folder ``models/unet_run/`` keeps ``last.pt`` for resuming (``-S unet_train.weig
 """
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from segdet import tracking
 from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
-from segdet.io import atomic_file
+from segdet.io import atomic_copy
 from segdet.runtime import device_name, resolve_device, seed_everything
 from segdet.segmentation.train import train_unet
 
@@ -35,27 +33,12 @@ def main(argv=None):
     seed_everything(base.seed)
     logged = {**flatten(base, "base."), **flatten(cfg, "unet_train.")}
     with tracking.stage_run("unet_train", logged, device=device_name(device)) as run:
-
-        def on_epoch(history):
-            with atomic_file(args.plots) as fh:
-                pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
-            row = history[-1]
-            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-
-        def on_transfer(report):
-            print(report.summary())
-            run.log_dict(report.as_dict(), "transfer_report.json")
-            run.log_metrics({"transfer_loaded": len(report.loaded), "transfer_mismatched": len(report.mismatched),
-                             "transfer_missing": len(report.missing), "transfer_unexpected": len(report.unexpected)})
-
         model, result = train_unet(
             cfg, train_manifest=args.manifests / "seg_train.txt", val_manifest=args.manifests / "seg_val.txt",
             root=Path.cwd(), device=device, run_dir=args.run_dir, seed=base.seed,
-            on_epoch=on_epoch, on_transfer=on_transfer,
+            on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer,
         )
-        args.model.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(args.model, "wb") as fh, open(result.best_checkpoint, "rb") as src:
-            shutil.copyfileobj(src, fh)
+        atomic_copy(result.best_checkpoint, args.model)
         run.log_metrics({"best_val_dice": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)

@@ -6,19 +6,17 @@ validation mAP@0.5) and ``reports/yolo_train.csv``. ``models/yolo_run/last.pt`` 
 """
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from segdet import tracking
 from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import read_classes
 from segdet.detection.yolo_train import train_yolo
-from segdet.io import atomic_file
+from segdet.io import atomic_copy
 from segdet.runtime import device_name, resolve_device, seed_everything
 
 
@@ -38,25 +36,11 @@ def main(argv=None):
     classes = read_classes(args.manifests / "det_classes.txt")
     with tracking.stage_run("yolo_train", {**flatten(base, "base."), **flatten(cfg, "yolo_train.")},
                             device=device_name(device)) as run:
-
-        def on_epoch(history):
-            with atomic_file(args.plots) as fh:
-                pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
-            run.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
-
-        def on_transfer(report):
-            print(report.summary())
-            run.log_dict(report.as_dict(), "transfer_report.json")
-            run.set_tags({"segdet.transfer": report.summary().splitlines()[0]})
-            run.log_metrics({"transfer_loaded": len(report.loaded), "transfer_mismatched": len(report.mismatched)})
-
         model, result = train_yolo(cfg, train_manifest=args.manifests / "det_train.txt",
                                    val_manifest=args.manifests / "det_val.txt", classes=classes, root=Path.cwd(),
                                    device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
-                                   on_epoch=on_epoch, on_transfer=on_transfer)
-        args.model.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(args.model, "wb") as fh, open(result.best_checkpoint, "rb") as src:
-            shutil.copyfileobj(src, fh)
+                                   on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer)
+        atomic_copy(result.best_checkpoint, args.model)
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)

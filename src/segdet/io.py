@@ -60,3 +60,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     with atomic_file(path) as fh:
         json.dump(obj, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` so that ``dst`` is either the old file or the complete new one."""
+    with atomic_file(dst, "wb") as fh, open(src, "rb") as source:
+        shutil.copyfileobj(source, fh)

@@ -155,6 +155,29 @@ class StageRun:
         mlflow.set_tag("segdet.model_logged", "true")
         return True
 
+    def epoch_logger(self, csv_path: str | Path):
+        """An ``on_epoch(history)`` callback for ``engine.fit``: rewrites the per-epoch CSV (a DVC plot)
+        atomically and logs the last row as MLflow metrics with ``step`` = epoch."""
+        import pandas as pd
+
+        from segdet.io import atomic_file
+
+        def on_epoch(history: list[dict]) -> None:
+            with atomic_file(csv_path) as fh:
+                pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
+            row = history[-1]
+            self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+        return on_epoch
+
+    def log_transfer(self, report: Any) -> None:
+        """Print a ``TransferReport`` and log it (``transfer_report.json``, counts, a one-line tag)."""
+        print(report.summary())
+        self.log_dict(report.as_dict(), "transfer_report.json")
+        self.set_tags({"segdet.transfer": report.summary().splitlines()[0]})
+        self.log_metrics({"transfer_loaded": len(report.loaded), "transfer_mismatched": len(report.mismatched),
+                          "transfer_missing": len(report.missing), "transfer_unexpected": len(report.unexpected)})
+
     @contextlib.contextmanager
     def artifact_dir(self, artifact_path: str | None = None) -> Iterator[Path]:
         """A temporary folder whose contents are logged as artifacts when the block ends."""

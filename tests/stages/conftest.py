@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
+from segdet import tracking
 from tests.conftest import REPO
 
 #: params for a fast pipeline: a dozen tiny images per dataset, one or two epochs
@@ -66,3 +68,10 @@ def make_repo(dest: Path, **overrides: dict) -> Path:
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
     return make_repo(tmp_path_factory.mktemp("repo"))
+
+
+def runs(**tags: str) -> list:
+    """MLflow runs of the test store whose ``segdet.<key>`` tags have these values, newest first."""
+    exp = MlflowClient().get_experiment_by_name(tracking.EXPERIMENT)
+    query = " and ".join(f"tags.`segdet.{k}` = '{v}'" for k, v in tags.items())
+    return MlflowClient().search_runs([exp.experiment_id], query)

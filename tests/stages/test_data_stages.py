@@ -6,8 +6,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from segdet import tracking
-from tests.stages.conftest import make_repo, sh
+from tests.stages.conftest import make_repo, runs, sh
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +20,8 @@ def _digest(folder):
     return h.hexdigest()
 
 
-def _runs(**tags):
-    exp = MlflowClient().get_experiment_by_name(tracking.EXPERIMENT)
-    query = " and ".join(f"tags.`segdet.{k}` = '{v}'" for k, v in tags.items())
-    return MlflowClient().search_runs([exp.experiment_id], query)
 
-
-def test_dvc_repro_writes_manifests_and_logs_runs(tiny_repo):
+def test_dvc_repro_writes_manifests_and_logsruns(tiny_repo):
     sh(["dvc", "repro", "manifest"], tiny_repo)
     man = tiny_repo / "data" / "manifests"
     for s in SPLITS:
@@ -39,8 +33,8 @@ def test_dvc_repro_writes_manifests_and_logs_runs(tiny_repo):
     image, label = lines[0].split(" ")
     assert image.startswith("data/raw/isic/images/ISIC_") and label.endswith("_segmentation.png")
 
-    prep = _runs(stage="prepare")[0]  # newest first
-    [mani] = _runs(stage="manifest", pipeline_run=prep.data.tags["segdet.pipeline_run"])
+    prep = runs(stage="prepare")[0]  # newest first
+    [mani] = runs(stage="manifest", pipeline_run=prep.data.tags["segdet.pipeline_run"])
     assert prep.info.status == mani.info.status == "FINISHED"
     assert prep.data.params["data.seg.num_images"] == "12"
     assert mani.data.metrics["seg_train_images"] == 8
@@ -65,7 +59,7 @@ def test_same_params_give_byte_identical_data_and_seed_changes_it(tiny_repo):
     assert "Running stage 'prepare'" in out.stdout and "Running stage 'manifest'" in out.stdout
     assert _digest(tiny_repo / "data" / "raw") != raw
     assert _digest(tiny_repo / "data" / "manifests") != man
-    [run] = _runs(stage="manifest", dvc_exp_name="seed-one")
+    [run] = runs(stage="manifest", dvc_exp_name="seed-one")
     assert run.data.params["data.seed"] == "1"
 
 
@@ -85,5 +79,5 @@ def test_bad_source_folder_fails_stage_without_output(tmp_path):
     assert "no/such/voc: not a Pascal VOC folder (missing JPEGImages, Annotations/)" in out.stderr + out.stdout
     assert not (repo / "data" / "raw" / "voc").exists()
     assert not (repo / "data" / "manifests").exists()
-    failed = [r for r in _runs(stage="prepare") if r.data.params.get("data.det.path") == "no/such/voc"]
+    failed = [r for r in runs(stage="prepare") if r.data.params.get("data.det.path") == "no/such/voc"]
     assert [r.info.status for r in failed] == ["FAILED"]

@@ -9,16 +9,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from segdet import tracking
-from tests.stages.conftest import make_repo, sh
+from tests.stages.conftest import make_repo, runs, sh
 
 pytestmark = pytest.mark.slow
 
-
-def _runs(**tags):
-    exp = MlflowClient().get_experiment_by_name(tracking.EXPERIMENT)
-    query = " and ".join(f"tags.`segdet.{k}` = '{v}'" for k, v in tags.items())
-    return MlflowClient().search_runs([exp.experiment_id], query)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +54,7 @@ def test_rcnn_stages_write_the_contract_files(det_repo):
         assert metrics[f"seconds_{part}"] >= 0
     assert metrics["seconds_per_image"] == pytest.approx(sum(metrics[f"seconds_{p}"] for p in (
         "proposals", "warp_cnn", "svm_regression", "nms")))
-    run = _runs(stage="rcnn_eval")[0]
+    run = runs(stage="rcnn_eval")[0]
     assert "pr_curve.png" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
 
 
@@ -70,7 +64,7 @@ def test_yolo_stages_and_transfer_from_rcnn(det_repo):
     curve = pd.read_csv(det_repo / "reports" / "yolo_train.csv")
     assert curve["epoch"].tolist() == [1, 2]
     assert {"train_coord", "train_obj", "train_noobj", "train_class", "val_map50", "lr"} <= set(curve.columns)
-    run = _runs(stage="yolo_train")[0]
+    run = runs(stage="yolo_train")[0]
     assert run.data.tags["segdet.transfer"].endswith("0 unexpected")
     assert run.data.metrics["transfer_loaded"] > 0
     assert "transfer_report.json" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]

@@ -11,16 +11,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from segdet import tracking
-from tests.stages.conftest import make_repo, sh
+from tests.stages.conftest import make_repo, runs, sh
 
 pytestmark = pytest.mark.slow
 
-
-def _runs(**tags):
-    exp = MlflowClient().get_experiment_by_name(tracking.EXPERIMENT)
-    query = " and ".join(f"tags.`segdet.{k}` = '{v}'" for k, v in tags.items())
-    return MlflowClient().search_runs([exp.experiment_id], query)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def test_training_writes_checkpoint_curve_and_mlflow_run(unet_repo):
     assert {"train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"} <= set(curve.columns)
     assert (unet_repo / "models" / "unet_run" / "last.pt").is_file()
 
-    run = _runs(stage="unet_train")[0]
+    run = runs(stage="unet_train")[0]
     history = MlflowClient().get_metric_history(run.info.run_id, "val_dice")
     assert [m.step for m in history] == [1, 2]
     assert [m.value for m in history] == pytest.approx(curve["val_dice"].tolist())
@@ -61,7 +55,7 @@ def test_evaluation_outputs_match_the_contract(unet_repo):
         pred = Image.open(unet_repo / "reports" / "unet" / "pred_test" / label.split("/")[-1])
         assert pred.mode == "L" and pred.size == Image.open(unet_repo / image).size
         assert set(np.unique(np.asarray(pred))) <= {0, 255}
-    run = _runs(stage="unet_eval")[0]
+    run = runs(stage="unet_eval")[0]
     arts = [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "overlays")]
     assert len(arts) == 2
 
@@ -86,13 +80,13 @@ def test_variant_experiment_and_transfer_report(unet_repo):
     out = sh(["dvc", "exp", "run", "-n", "wide", "-S", "unet_train.variant=unet128", "-S", "unet_train.epochs=1",
               "-S", "unet_train.weights=null", "unet_train"], unet_repo)
     assert "Running stage 'unet_train'" in out.stdout
-    [wide] = _runs(stage="unet_train", dvc_exp_name="wide")
+    [wide] = runs(stage="unet_train", dvc_exp_name="wide")
     assert wide.data.params["unet_train.variant"] == "unet128"
 
     sh(["cp", "models/unet_run/best.pt", "u128.pt"], unet_repo)
     sh(["dvc", "exp", "run", "-n", "transfer", "-S", "unet_train.variant=unet64", "-S", "unet_train.epochs=1",
         "-S", "unet_train.init_from=u128.pt", "unet_train"], unet_repo)
-    [run] = _runs(stage="unet_train", dvc_exp_name="transfer")
+    [run] = runs(stage="unet_train", dvc_exp_name="transfer")
     local = MlflowClient().download_artifacts(run.info.run_id, "transfer_report.json")
     report = json.loads(Path(local).read_text())
     assert report["mismatched"] and {"key": "inc.0.weight", "source": [128, 3, 3, 3], "target": [64, 3, 3, 3]} in (
