@@ -20,9 +20,9 @@ from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import read_classes
 from segdet.detection.data import iter_split
-from segdet.detection.evaluate import coco_results, evaluate_detections, save_report
+from segdet.detection.evaluate import coco_results, evaluate_detections
 from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
-from segdet.detection.visualize import draw_detections, pr_figure
+from segdet.detection.visualize import draw_detections, publish_report
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
 from segdet.runtime import device_name, resolve_device
@@ -73,13 +73,7 @@ def main(argv=None):
         timing["seconds_proposals"] = proposal_seconds
         timing["seconds_per_image"] = sum(timing.values())
         summary = {**ev.summary, **timing, "device": device_name(device)}
-        save_report(out, args.metrics, ev, results, summary)
-        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        run.log_artifact(out / "per_class_ap.csv")
-        run.log_image(pr_figure(ev.curves, dict(zip(ev.per_class["class"], ev.per_class["ap50"], strict=True)),
-                                f"R-CNN precision/recall at IoU 0.5 (mAP {ev.summary['map50']:.3f})"), "pr_curve.png")
-        for k, img in enumerate(samples):
-            run.log_image(img, f"samples/test_{k:02d}.png")
+        publish_report(run, out, args.metrics, ev, results, summary, samples, "R-CNN")
         print(f"rcnn_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
               f"{summary['precision']:.3f} recall {summary['recall']:.3f} at score {cfg.score_threshold:g}; "
               f"{summary['seconds_per_image']:.3f} s/image on {summary['device']}")

@@ -22,8 +22,8 @@ from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import DetectionDataset, read_classes
 from segdet.detection.decode import decode
-from segdet.detection.evaluate import coco_results, evaluate_detections, save_report
-from segdet.detection.visualize import draw_detections, pr_figure
+from segdet.detection.evaluate import coco_results, evaluate_detections
+from segdet.detection.visualize import draw_detections, publish_report
 from segdet.detection.yolo_train import yolo_preprocess
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
@@ -93,13 +93,7 @@ def main(argv=None):
         summary = {**ev.summary, "fps": 1.0 / float(np.mean(total)), "seconds_per_image": float(np.mean(total)),
                    "forward_fps": 1.0 / float(np.mean(forward)), "batch_size": 1, "input_size": size,
                    "grid": model.S, "backbone": tc["backbone"], "device": device_name(device)}
-        save_report(out, args.metrics, ev, results, summary)
-        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        run.log_artifact(out / "per_class_ap.csv")
-        run.log_image(pr_figure(ev.curves, dict(zip(ev.per_class["class"], ev.per_class["ap50"], strict=True)),
-                                f"YOLOv1 precision/recall at IoU 0.5 (mAP {ev.summary['map50']:.3f})"), "pr_curve.png")
-        for k, img in enumerate(samples):
-            run.log_image(img, f"samples/test_{k:02d}.png")
+        publish_report(run, out, args.metrics, ev, results, summary, samples, "YOLOv1")
         print(f"yolo_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
               f"{summary['precision']:.3f} recall {summary['recall']:.3f} at score {cfg.score_threshold:g}; "
               f"{summary['fps']:.1f} FPS (forward only {summary['forward_fps']:.1f}) at batch 1 on {summary['device']}")

@@ -45,3 +45,21 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sc
         cv2.putText(out, text, (x1 + 2, max(10, y1 + 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thick, colour, thick,
                     cv2.LINE_AA)
     return out
+
+
+def publish_report(run, out_dir, metrics_path, ev, results: list[dict], summary: dict,
+                   samples: list[np.ndarray], title: str) -> None:
+    """Write an eval stage's files (``evaluate.save_report``) and log them to the stage's MLflow ``run``:
+    numeric metrics, the per-class table, a precision/recall plot and the sample images."""
+    from pathlib import Path
+
+    from segdet.detection.evaluate import save_report
+
+    save_report(out_dir, metrics_path, ev, results, summary)
+    run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    run.log_artifact(Path(out_dir) / "per_class_ap.csv")
+    ap = dict(zip(ev.per_class["class"], ev.per_class["ap50"], strict=True))
+    run.log_image(pr_figure(ev.curves, ap, f"{title} precision/recall at IoU 0.5 (mAP {ev.summary['map50']:.3f})"),
+                  "pr_curve.png")
+    for k, img in enumerate(samples):
+        run.log_image(img, f"samples/test_{k:02d}.png")
