@@ -17,17 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torchvision import tv_tensors
 
-from bench.common import hardware
 from segdet.data.datasets import DetectionDataset, read_classes
-from segdet.detection.decode import decode
 from segdet.detection.proposals import ProposalSettings, selective_search
 from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
-from segdet.detection.yolo_train import yolo_preprocess
+from segdet.detection.yolo_detect import YoloDetector, load_yolo
 from segdet.nets.weights import load_checkpoint
-from segdet.nets.yolo import YOLOv1
-from segdet.runtime import resolve_device
+from segdet.runtime import hardware, resolve_device
 
 
 def main() -> None:
@@ -38,31 +34,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
     device = resolve_device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     classes = read_classes(args.manifests / "det_classes.txt")
     ds = DetectionDataset(args.manifests / "det_test.txt", classes)
     images = [ds[i][0].as_subclass(torch.Tensor) for i in range(min(args.images, len(ds)))]
 
     ck = load_checkpoint("models/yolo.pt")
     tc = ck["config"]
-    yolo = YOLOv1(tc["backbone"], len(classes), tc["boxes_per_cell"], tc["input_size"], tc["head_channels"],
-                  tc["hidden"], tc["dropout"])
-    yolo.load_state_dict(ck["model"])
-    yolo.eval().to(device)
-    pre = yolo_preprocess(tc["input_size"])
+    yolo = YoloDetector(load_yolo(ck, "models/yolo.pt"), device=device, score_threshold=0.01, nms_iou=0.5)
 
-    @torch.no_grad()
     def run_yolo(img):
-        t0 = time.perf_counter()
-        x = pre(tv_tensors.Image(img))[None].to(device)
-        sync()
-        t1 = time.perf_counter()
-        pred = yolo(x)
-        sync()
-        t2 = time.perf_counter()
-        decode(pred, B=yolo.B, input_size=yolo.input_size, score_threshold=0.01, nms_iou=0.5)
-        sync()
-        return time.perf_counter() - t0, t2 - t1
+        return yolo.detect(img)[1:]
 
     for img in images[: args.warmup]:
         run_yolo(img)

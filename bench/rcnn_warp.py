@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 import torch
 
-from bench.common import hardware
 from segdet.data.formats import read_rgb
 from segdet.data.synthetic import generate_voc
 from segdet.detection.boxes import dilate
 from segdet.detection.proposals import ProposalSettings, propose_many
 from segdet.detection.rcnn import _MEAN, _STD, normalise, warp
+from segdet.runtime import hardware
 
 
 def warp_loop(image: np.ndarray, boxes: torch.Tensor, crop: int, context: float) -> torch.Tensor:

@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import hardware
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.formats import find_isic_pairs
 from segdet.data.manifest import Pair
 from segdet.data.synthetic import generate_isic
 from segdet.data.transforms import seg_transforms
 from segdet.nets.unet import build_unet
-from segdet.runtime import resolve_device
+from segdet.runtime import hardware, resolve_device
 from segdet.segmentation.losses import SegLoss
 
 

@@ -25,7 +25,7 @@ from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
 from segdet.detection.visualize import draw_detections, publish_report
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
-from segdet.runtime import device_name, resolve_device
+from segdet.runtime import device_name, hardware, resolve_device
 
 PARTS = ("warp_cnn", "svm_regression", "nms")
 
@@ -72,7 +72,8 @@ def main(argv=None):
         timing = {f"seconds_{p}": float(np.mean(v)) if v else 0.0 for p, v in seconds.items()}
         timing["seconds_proposals"] = proposal_seconds
         timing["seconds_per_image"] = sum(timing.values())
-        summary = {**ev.summary, **timing, "device": device_name(device)}
+        summary = {**ev.summary, **timing, "device": device_name(device),
+                   "hardware": hardware(device), "backbone": model.backbone_name}
         publish_report(run, out, args.metrics, ev, results, summary, samples, "R-CNN")
         print(f"rcnn_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
               f"{summary['precision']:.3f} recall {summary['recall']:.3f} at score {cfg.score_threshold:g}; "

@@ -1,6 +1,7 @@
 """DVC stage ``rcnn_svm``: one linear SVM per class (hard-negative mining) and Ridge box regressors.
 
-Reads ``data/features/train`` and params ``base``, ``rcnn_svm``; writes ``models/rcnn_svm.npz`` (plain
+Reads ``data/features/train``, ``models/rcnn_cnn.pt`` (logged to MLflow with the SVMs, for ``segdet predict
+--run``) and params ``base``, ``rcnn_svm``; writes ``models/rcnn_svm.npz`` (plain
 arrays: ``classes``, ``svm_weight [N, D]``, ``svm_bias [N]``, ``reg_weight [N, 4, D]``, ``reg_bias [N, 4]``,
 ``feature_scale``), loadable with ``numpy.load(allow_pickle=False)``.
 """
@@ -22,6 +23,7 @@ def main(argv=None):
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--features", default="data/features/train", type=Path)
     ap.add_argument("--classes", default="data/manifests/det_classes.txt", type=Path)
+    ap.add_argument("--cnn", default="models/rcnn_cnn.pt", type=Path, help="the CNN the features came from")
     ap.add_argument("--out", default="models/rcnn_svm.npz", type=Path)
     args = ap.parse_args(argv)
     params = load_params(args.params)
@@ -36,7 +38,8 @@ def main(argv=None):
                              for k in ("positives", "negatives", "hard_negatives_added", "regression_samples")})
             print(f"rcnn_svm {name}: {arrays['positives'][i]} positives, {arrays['negatives'][i]} negatives "
                   f"({arrays['hard_negatives_added'][i]} mined), {arrays['regression_samples'][i]} regression samples")
-        run.log_artifact(args.out)
+        run.log_checkpoint(args.cnn)  # CNN + SVMs: what segdet predict --run needs
+        run.log_checkpoint(args.out)
 
 
 if __name__ == "__main__":

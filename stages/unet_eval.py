@@ -17,7 +17,7 @@ from segdet.data.manifest import resolve
 from segdet.io import atomic_dir, atomic_file, write_json
 from segdet.nets.unet import build_unet
 from segdet.nets.weights import load_checkpoint
-from segdet.runtime import device_name, resolve_device
+from segdet.runtime import device_name, hardware, resolve_device
 from segdet.segmentation.evaluate import evaluate_unet, overlay
 
 
@@ -43,7 +43,8 @@ def main(argv=None):
     with tracking.stage_run("unet_eval", logged, device=device_name(device)) as run, atomic_dir(args.pred_dir) as pred:
         result = evaluate_unet(model.to(device), args.manifest, root, input_size=train_cfg["input_size"],
                                device=device, batch_size=cfg.batch_size, pred_dir=pred)
-        summary = {**result.summary, "device": device_name(device), "variant": train_cfg["variant"],
+        summary = {**result.summary, "device": device_name(device), "hardware": hardware(device),
+                   "variant": train_cfg["variant"],
                    "input_size": train_cfg["input_size"], "trained_epochs": ckpt["epoch"]}
         with atomic_file(args.per_image) as fh:
             result.per_image.to_csv(fh, index=False, float_format="%.6g")

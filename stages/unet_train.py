@@ -41,6 +41,7 @@ def main(argv=None):
         atomic_copy(result.best_checkpoint, args.model)
         run.log_metrics({"best_val_dice": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
+        run.log_checkpoint(args.model)  # for segdet predict --run
         example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)
         run.log_model(model.cpu().eval(), "model", example)
         print(f"unet_train: best val Dice {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}")

@@ -9,26 +9,22 @@ and the forward pass alone. Writes ``reports/yolo_eval.json`` and ``reports/yolo
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
 from tqdm import tqdm
 
 from segdet import tracking
 from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import DetectionDataset, read_classes
-from segdet.detection.decode import decode
 from segdet.detection.evaluate import coco_results, evaluate_detections
 from segdet.detection.visualize import draw_detections, publish_report
-from segdet.detection.yolo_train import yolo_preprocess
+from segdet.detection.yolo_detect import YoloDetector, load_yolo
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
-from segdet.nets.yolo import YOLOv1
-from segdet.runtime import device_name, resolve_device
+from segdet.runtime import device_name, hardware, resolve_device
 
 
 def main(argv=None):
@@ -45,42 +41,23 @@ def main(argv=None):
     ckpt = load_checkpoint(args.model, map_location=device)
     tc = ckpt["config"]
     classes = read_classes(args.manifests / "det_classes.txt")
-    model = YOLOv1(tc["backbone"], len(classes), tc["boxes_per_cell"], tc["input_size"], tc["head_channels"],
-                   tc["hidden"], tc["dropout"])
-    model.load_state_dict(ckpt["model"])
-    model.eval().to(device)
+    model = load_yolo(ckpt, str(args.model))
+    detector = YoloDetector(model, device=device, score_threshold=cfg.min_score, nms_iou=cfg.nms_iou,
+                            max_detections=cfg.max_detections)
     size = tc["input_size"]
-    preprocess = yolo_preprocess(size)
     ds = DetectionDataset(args.manifests / "det_test.txt", classes)
     gt = json.loads((args.manifests / "det_test_coco.json").read_text())
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    @torch.no_grad()
-    def detect(image: torch.Tensor) -> tuple[dict, float, float]:
-        t0 = time.perf_counter()
-        x = preprocess(tv_tensors.Image(image))[None].to(device)
-        sync()
-        t1 = time.perf_counter()
-        pred = model(x)
-        sync()
-        t2 = time.perf_counter()
-        dets = decode(pred, B=model.B, input_size=size, score_threshold=cfg.min_score, nms_iou=cfg.nms_iou,
-                      max_detections=cfg.max_detections)[0]
-        h, w = image.shape[-2:]
-        dets["boxes"] = (dets["boxes"] * torch.tensor([w / size, h / size, w / size, h / size], device=device)).cpu()
-        dets = {k: v.cpu() for k, v in dets.items()}
-        return dets, time.perf_counter() - t0, t2 - t1
 
     logged = {**flatten(base, "base."), **flatten(cfg, "yolo_eval."), "yolo_train.backbone": tc["backbone"],
               "yolo_train.input_size": size}
     with tracking.stage_run("yolo_eval", logged, device=device_name(device)) as run, atomic_dir(args.out) as out:
         for i in range(min(cfg.warmup_images, len(ds))):
-            detect(ds[i][0].as_subclass(torch.Tensor))
+            detector.detect(ds[i][0].as_subclass(torch.Tensor))
         results, total, forward, samples = [], [], [], []
         for i in tqdm(range(len(ds)), desc="yolo eval", unit="img"):
             image, target = ds[i]
             image = image.as_subclass(torch.Tensor)
-            dets, t_all, t_fwd = detect(image)
+            dets, t_all, t_fwd = detector.detect(image)
             total.append(t_all)
             forward.append(t_fwd)
             results += coco_results(i + 1, dets["boxes"], dets["scores"], dets["labels"])
@@ -92,7 +69,8 @@ def main(argv=None):
         ev = evaluate_detections(gt, results, cfg.score_threshold)
         summary = {**ev.summary, "fps": 1.0 / float(np.mean(total)), "seconds_per_image": float(np.mean(total)),
                    "forward_fps": 1.0 / float(np.mean(forward)), "batch_size": 1, "input_size": size,
-                   "grid": model.S, "backbone": tc["backbone"], "device": device_name(device)}
+                   "grid": model.S, "backbone": tc["backbone"], "device": device_name(device),
+                   "hardware": hardware(device)}
         publish_report(run, out, args.metrics, ev, results, summary, samples, "YOLOv1")
         print(f"yolo_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
               f"{summary['precision']:.3f} recall {summary['recall']:.3f} at score {cfg.score_threshold:g}; "

@@ -13,9 +13,11 @@ from segdet.data.formats import FormatError
 from segdet.data.manifest import ManifestError
 from segdet.engine import NonFiniteLossError
 from segdet.nets.weights import CheckpointError
+from segdet.predict import PredictError
+from segdet.report import ReportError
 
 #: errors caused by the user's input: reported as one clear message, without a traceback
-USER_ERRORS = (ConfigError, ManifestError, FormatError, CheckpointError, NonFiniteLossError)
+USER_ERRORS = (ConfigError, ManifestError, FormatError, CheckpointError, NonFiniteLossError, ReportError)
 
 
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
@@ -56,6 +58,46 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from segdet.config import load_params, load_section
+    from segdet.detection.proposals import ProposalSettings
+    from segdet.predict import (
+        PredictSettings,
+        download_run_checkpoint,
+        find_images,
+        load_predictor,
+        model_files,
+        predict_images,
+    )
+    from segdet.runtime import device_name, resolve_device
+
+    params = load_params(args.params) if Path(args.params).is_file() else {}
+    device = resolve_device(args.device)
+    images = find_images(args.inputs)
+    if args.kind == "rcnn":
+        ev, prop = load_section("rcnn_eval", params), load_section("proposals", params)
+        settings = PredictSettings(ev.score_threshold if args.score_threshold is None else args.score_threshold,
+                                   ev.nms_iou, ev.max_detections,
+                                   ProposalSettings(prop.mode, prop.max_side, prop.min_size, prop.max_proposals))
+    elif args.kind == "yolo":
+        ev = load_section("yolo_eval", params)
+        settings = PredictSettings(ev.score_threshold if args.score_threshold is None else args.score_threshold,
+                                   ev.nms_iou, ev.max_detections)
+    else:
+        settings = PredictSettings(0.0, 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = download_run_checkpoint(args.run, args.kind, tmp) if args.run else model_files(args.kind, args.models)
+        predictor = load_predictor(args.kind, files, device, settings)
+        records = predict_images(predictor, images, args.out)
+    found = sum(len(r.get("detections", [])) for r in records)
+    what = f"{found} detection(s)" if args.kind != "unet" else "masks"
+    print(f"predict {args.kind}: {len(records)} image(s), {what} -> {args.out}/ (predictions.json, overlays) "
+          f"on {device_name(device)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segdet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,9 +106,29 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("manifests", nargs="+", help="manifest files, one 'image_path label_path' a line")
     check.add_argument("--root", default=".", help="folder that relative manifest paths start from")
     check.add_argument("--classes", help="det: file of known class names, one a line")
+    pred = sub.add_parser("predict", help="run a trained UNet, R-CNN or YOLOv1 on images: overlays + predictions.json",
+                          description="Run a trained model on image files or folders. Writes <stem>.png overlays, "
+                                      "UNet <stem>_mask.png (0/255), and predictions.json into --out.")
+    pred.add_argument("kind", choices=["unet", "rcnn", "yolo"], help="which model")
+    pred.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    pred.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    src = pred.add_mutually_exclusive_group()
+    src.add_argument("--models", default="models", help="folder of the pipeline's model files (default: models)")
+    src.add_argument("--run", help="MLflow run id of the training run (unet_train, rcnn_svm, yolo_train) instead")
+    pred.add_argument("--score-threshold", type=float, help="keep detections scoring at least this "
+                      "(default: rcnn_eval / yolo_eval score_threshold in params.yaml)")
+    pred.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    pred.add_argument("--params", default="params.yaml", help="params file for proposal and NMS settings")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args)
+    if args.command == "predict":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return _predict(args)
+        except (*USER_ERRORS, PredictError) as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return 1
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

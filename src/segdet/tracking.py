@@ -155,6 +155,21 @@ class StageRun:
         mlflow.set_tag("segdet.model_logged", "true")
         return True
 
+    def log_checkpoint(self, path: str | Path) -> None:
+        """Log a trained model for ``segdet predict --run`` as ``checkpoint/<file name>``: a checkpoint without its
+        optimizer, scheduler and scaler state (weights, config, classes, metrics), or any other file as it is."""
+        path = Path(path)
+        if path.suffix != ".pt":
+            mlflow.log_artifact(str(path), artifact_path="checkpoint")
+            return
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")},
+                       Path(tmp) / path.name)
+            mlflow.log_artifact(str(Path(tmp) / path.name), artifact_path="checkpoint")
+
     def epoch_logger(self, csv_path: str | Path):
         """An ``on_epoch(history)`` callback for ``engine.fit``: rewrites the per-epoch CSV (a DVC plot)
         atomically and logs the last row as MLflow metrics with ``step`` = epoch."""
@@ -184,6 +199,24 @@ class StageRun:
         with tempfile.TemporaryDirectory() as tmp:
             yield Path(tmp)
             mlflow.log_artifacts(tmp, artifact_path=artifact_path)
+
+
+def download_artifacts(run_id: str, artifact_path: str, dest: str | Path, root: str | Path | None = None
+                       ) -> list[Path]:
+    """Files of ``artifact_path`` of MLflow run ``run_id`` (in the store of :func:`tracking_uri`), into ``dest``.
+
+    Raises:
+        FileNotFoundError: no such run, or the run has no such artifact (the message names both).
+    """
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                         dst_path=str(dest)))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing run or artifact
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(f"MLflow run {run_id} in {uri}: cannot get {artifact_path!r} ({first})") from None
+    return sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
 
 
 @contextlib.contextmanager

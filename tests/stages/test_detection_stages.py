@@ -2,13 +2,16 @@
 
 import json
 import re
+import sys
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import REALDATA
 from tests.stages.conftest import make_repo, runs, sh
 
 pytestmark = pytest.mark.slow
@@ -18,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def det_repo(tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("det"))
-    sh(["dvc", "repro", "rcnn_eval", "yolo_eval"], repo)
+    sh(["dvc", "repro", "report"], repo)  # every stage: report reads all eval JSONs
     return repo
 
 
@@ -91,3 +94,108 @@ def test_wrong_input_size_fails_clearly(det_repo):
              det_repo, check=False)
     assert out.returncode != 0
     assert "yolo_train.input_size = 100: input_size 100 is not a multiple of 32" in out.stdout + out.stderr
+
+
+def _row(markdown: str, start: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {start}"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_stage_matches_the_eval_jsons(det_repo):
+    sh(["dvc", "repro", "report"], det_repo)  # after the experiments above changed some eval JSONs
+    reports = det_repo / "reports"
+    md = (reports / "summary.md").read_text()
+    for name, label in (("rcnn", "R-CNN (segdet"), ("yolo", "YOLOv1 (segdet")):
+        m = json.loads((reports / f"{name}_eval.json").read_text())
+        cells = _row(md, label)
+        assert cells[1:4] == [f"{m['map50']:.3f}", f"{m['coco_map']:.3f}", f"{m['seconds_per_image']:.3f}"]
+        assert cells[5] == m["hardware"] and m["device"] == "cpu"
+    unet = json.loads((reports / "unet_eval.json").read_text())
+    assert _row(md, unet["variant"])[1:4] == [f"{unet[k]:.3f}" for k in ("dice", "iou", "thresholded_jaccard")]
+    test = json.loads((reports / "proposals.json").read_text())["test"]
+    assert _row(md, "test")[2] == f"{test['recall_0.5']:.3f}"
+    pngs = sorted((reports / "summary").glob("*.png"))
+    assert [p.name for p in pngs] == ["detection_map.png", "detection_speed.png", "proposal_recall.png", "unet.png"]
+    assert all(cv2.imread(str(p)) is not None for p in pngs)
+    run = runs(stage="report")[0]
+    assert run.data.metrics["yolo_map50"] == pytest.approx(json.loads((reports / "yolo_eval.json").read_text())["map50"])
+    paths = [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
+    assert "summary.md" in paths and "summary" in paths
+    assert runs(stage="rcnn_eval", pipeline_run=run.data.tags["segdet.pipeline_run"])  # grouped with its pipeline run
+
+
+def _predict(repo, *args):
+    return sh([sys.executable, "-m", "segdet.cli", "predict", *args], repo, check=False)
+
+
+def _sample_images(repo, tmp_path, kind):
+    """Real photos from ../shared/realdata when it is there, else the pipeline's own test images."""
+    real = REALDATA / ("isic-sample/images" if kind == "unet" else "raccoon-voc/JPEGImages")
+    if real.is_dir():
+        return sorted(real.glob("*.jpg"))[:2]
+    folder = "isic/images" if kind == "unet" else "voc/JPEGImages"
+    return sorted((repo / "data" / "raw" / folder).glob("*.jpg"))[:2]
+
+
+@pytest.mark.parametrize("kind", ["unet", "rcnn", "yolo"])
+def test_predict_writes_overlays_and_json(det_repo, tmp_path, kind):
+    images = _sample_images(det_repo, tmp_path, kind)
+    out = tmp_path / kind
+    threshold = {"unet": [], "rcnn": ["--score-threshold", "-10"], "yolo": ["--score-threshold", "0"]}[kind]
+    res = _predict(det_repo, kind, *map(str, images), "--out", str(out), *threshold)
+    assert res.returncode == 0, res.stderr
+    pred = json.loads((out / "predictions.json").read_text())
+    assert pred["kind"] == kind and [r["image"] for r in pred["images"]] == list(map(str, images))
+    for rec, path in zip(pred["images"], images, strict=True):
+        h, w = cv2.imread(str(path)).shape[:2]
+        assert (rec["width"], rec["height"]) == (w, h)
+        assert cv2.imread(str(out / rec["overlay"])).shape[:2] == (h, w)
+        if kind == "unet":
+            mask = cv2.imread(str(out / rec["mask"]), cv2.IMREAD_GRAYSCALE)
+            assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+            assert rec["lesion_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-5)
+        else:
+            for d in rec["detections"]:
+                assert d["class"] in ("circle", "square", "triangle", "star", "cross")
+                x1, y1, x2, y2 = d["box"]
+                assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+    if kind != "unet":
+        assert sum(len(r["detections"]) for r in pred["images"]) > 0  # the threshold keeps every candidate
+
+
+def test_predict_from_an_mlflow_run_matches_models(det_repo, tmp_path):
+    images = [str(p) for p in _sample_images(det_repo, tmp_path, "yolo")]
+    run = runs(stage="yolo_train")[0]
+    a = _predict(det_repo, "yolo", *images, "--out", str(tmp_path / "a"), "--score-threshold", "0")
+    b = _predict(det_repo, "yolo", *images, "--out", str(tmp_path / "b"), "--score-threshold", "0",
+                 "--run", run.info.run_id)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    # the newest yolo_train run is the one that wrote models/yolo.pt: same weights, same predictions
+    assert json.loads((tmp_path / "a/predictions.json").read_text())["images"] == json.loads(
+        (tmp_path / "b/predictions.json").read_text())["images"]
+    bad = _predict(det_repo, "rcnn", *images, "--run", run.info.run_id, "--out", str(tmp_path / "c"))
+    assert bad.returncode == 1 and "has no checkpoint/rcnn_cnn.pt" in bad.stderr and "rcnn_svm" in bad.stderr
+
+
+def test_predict_errors_are_clear_and_write_nothing(det_repo, tmp_path):
+    good = str(_sample_images(det_repo, tmp_path, "yolo")[0])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    res = _predict(det_repo, "yolo", good, str(broken), "--out", str(out))
+    assert res.returncode == 1 and f"ERROR: {broken}: cannot read image" in res.stderr
+    assert not out.exists()
+    res = _predict(det_repo, "fcn", good)
+    assert res.returncode == 2 and "invalid choice: 'fcn' (choose from unet, rcnn, yolo)" in res.stderr
+    wrong = tmp_path / "models"
+    wrong.mkdir()
+    (wrong / "unet.pt").write_bytes((det_repo / "models" / "yolo.pt").read_bytes())
+    res = _predict(det_repo, "unet", good, "--models", str(wrong), "--out", str(out))
+    assert res.returncode == 1 and "not a UNet checkpoint" in res.stderr
+    res = _predict(det_repo, "yolo", str(tmp_path / "nowhere"), "--out", str(out))
+    assert res.returncode == 1 and "nowhere: no such file or folder" in res.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("user file")
+    res = _predict(det_repo, "yolo", good, "--out", str(tmp_path / "mine"))
+    assert res.returncode == 1 and "not a segdet predict output folder" in res.stderr
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "user file"

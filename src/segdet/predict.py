@@ -1,0 +1,217 @@
+"""``segdet predict``: run a trained UNet, R-CNN or YOLOv1 on image files and write overlays and a JSON.
+
+Models come from the pipeline's ``models/`` files or from an MLflow training run's ``checkpoint/`` artifacts.
+Output folder: ``<stem>.png`` overlays (the mask tinted red, or labelled boxes), ``<stem>_mask.png`` (UNet,
+0/255 at the image's size) and ``predictions.json``. The folder is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segdet.data.formats import FormatError, read_rgb
+from segdet.io import atomic_dir
+from segdet.nets.weights import CheckpointError, load_checkpoint
+
+KINDS = ("unet", "rcnn", "yolo")
+#: the files a kind needs, as the pipeline writes them (``models/``) and as its MLflow run logs them (``checkpoint/``)
+MODEL_FILES = {"unet": ("unet.pt",), "rcnn": ("rcnn_cnn.pt", "rcnn_svm.npz"), "yolo": ("yolo.pt",)}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class PredictError(ValueError):
+    """Bad ``segdet predict`` input: unknown kind, no images, a missing model."""
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    score_threshold: float  # detections kept (SVM margin for R-CNN, class-specific score for YOLOv1)
+    nms_iou: float
+    max_detections: int = 100
+    proposals: Any = None  # ProposalSettings, R-CNN only
+
+
+def find_images(inputs: list[str | Path]) -> list[Path]:
+    """Image files named in ``inputs``, folders expanded (sorted, recursive, by suffix)."""
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise PredictError(f"{item}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            out += found
+        elif item.is_file():
+            out.append(item)
+        else:
+            raise PredictError(f"{item}: no such file or folder")
+    return out
+
+
+def model_files(kind: str, models_dir: str | Path) -> list[Path]:
+    """The files of ``kind`` in ``models_dir``; each must exist."""
+    if kind not in KINDS:
+        raise PredictError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    files = [Path(models_dir) / name for name in MODEL_FILES[kind]]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise PredictError(f"{kind}: missing {', '.join(missing)} (train it with `dvc repro`, or pass --run)")
+    return files
+
+
+class Predictor:
+    kind: str
+
+    def predict(self, image: np.ndarray) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class UnetPredictor(Predictor):
+    kind = "unet"
+
+    def __init__(self, ckpt: dict, device: torch.device, path: str):
+        from segdet.nets.unet import build_unet
+
+        cfg = ckpt.get("config", {})
+        if "variant" not in cfg:
+            raise CheckpointError(f"{path}: not a UNet checkpoint (its config has no variant)")
+        self.model = build_unet(cfg["variant"], num_classes=len(ckpt["classes"]))
+        self.model.load_state_dict(ckpt["model"])
+        self.model.eval().to(device)
+        self.input_size, self.device = cfg["input_size"], device
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> dict[str, Any]:
+        from torchvision import tv_tensors
+
+        from segdet.segmentation.evaluate import predict_masks
+
+        tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        mask = predict_masks(self.model, [tensor], self.input_size, self.device)[0]
+        mask = mask.numpy()
+        return {"mask": mask, "lesion_fraction": float(mask.mean())}
+
+    def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
+        out = image.copy()
+        m = pred["mask"]
+        out[m] = (0.5 * out[m] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, (255, 0, 0), max(1, round(max(image.shape[:2]) / 300)))
+        return out
+
+
+class DetPredictor(Predictor):
+    def __init__(self, kind: str, detect, classes: list[str]):
+        self.kind, self._detect, self.classes = kind, detect, classes
+
+    def predict(self, image: np.ndarray) -> dict[str, Any]:
+        dets = self._detect(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        return {k: v.numpy() for k, v in dets.items()}
+
+    def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
+        from segdet.detection.visualize import draw_detections
+
+        return draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], self.classes)
+
+
+def load_predictor(kind: str, files: list[Path], device: torch.device, settings: PredictSettings) -> Predictor:
+    """A predictor of ``kind`` from its ``files`` (see :data:`MODEL_FILES`)."""
+    if kind == "unet":
+        return UnetPredictor(load_checkpoint(files[0], map_location=device), device, str(files[0]))
+    if kind == "yolo":
+        from segdet.detection.yolo_detect import YoloDetector, load_yolo
+
+        ckpt = load_checkpoint(files[0], map_location=device)
+        detector = YoloDetector(load_yolo(ckpt, str(files[0])), device=device, score_threshold=settings.score_threshold,
+                                nms_iou=settings.nms_iou, max_detections=settings.max_detections)
+        return DetPredictor(kind, lambda img: detector.detect(img)[0], list(ckpt["classes"]))
+    if kind == "rcnn":
+        from segdet.detection.proposals import selective_search
+        from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
+
+        ckpt = load_checkpoint(files[0], map_location="cpu")
+        cfg = ckpt.get("config", {})
+        if "crop_size" not in cfg:
+            raise CheckpointError(f"{files[0]}: not an R-CNN region CNN checkpoint (its config has no crop_size)")
+        try:
+            svm = load_svm(files[1])
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{files[1]}: not an R-CNN SVM file ({exc})") from None
+        model = RegionCNN(cfg["backbone"], len(ckpt["classes"]))
+        model.load_state_dict(ckpt["model"])
+        detector = RCNNDetector(model, svm, crop_size=cfg["crop_size"], context=cfg["context"], device=device)
+
+        def detect(img: torch.Tensor) -> dict[str, torch.Tensor]:
+            bgr = cv2.cvtColor(img.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
+            props = torch.from_numpy(selective_search(bgr, settings.proposals))
+            dets, _ = detector.detect(img, props, min_score=settings.score_threshold, nms_iou=settings.nms_iou,
+                                      max_detections=settings.max_detections)
+            return {k: v.cpu() for k, v in dets.items()}
+
+        return DetPredictor(kind, detect, detector.classes)
+    raise PredictError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def predict_images(predictor: Predictor, images: list[Path], out_dir: str | Path, progress: bool = True
+                   ) -> list[dict[str, Any]]:
+    """Run ``predictor`` on ``images``; write overlays, masks and ``predictions.json`` into ``out_dir``.
+
+    Raises:
+        FormatError: an image cannot be decoded (named; nothing is written).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "predictions.json").exists()):
+        raise PredictError(f"{out_dir}: exists and is not a segdet predict output folder; choose a new --out "
+                           "(a previous output folder is replaced)")
+    records: list[dict[str, Any]] = []
+    stems: dict[str, int] = {}
+    with atomic_dir(out_dir) as out:
+        for path in tqdm(images, desc=f"predict {predictor.kind}", unit="img", disable=not progress):
+            try:
+                image = read_rgb(path)
+            except FormatError:
+                raise FormatError(f"{path}: cannot read image (not an image file, or damaged); nothing was written") \
+                    from None
+            stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
+            stems[path.stem] = stems.get(path.stem, 0) + 1
+            pred = predictor.predict(image)
+            cv2.imwrite(str(out / f"{stem}.png"), cv2.cvtColor(predictor.render(image, pred), cv2.COLOR_RGB2BGR))
+            rec: dict[str, Any] = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
+                                   "overlay": f"{stem}.png"}
+            if predictor.kind == "unet":
+                cv2.imwrite(str(out / f"{stem}_mask.png"), pred["mask"].astype(np.uint8) * 255)
+                rec.update(mask=f"{stem}_mask.png", lesion_fraction=round(pred["lesion_fraction"], 6))
+            else:
+                rec["detections"] = [
+                    {"label": int(lab), "class": predictor.classes[int(lab) - 1], "score": round(float(s), 6),
+                     "box": [round(float(v), 2) for v in b]}
+                    for b, s, lab in zip(pred["boxes"], pred["scores"], pred["labels"], strict=True)]
+            records.append(rec)
+        (out / "predictions.json").write_text(json.dumps({"kind": predictor.kind, "images": records}, indent=1))
+    return records
+
+
+def download_run_checkpoint(run_id: str, kind: str, dest: str | Path) -> list[Path]:
+    """The ``checkpoint/`` artifacts of MLflow run ``run_id`` (a training run), saved into ``dest``."""
+    from segdet import tracking
+
+    try:
+        files = tracking.download_artifacts(run_id, "checkpoint", dest)
+    except FileNotFoundError as exc:
+        raise PredictError(str(exc)) from None
+    by_name = {p.name: p for p in files}
+    missing = [n for n in MODEL_FILES[kind] if n not in by_name]
+    if missing:
+        raise PredictError(f"MLflow run {run_id} has no checkpoint/{', checkpoint/'.join(missing)}; pass the run of "
+                           f"the stage that trains a {kind} ({'rcnn_svm' if kind == 'rcnn' else kind + '_train'})")
+    return [by_name[n] for n in MODEL_FILES[kind]]

@@ -1,0 +1,58 @@
+"""The summary is built from the eval JSONs only, and a missing or stale input is named."""
+
+import json
+
+import pytest
+
+from segdet.report import REPORT_FILES, ReportError, build_summary, read_reports
+
+DET = {"map50": 0.5, "coco_map": 0.25, "precision": 0.8, "recall": 0.6, "score_threshold": 0.0, "images": 10,
+       "ground_truth_boxes": 30, "device": "cpu", "hardware": "Test CPU, 2 cores"}
+REPORTS = {
+    "unet": {"dice": 0.91, "iou": 0.84, "thresholded_jaccard": 0.8, "sensitivity": 0.9, "specificity": 0.99,
+             "images_per_second": 12.5, "batch_size": 4, "device": "cpu", "hardware": "Test CPU, 2 cores",
+             "variant": "unet32", "input_size": 64, "trained_epochs": 3},
+    "rcnn": {**DET, "seconds_per_image": 2.0, "seconds_proposals": 1.5, "seconds_warp_cnn": 0.4},
+    "yolo": {**DET, "map50": 0.4, "seconds_per_image": 0.05, "fps": 20.0, "forward_fps": 25.0, "backbone": "small",
+             "input_size": 224},
+    "proposals": {s: {"images": 10, "recall_0.5": 0.95, "recall_0.7": 0.8, "boxes_per_image": 300.0,
+                      "seconds_per_image": 1.5} for s in ("train", "val", "test")},
+}
+
+
+def _write(tmp_path, reports):
+    for key, name in REPORT_FILES.items():
+        (tmp_path / name).write_text(json.dumps(reports[key]))
+
+
+def test_summary_figures_come_from_the_reports(tmp_path):
+    _write(tmp_path, REPORTS)
+    summary = build_summary(read_reports(tmp_path), det_data="synthetic", seg_data="isic `x`")
+    md = summary.markdown
+    assert "| R-CNN (segdet) | 0.500 | 0.250 | 2.000 | 0.500 | Test CPU, 2 cores | synthetic |" in md
+    assert "| YOLOv1 (segdet, small, 224 px) | 0.400 | 0.250 | 0.050 | 20.0 | Test CPU, 2 cores |" in md
+    assert "**40.0x** faster" in md and "(the papers: 2115x)" in md
+    assert "| unet32 at 64 px, 3 epochs | 0.910 | 0.840 | 0.800 |" in md
+    assert "| test | 10 | 0.950 | 0.800 | 300 | 1.500 |" in md
+    assert summary.metrics["yolo_speedup"] == pytest.approx(40.0)
+    assert summary.metrics["rcnn_map50"] == 0.5 and summary.metrics["unet_dice"] == 0.91
+    assert set(summary.figures) == {"detection_map.png", "detection_speed.png", "proposal_recall.png", "unet.png"}
+    for image in summary.figures.values():
+        assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+    for name in summary.figures:  # every plot is linked from the markdown
+        assert f"(summary/{name})" in md
+
+
+def test_missing_report_names_the_file_and_the_stage(tmp_path):
+    _write(tmp_path, REPORTS)
+    (tmp_path / "yolo_eval.json").unlink()
+    with pytest.raises(ReportError, match=r"yolo_eval.json: missing; run its stage first"):
+        read_reports(tmp_path)
+
+
+def test_stale_report_names_the_missing_keys(tmp_path):
+    old = {k: dict(v) for k, v in REPORTS.items()}
+    del old["rcnn"]["hardware"]
+    _write(tmp_path, old)
+    with pytest.raises(ReportError, match=r"rcnn_eval.json: missing hardware; .*dvc repro --force rcnn_eval"):
+        read_reports(tmp_path)
