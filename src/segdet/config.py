@@ -263,6 +263,7 @@ class YoloTrainConfig:
     backbone: Literal["small", "darknet24", "vgg16", "resnet18", "alexnet"] = "small"
     input_size: int = param(224, ge=32, le=2048)
     boxes_per_cell: int = param(2, ge=1, le=10)
+    head: Literal["fc", "conv"] = "fc"
     head_channels: int = param(256, ge=8)
     hidden: int = param(512, ge=8)
     dropout: float = param(0.1, ge=0.0, lt=1.0)

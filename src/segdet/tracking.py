@@ -91,6 +91,18 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """A lock around the first use of a SQLite store: MLflow creates and migrates its schema then, and two
+    queued experiments starting together (``dvc queue start -j 2``) must not both do it."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", timeout=600)
+
+
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -239,7 +251,8 @@ def stage_run(
     root = repo_root(root)
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    exp_id = _experiment_id(MlflowClient(), os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT), uri)
+    with _store_lock(uri):
+        exp_id = _experiment_id(MlflowClient(), os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT), uri)
     exp_name = os.environ.get("DVC_EXP_NAME") or "workspace"
     commit = git_commit(root)
     all_tags = {

@@ -16,8 +16,8 @@ from PIL import Image
 from segdet.config import load_section
 from segdet.data.manifest import ManifestError
 from segdet.data.pipeline import build_manifests, prepare_data
+from tests.conftest import REALDATA
 
-REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata"
 ISIC_SAMPLE = REALDATA / "isic-sample"
 ISIC_512 = REALDATA / "isic2018-512"
 RACCOON = REALDATA / "raccoon-voc"

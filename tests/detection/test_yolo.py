@@ -61,3 +61,19 @@ def test_paper_output_shape_7x7x30_for_voc(backbone, size):
 def test_invalid_input_size_names_valid_ones():
     with pytest.raises(ValueError, match="input_size 300 is not a multiple of 64"):
         YOLOv1("darknet24", input_size=300)
+
+
+def test_conv_head_predicts_each_cell_from_its_own_features():
+    model = YOLOv1("small", num_classes=20, input_size=224, head_channels=32, hidden=16, head="conv").eval()
+    feats = torch.randn(1, 32, 7, 7)
+    with torch.no_grad():
+        out = model.fc(feats).permute(0, 2, 3, 1)
+        moved = feats.clone()
+        moved[0, :, 3, 4] += 1.0  # change one cell's features
+        changed = (model.fc(moved).permute(0, 2, 3, 1) - out).abs().sum(-1)[0]
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 7, 7, 30)
+    assert changed[3, 4] > 0 and changed.sum() == changed[3, 4]
+    fc = YOLOv1("small", num_classes=20, input_size=224, head_channels=32, hidden=16, head="fc")
+    assert [n for n, _ in fc.named_parameters()][-1] == "fc.4.bias"  # the paper's two fully connected layers
+    with pytest.raises(ValueError, match="Wrong YOLOv1 head 'mlp'. Available options are: fc, conv"):
+        YOLOv1("small", head="mlp")

@@ -39,11 +39,13 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def sh(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+def sh(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str | None] | None = None
        ) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` with this venv first on PATH; ``env`` adds variables (``None`` removes one)."""
     env = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {k: v for k, v in env.items() if v is not None}
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout}\n{out.stderr}")
@@ -58,7 +60,7 @@ def make_repo(dest: Path, **overrides: dict) -> Path:
     shutil.copy2(REPO / "dvc.yaml", dest / "dvc.yaml")
     params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / ".gitignore").write_text("/data/\n/models/\n/mlflow.db\n/mlartifacts/\n")
+    (dest / ".gitignore").write_text("/data/\n/models/\n/mlflow.db\n/mlflow.db.lock\n/mlartifacts/\n")
     sh(["git", "init", "-q"], dest)
     sh([sys.executable, "-m", "dvc", "init", "-q"], dest)
     sh(["git", "add", "-A"], dest)

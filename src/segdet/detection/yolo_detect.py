@@ -19,7 +19,7 @@ def load_yolo(ckpt: dict, path: str = "checkpoint") -> YOLOv1:
     if "boxes_per_cell" not in tc or "classes" not in ckpt:
         raise CheckpointError(f"{path}: not a YOLOv1 checkpoint (its config has no boxes_per_cell)")
     model = YOLOv1(tc["backbone"], len(ckpt["classes"]), tc["boxes_per_cell"], tc["input_size"], tc["head_channels"],
-                   tc["hidden"], tc["dropout"])
+                   tc["hidden"], tc["dropout"], tc.get("head", "fc"))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 

@@ -54,7 +54,7 @@ def collate(batch):
 def build_model(cfg: YoloTrainConfig, num_classes: int) -> YOLOv1:
     try:
         return YOLOv1(cfg.backbone, num_classes, cfg.boxes_per_cell, cfg.input_size, cfg.head_channels, cfg.hidden,
-                      cfg.dropout)
+                      cfg.dropout, cfg.head)
     except ValueError as exc:
         from segdet.config import ConfigError
 

@@ -6,6 +6,12 @@ paper), dropout 0.5, and a fully connected output of S*S*(B*5+C) values reshaped
 Each cell holds B boxes ``(x, y, w, h, confidence)`` (x, y relative to the cell, w, h to the image) and
 then C class probabilities. The output layer is linear, as in the paper.
 
+``head="conv"`` keeps the four convolutions and replaces the two fully connected layers by their per-cell
+form, two 1x1 convolutions (``hidden`` channels, dropout, then B*5+C): every cell predicts from its own
+features with weights shared across cells (as YOLOv2 does). Same output, same loss; it learns from far fewer
+images and steps, which is what a CPU budget allows (the fully connected layers must learn each cell's
+mapping separately).
+
 S follows from the input size: ``S = input_size / (2 * backbone stride)``, so a 448 input gives the
 paper's 7 x 7 with the stride-32 backbones (darknet24, vgg16, resnet18) and a 224 input gives 7 x 7 with
 the stride-16 ``small`` backbone; with VOC's 20 classes and B = 2 the output is 7 x 7 x 30.
@@ -34,6 +40,9 @@ def grid_size(backbone_stride: int, input_size: int) -> int:
     return input_size // step
 
 
+HEADS = ("fc", "conv")
+
+
 class YOLOv1(nn.Module):
     """``[N, 3, input_size, input_size]`` -> ``[N, S, S, B*5 + C]``.
 
@@ -42,11 +51,15 @@ class YOLOv1(nn.Module):
         num_classes: C. boxes_per_cell: B.
         head_channels: channels of the four head convolutions (1024 in the paper).
         hidden: width of the first fully connected layer (4096 in the paper).
+        head: ``fc`` (the paper's fully connected layers) or ``conv`` (the same per cell, as 1x1 convolutions).
     """
 
     def __init__(self, backbone: str = "small", num_classes: int = 20, boxes_per_cell: int = 2,
-                 input_size: int = 224, head_channels: int = 256, hidden: int = 512, dropout: float = 0.5):
+                 input_size: int = 224, head_channels: int = 256, hidden: int = 512, dropout: float = 0.5,
+                 head: str = "fc"):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"Wrong YOLOv1 head {head!r}. Available options are: {', '.join(HEADS)}")
         bb = build_backbone(backbone)
         self.backbone_name = backbone
         self.S = grid_size(bb.stride, input_size)
@@ -54,14 +67,17 @@ class YOLOv1(nn.Module):
         self.features = bb.features
         c = head_channels
         self.head = nn.Sequential(*_conv(bb.channels, c), *_conv(c, c, stride=2), *_conv(c, c), *_conv(c, c))
-        self.fc = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(self.S * self.S * c, hidden),
-            nn.LeakyReLU(0.1, inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, self.S * self.S * (self.B * 5 + self.C)),
-        )
+        self.head_type = head
+        out = self.B * 5 + self.C
+        if head == "fc":
+            self.fc = nn.Sequential(nn.Flatten(), nn.Linear(self.S * self.S * c, hidden), nn.LeakyReLU(0.1, inplace=True),
+                                    nn.Dropout(dropout), nn.Linear(hidden, self.S * self.S * out))
+        else:
+            self.fc = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.LeakyReLU(0.1, inplace=True), nn.Dropout(dropout),
+                                    nn.Conv2d(hidden, out, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc(self.head(self.features(x)))
+        if self.head_type == "conv":
+            return x.permute(0, 2, 3, 1)
         return x.view(-1, self.S, self.S, self.B * 5 + self.C)
