@@ -81,6 +81,7 @@ def test_changing_svm_params_reruns_only_svm_and_eval(det_repo):
 
 def test_paper_input_size_with_a_stride_32_backbone(det_repo):
     out = sh(["dvc", "exp", "run", "-S", "yolo_train.input_size=448", "-S", "yolo_train.backbone=resnet18",
+              "-S", "yolo_train.head=fc",
               "-S", "yolo_train.epochs=1", "-S", "yolo_train.warmup_epochs=0", "-S", "yolo_train.batch_size=8",
               "yolo_train"], det_repo)
     assert "Running stage 'yolo_train'" in out.stdout
