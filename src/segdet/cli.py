@@ -76,17 +76,15 @@ def _predict(args: argparse.Namespace) -> int:
     params = load_params(args.params) if Path(args.params).is_file() else {}
     device = resolve_device(args.device)
     images = find_images(args.inputs)
-    if args.kind == "rcnn":
-        ev, prop = load_section("rcnn_eval", params), load_section("proposals", params)
-        settings = PredictSettings(ev.score_threshold if args.score_threshold is None else args.score_threshold,
-                                   ev.nms_iou, ev.max_detections,
-                                   ProposalSettings(prop.mode, prop.max_side, prop.min_size, prop.max_proposals))
-    elif args.kind == "yolo":
-        ev = load_section("yolo_eval", params)
-        settings = PredictSettings(ev.score_threshold if args.score_threshold is None else args.score_threshold,
-                                   ev.nms_iou, ev.max_detections)
-    else:
-        settings = PredictSettings(0.0, 0.0)
+    settings = PredictSettings(0.0, 0.0)
+    if args.kind != "unet":  # detection thresholds, NMS (and proposals) as the eval stage uses them
+        ev = load_section(f"{args.kind}_eval", params)
+        proposals = None
+        if args.kind == "rcnn":
+            p = load_section("proposals", params)
+            proposals = ProposalSettings(p.mode, p.max_side, p.min_size, p.max_proposals)
+        threshold = ev.score_threshold if args.score_threshold is None else args.score_threshold
+        settings = PredictSettings(threshold, ev.nms_iou, ev.max_detections, proposals)
     with tempfile.TemporaryDirectory() as tmp:
         files = download_run_checkpoint(args.run, args.kind, tmp) if args.run else model_files(args.kind, args.models)
         predictor = load_predictor(args.kind, files, device, settings)
