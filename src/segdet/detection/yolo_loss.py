@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import box_iou
 
 
 def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -43,46 +42,80 @@ class YoloLoss(nn.Module):
     def forward(self, pred: torch.Tensor, targets: list[dict[str, torch.Tensor]]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         """``pred [N, S, S, B*5+C]``; ``targets[n]`` has ``boxes [k, 4]`` xyxy in input pixels and ``labels [k]``
-        in ``1..C``. Returns ``(loss, {"coord", "obj", "noobj", "class"})`` (each averaged over the batch)."""
+        in ``1..C``. Returns ``(loss, {"coord", "obj", "noobj", "class"})`` (each averaged over the batch).
+
+        The assignment (which cell owns which object) is bookkeeping on a few numbers per image; the losses
+        are computed for all responsible cells of the batch at once."""
         S, B, C = self.S, self.B, self.C
         pred = pred.float()
         n = pred.shape[0]
         boxes = pred[..., : B * 5].reshape(n, S, S, B, 5)
+        img_idx, rows, cols, gts, labels = self.assign(targets)
         obj_mask = torch.zeros(n, S, S, B, dtype=torch.bool, device=pred.device)
-        coord = obj = cls = pred.new_zeros(())
-        for b_idx, t in enumerate(targets):
-            gt = t["boxes"].to(pred.device).float()
-            if len(gt) == 0:
-                continue
-            labels = t["labels"].to(pred.device)
-            cx, cy = (gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2
-            col = (cx / self.size * S).clamp(0, S - 1e-6).floor().long()
-            row = (cy / self.size * S).clamp(0, S - 1e-6).floor().long()
-            area = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-            taken: set[tuple[int, int]] = set()
-            for k in torch.argsort(area, descending=True).tolist():  # the largest object wins a shared cell
-                i, j = int(row[k]), int(col[k])
-                if (i, j) in taken:
-                    continue
-                taken.add((i, j))
-                cell = boxes[b_idx, i, j]  # [B, 5]
-                pred_xyxy = cell_boxes_to_xyxy(cell[:, :4], torch.tensor(i), torch.tensor(j), S, self.size)
-                ious = box_iou(pred_xyxy.detach(), gt[k : k + 1])[:, 0]
-                r = int(ious.argmax())
-                obj_mask[b_idx, i, j, r] = True
-                tx = cx[k] / self.size * S - j
-                ty = cy[k] / self.size * S - i
-                tw = (gt[k, 2] - gt[k, 0]) / self.size
-                th = (gt[k, 3] - gt[k, 1]) / self.size
-                p = cell[r]
-                coord = coord + (p[0] - tx) ** 2 + (p[1] - ty) ** 2 + (
-                    _signed_sqrt(p[2]) - torch.sqrt(tw)) ** 2 + (_signed_sqrt(p[3]) - torch.sqrt(th)) ** 2
-                obj = obj + (p[4] - ious[r]) ** 2
-                onehot = torch.zeros(C, device=pred.device)
-                onehot[labels[k] - 1] = 1.0
-                cls = cls + ((pred[b_idx, i, j, B * 5 :] - onehot) ** 2).sum()
+        zero = pred.new_zeros(())
+        coord = obj = cls = zero
+        if len(img_idx):
+            gt = torch.tensor(gts, dtype=torch.float32, device=pred.device)  # [M, 4] xyxy
+            b_i = torch.tensor(img_idx, device=pred.device)
+            i = torch.tensor(rows, device=pred.device)
+            j = torch.tensor(cols, device=pred.device)
+            cells = boxes[b_i, i, j]  # [M, B, 5]
+            pred_xyxy = cell_boxes_to_xyxy(cells[..., :4].detach(), i[:, None], j[:, None], S, self.size)  # [M, B, 4]
+            ious = _pairwise_iou(pred_xyxy, gt[:, None, :])  # [M, B]
+            r = ious.argmax(dim=1)
+            obj_mask[b_i, i, j, r] = True
+            m = torch.arange(len(r), device=pred.device)
+            p = cells[m, r]  # [M, 5], the responsible predictors
+            tx = (gt[:, 0] + gt[:, 2]) / 2 / self.size * S - j
+            ty = (gt[:, 1] + gt[:, 3]) / 2 / self.size * S - i
+            tw = (gt[:, 2] - gt[:, 0]) / self.size
+            th = (gt[:, 3] - gt[:, 1]) / self.size
+            coord = ((p[:, 0] - tx) ** 2 + (p[:, 1] - ty) ** 2 + (_signed_sqrt(p[:, 2]) - torch.sqrt(tw)) ** 2
+                     + (_signed_sqrt(p[:, 3]) - torch.sqrt(th)) ** 2).sum()
+            obj = ((p[:, 4] - ious[m, r]) ** 2).sum()
+            onehot = torch.zeros(len(r), C, device=pred.device)
+            onehot[m, torch.tensor(labels, device=pred.device) - 1] = 1.0
+            cls = ((pred[b_i, i, j, B * 5 :] - onehot) ** 2).sum()
         noobj = (boxes[..., 4][~obj_mask] ** 2).sum()
         parts = {"coord": self.l_coord * coord / n, "obj": obj / n, "noobj": self.l_noobj * noobj / n,
                  "class": cls / n}
         loss = sum(parts.values())
         return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+    def assign(self, targets: list[dict[str, torch.Tensor]]
+               ) -> tuple[list[int], list[int], list[int], list[list[float]], list[int]]:
+        """The cell responsible for each object: the one holding its centre; when several centres fall in
+        one cell, the largest object keeps it. Returns parallel lists (image, row, column, box, label)."""
+        S = self.S
+        img_idx, rows, cols, gts, labels = [], [], [], [], []
+        for b_idx, t in enumerate(targets):
+            gt = t["boxes"].detach().float().cpu().tolist()
+            if not gt:
+                continue
+            lab = t["labels"].cpu().tolist()
+            order = sorted(range(len(gt)), key=lambda k: -(gt[k][2] - gt[k][0]) * (gt[k][3] - gt[k][1]))
+            taken: set[tuple[int, int]] = set()
+            for k in order:  # the largest object wins a shared cell
+                x1, y1, x2, y2 = gt[k]
+                j = min(max(int((x1 + x2) / 2 / self.size * S), 0), S - 1)
+                i = min(max(int((y1 + y2) / 2 / self.size * S), 0), S - 1)
+                if (i, j) in taken:
+                    continue
+                taken.add((i, j))
+                img_idx.append(b_idx)
+                rows.append(i)
+                cols.append(j)
+                gts.append(gt[k])
+                labels.append(int(lab[k]))
+        return img_idx, rows, cols, gts, labels
+
+
+def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of broadcastable ``[..., 4]`` xyxy boxes ``a`` and ``b`` (elementwise, not all pairs)."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area_a = ((a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0))
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
