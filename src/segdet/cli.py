@@ -8,16 +8,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from segdet.config import ConfigError
-from segdet.data.formats import FormatError
-from segdet.data.manifest import ManifestError
-from segdet.engine import NonFiniteLossError
-from segdet.nets.weights import CheckpointError
-from segdet.predict import PredictError
-from segdet.report import ReportError
 
-#: errors caused by the user's input: reported as one clear message, without a traceback
-USER_ERRORS = (ConfigError, ManifestError, FormatError, CheckpointError, NonFiniteLossError, ReportError)
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the user's input: reported as one clear message, without a traceback.
+
+    Imported when an error is raised, so that a stage loads only the modules it runs (its DVC deps)."""
+    from segdet.config import ConfigError
+    from segdet.data.formats import FormatError
+    from segdet.data.manifest import ManifestError
+    from segdet.engine import NonFiniteLossError
+    from segdet.nets.weights import CheckpointError
+    from segdet.predict import PredictError
+    from segdet.report import ReportError
+
+    return ConfigError, ManifestError, FormatError, CheckpointError, NonFiniteLossError, ReportError, PredictError
 
 
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
@@ -27,14 +31,16 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         main(argv)
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from segdet.data.manifest import read_manifest, validate_det, validate_seg
+    from segdet.data.manifest import ManifestError, read_manifest, validate_det, validate_seg
 
     root = Path(args.root)
     problems: list[str] = []
@@ -124,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
             return _predict(args)
-        except (*USER_ERRORS, PredictError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, user_errors()):
+                raise
             print(f"ERROR: {exc}", file=sys.stderr)
             return 1
     return 2  # pragma: no cover - argparse rejects unknown commands
