@@ -102,12 +102,9 @@ class UnetPredictor(Predictor):
         return {"mask": mask, "lesion_fraction": float(mask.mean())}
 
     def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
-        out = image.copy()
-        m = pred["mask"]
-        out[m] = (0.5 * out[m] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
-        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, (255, 0, 0), max(1, round(max(image.shape[:2]) / 300)))
-        return out
+        from segdet.segmentation.evaluate import tint
+
+        return tint(image, pred["mask"], (255, 0, 0), max(1, round(max(image.shape[:2]) / 300)))
 
 
 class DetPredictor(Predictor):

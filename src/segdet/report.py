@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from segdet.detection.visualize import figure_image
+
 #: published figures the measured ones are shown beside (Pascal VOC 2007 test; GPU timings)
 PAPERS: list[dict[str, Any]] = [
     {"method": "R-CNN, AlexNet (Girshick et al. 2014)", "map50": 0.585, "seconds_per_image": None,
@@ -111,11 +113,7 @@ def _bar_figure(groups: list[str], series: dict[str, list[float | None]], title:
         ax.set_yscale("log")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+    return figure_image(fig)
 
 
 def build_summary(reports: dict[str, dict], *, det_data: str, seg_data: str) -> Summary:

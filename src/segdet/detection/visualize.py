@@ -23,6 +23,13 @@ def pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], ap: dict[str, fl
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
+    return figure_image(fig)
+
+
+def figure_image(fig) -> np.ndarray:
+    """A matplotlib figure as an ``HxWx3`` uint8 RGB array (tight layout); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -92,12 +92,15 @@ def evaluate_unet(
     return SegEvaluation(df, summary)
 
 
+def tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 1) -> np.ndarray:
+    """A copy of RGB ``image`` with boolean ``mask`` blended half-way to ``colour`` and outlined in it."""
+    out = image.copy()
+    out[mask] = (0.5 * out[mask] + 0.5 * np.array(colour)).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, colour, thickness)
+    return out
+
+
 def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """``[H, 3W, 3]`` uint8: the image, the truth (green) and the prediction (red) side by side."""
-    def tint(mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-        out = image.copy()
-        out[mask] = (0.5 * out[mask] + 0.5 * np.array(colour)).astype(np.uint8)
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, colour, 1)
-        return out
-    return np.concatenate([image, tint(truth, (0, 255, 0)), tint(pred, (255, 0, 0))], axis=1)
+    return np.concatenate([image, tint(image, truth, (0, 255, 0)), tint(image, pred, (255, 0, 0))], axis=1)
