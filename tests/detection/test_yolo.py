@@ -77,3 +77,23 @@ def test_conv_head_predicts_each_cell_from_its_own_features():
     assert [n for n, _ in fc.named_parameters()][-1] == "fc.4.bias"  # the paper's two fully connected layers
     with pytest.raises(ValueError, match="Wrong YOLOv1 head 'mlp'. Available options are: fc, conv"):
         YOLOv1("small", head="mlp")
+
+
+def test_freeze_backbone_keeps_the_first_convolutions_and_their_norms_fixed():
+    model = YOLOv1("small", num_classes=5, input_size=64, head_channels=16, hidden=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = model.freeze_backbone(3)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert frozen == sum(p.numel() for m in convs[:3] + norms[:3] for p in m.parameters())
+    model.train()
+    assert not any(m.training for m in norms[:3]) and all(m.training for m in norms[3:])
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(2, 3, 64, 64)).square().sum().backward()
+    opt.step()
+    after = model.state_dict()
+    assert torch.equal(after["features.0.weight"], before["features.0.weight"])
+    assert torch.equal(after["features.1.running_mean"], before["features.1.running_mean"])  # stored statistics
+    assert not torch.equal(after["features.12.weight"], before["features.12.weight"])  # 4th conv trains
+    with pytest.raises(ValueError, match="more than the 5 convolutions"):
+        YOLOv1("small", num_classes=5, input_size=64).freeze_backbone(6)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from segdet.config import YoloTrainConfig
+from segdet.config import ConfigError, YoloTrainConfig
 from segdet.data.manifest import Pair, write_manifest
 from segdet.data.synthetic import DET_CLASSES, generate_voc
 from segdet.detection.rcnn import RegionCNN
@@ -80,6 +80,27 @@ def test_training_transfers_from_rcnn_and_reports(scenes, tmp_path):
     reports = []
     _train(scenes, tmp_path / "run", _cfg(epochs=2), rcnn_checkpoint=tmp_path / "rcnn.pt", on_transfer=reports.append)
     assert len(reports) == 1 and reports[0].loaded
+
+
+def test_frozen_backbone_layers_keep_the_rcnn_weights_and_resume(scenes, tmp_path):
+    rcnn = RegionCNN("small", 5)
+    save_checkpoint(tmp_path / "rcnn.pt", model=rcnn, epoch=1, config={"backbone": "small"}, classes=[], metrics={})
+    cfg = _cfg(freeze_backbone=2)
+    _train(scenes, tmp_path / "a", cfg, rcnn_checkpoint=tmp_path / "rcnn.pt")
+    _train(scenes, tmp_path / "b", _cfg(freeze_backbone=2, epochs=2), rcnn_checkpoint=tmp_path / "rcnn.pt")
+    _train(scenes, tmp_path / "b", _cfg(freeze_backbone=2, weights=str(tmp_path / "b" / "last.pt")))
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    theirs = rcnn.state_dict()
+    for k in ("features.0.weight", "features.1.weight", "features.1.running_var", "features.4.weight"):
+        assert torch.equal(a[k], theirs[k]), k  # frozen: still the R-CNN weights and statistics
+    assert not torch.equal(a["features.8.weight"], theirs["features.8.weight"])  # the third conv trained
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k  # resume with frozen layers = uninterrupted
+
+
+def test_freezing_more_layers_than_the_backbone_has_names_the_key(scenes, tmp_path):
+    with pytest.raises(ConfigError, match=r"yolo_train.freeze_backbone = 9: .*5 convolutions"):
+        _train(scenes, tmp_path / "run", _cfg(freeze_backbone=9))
 
 
 def test_augmentation_moves_boxes_with_the_image():

@@ -76,6 +76,38 @@ class YOLOv1(nn.Module):
             self.fc = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.LeakyReLU(0.1, inplace=True), nn.Dropout(dropout),
                                     nn.Conv2d(hidden, out, 1))
 
+    def freeze_backbone(self, layers: int) -> int:
+        """Keep the first ``layers`` convolutions of the backbone, and the batch norms after them, as they are
+        (no gradient; batch norms use their stored statistics), like torchvision's ``trainable_backbone_layers``
+        and detectron2's ``FREEZE_AT``. Returns the number of frozen parameters.
+
+        Raises:
+            ValueError: ``layers`` is more than the backbone's convolutions (the message gives the count).
+        """
+        convs = [m for m in self.features.modules() if isinstance(m, nn.Conv2d)]
+        if layers > len(convs):
+            raise ValueError(f"{layers} is more than the {len(convs)} convolutions of backbone {self.backbone_name!r}")
+        frozen: list[nn.Module] = []
+        seen = 0
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                seen += 1
+            if seen == 0 or seen > layers:
+                continue
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                frozen.append(m)
+        for m in frozen:
+            m.requires_grad_(False)
+        self._frozen_norms = [m for m in frozen if isinstance(m, nn.BatchNorm2d)]
+        self.train(self.training)
+        return sum(p.numel() for m in frozen for p in m.parameters())
+
+    def train(self, mode: bool = True) -> YOLOv1:
+        super().train(mode)
+        for m in getattr(self, "_frozen_norms", ()):
+            m.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc(self.head(self.features(x)))
         if self.head_type == "conv":
