@@ -264,11 +264,11 @@ class YoloTrainConfig:
     input_size: int = param(224, ge=32, le=2048)
     boxes_per_cell: int = param(2, ge=1, le=10)
     head: Literal["fc", "conv"] = "conv"
-    head_channels: int = param(256, ge=8)
+    head_channels: int = param(128, ge=8)
     hidden: int = param(512, ge=8)
     dropout: float = param(0.0, ge=0.0, lt=1.0)
     batch_size: int = param(16, ge=1, le=1024)
-    epochs: int = param(40, ge=1, le=10_000)
+    epochs: int = param(60, ge=1, le=10_000)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = param(0.001, gt=0.0, le=10.0)
     momentum: float = param(0.9, ge=0.0, lt=1.0)
@@ -284,7 +284,7 @@ class YoloTrainConfig:
     weights: str | None = param(None, false_is_null=True)
     init_from: str | None = param(None, false_is_null=True)
     init_from_rcnn: bool = True
-    freeze_backbone: int = param(0, ge=0)
+    freeze_backbone: int = param(3, ge=0)
 
     def __post_init__(self) -> None:
         if self.weights and self.init_from:

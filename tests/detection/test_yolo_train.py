@@ -99,8 +99,15 @@ def test_frozen_backbone_layers_keep_the_rcnn_weights_and_resume(scenes, tmp_pat
 
 
 def test_freezing_more_layers_than_the_backbone_has_names_the_key(scenes, tmp_path):
+    save_checkpoint(tmp_path / "rcnn.pt", model=RegionCNN("small", 5), epoch=1, config={"backbone": "small"},
+                    classes=[], metrics={})
     with pytest.raises(ConfigError, match=r"yolo_train.freeze_backbone = 9: .*5 convolutions"):
-        _train(scenes, tmp_path / "run", _cfg(freeze_backbone=9))
+        _train(scenes, tmp_path / "run", _cfg(freeze_backbone=9), rcnn_checkpoint=tmp_path / "rcnn.pt")
+
+
+def test_freeze_is_ignored_when_nothing_was_transferred(scenes, tmp_path):
+    model, _ = _train(scenes, tmp_path / "run", _cfg(freeze_backbone=2, epochs=2))
+    assert all(p.requires_grad for p in model.parameters())  # random layers are not kept fixed
 
 
 def test_augmentation_moves_boxes_with_the_image():

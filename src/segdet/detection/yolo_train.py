@@ -139,17 +139,22 @@ def train_yolo(
         log.info("%s", report.summary())
         if on_transfer is not None:
             on_transfer(report)
-    if cfg.freeze_backbone:
+    frozen = 0
+    if cfg.weights:  # a resumed run freezes what the interrupted one froze
+        frozen = int(load_checkpoint(cfg.weights).get("config", {}).get("frozen_layers", 0))
+    elif cfg.freeze_backbone and report is not None and report.loaded:
+        frozen = cfg.freeze_backbone
+    elif cfg.freeze_backbone:
+        log.warning("yolo_train.freeze_backbone = %d ignored: no trained weights were loaded into the backbone "
+                    "(freezing would keep random layers); every layer trains", cfg.freeze_backbone)
+    if frozen:
         from segdet.config import ConfigError
 
-        if report is None and not cfg.weights:
-            log.warning("yolo_train.freeze_backbone = %d keeps randomly initialised layers fixed: set init_from "
-                        "or init_from_rcnn so they start from trained weights", cfg.freeze_backbone)
         try:
-            n = model.freeze_backbone(cfg.freeze_backbone)
+            n = model.freeze_backbone(frozen)
         except ValueError as exc:
-            raise ConfigError(f"yolo_train.freeze_backbone = {cfg.freeze_backbone}: {exc}") from None
-        log.info("froze the first %d backbone convolutions (%d parameters)", cfg.freeze_backbone, n)
+            raise ConfigError(f"yolo_train.freeze_backbone = {frozen}: {exc}") from None
+        log.info("froze the first %d backbone convolutions (%d parameters)", frozen, n)
     # channels-last (NHWC) convolutions: about 20% faster per step on CPU (oneDNN) and what tensor cores want
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -175,7 +180,7 @@ def train_yolo(
         images, targets = batch
         return loss_fn(model(images.to(device, memory_format=torch.channels_last, non_blocking=True)), targets)
 
-    config = {**dataclasses.asdict(cfg), "grid": model.S, "num_classes": len(classes)}
+    config = {**dataclasses.asdict(cfg), "grid": model.S, "num_classes": len(classes), "frozen_layers": frozen}
     result = fit(model, optimizer, schedule(optimizer, cfg), train_loader, step=step,
                  evaluate=lambda m: validate(m, val_loader, loss_fn, device, classes, cfg.val_score_threshold),
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_map50", mode="max", seed=seed,
