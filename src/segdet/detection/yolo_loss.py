@@ -52,8 +52,7 @@ class YoloLoss(nn.Module):
         boxes = pred[..., : B * 5].reshape(n, S, S, B, 5)
         img_idx, rows, cols, gts, labels = self.assign(targets)
         obj_mask = torch.zeros(n, S, S, B, dtype=torch.bool, device=pred.device)
-        zero = pred.new_zeros(())
-        coord = obj = cls = zero
+        coord = obj = cls = pred.new_zeros(())
         if len(img_idx):
             gt = torch.tensor(gts, dtype=torch.float32, device=pred.device)  # [M, 4] xyxy
             b_i = torch.tensor(img_idx, device=pred.device)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from segdet.config import YoloTrainConfig
+from segdet.config import ConfigError, YoloTrainConfig
 from segdet.data.datasets import DetectionDataset, detection_collate
 from segdet.detection.decode import decode
 from segdet.detection.evaluate import evaluate_detections
@@ -56,8 +56,6 @@ def build_model(cfg: YoloTrainConfig, num_classes: int) -> YOLOv1:
         return YOLOv1(cfg.backbone, num_classes, cfg.boxes_per_cell, cfg.input_size, cfg.head_channels, cfg.hidden,
                       cfg.dropout, cfg.head)
     except ValueError as exc:
-        from segdet.config import ConfigError
-
         raise ConfigError(f"yolo_train.input_size = {cfg.input_size}: {exc}") from None
 
 
@@ -148,8 +146,6 @@ def train_yolo(
         log.warning("yolo_train.freeze_backbone = %d ignored: no trained weights were loaded into the backbone "
                     "(freezing would keep random layers); every layer trains", cfg.freeze_backbone)
     if frozen:
-        from segdet.config import ConfigError
-
         try:
             n = model.freeze_backbone(frozen)
         except ValueError as exc:
