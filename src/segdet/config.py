@@ -278,6 +278,8 @@ class YoloTrainConfig:
     l_coord: float = param(5.0, ge=0.0)
     l_noobj: float = param(0.5, ge=0.0)
     augment: bool = True
+    hflip: float = param(0.5, ge=0.0, le=1.0)
+    vflip: float = param(0.0, ge=0.0, le=1.0)
     workers: int = param(0, ge=0, le=64)
     amp: bool = True
     val_score_threshold: float = param(0.05, ge=0.0, le=1.0)

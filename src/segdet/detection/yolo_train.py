@@ -32,14 +32,20 @@ def yolo_preprocess(size: int) -> v2.Compose:
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def yolo_transforms(size: int, train: bool) -> v2.Compose:
+def yolo_transforms(size: int, train: bool, hflip: float = 0.0, vflip: float = 0.0) -> v2.Compose:
     """Image and boxes: resize to ``size`` x ``size``; when ``train``, the paper's augmentation: random scaling
-    and translation up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5;
+    and translation up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5, a
+    horizontal flip with probability ``hflip`` (Darknet's YOLOv1 training flips half the images) and a vertical
+    one with probability ``vflip`` (only for data whose labels do not depend on up and down);
     ImageNet normalisation. Boxes move with the image; boxes pushed out of it are dropped."""
     ops: list = [v2.Resize((size, size), antialias=True)]
     if train:
         ops += [v2.RandomAffine(degrees=0.0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
                 v2.ColorJitter(brightness=(1 / 1.5, 1.5), saturation=(1 / 1.5, 1.5))]
+        if hflip:
+            ops.append(v2.RandomHorizontalFlip(hflip))
+        if vflip:
+            ops.append(v2.RandomVerticalFlip(vflip))
     ops += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.SanitizeBoundingBoxes(min_size=2.0)]
     return v2.Compose(ops)
@@ -157,7 +163,8 @@ def train_yolo(
         torch.backends.cudnn.benchmark = True
     generator = torch.Generator()
     pin = device.type == "cuda"
-    train_ds = DetectionDataset(train_manifest, classes, root, yolo_transforms(cfg.input_size, cfg.augment))
+    augment = yolo_transforms(cfg.input_size, cfg.augment, cfg.hflip, cfg.vflip)
+    train_ds = DetectionDataset(train_manifest, classes, root, augment)
     val_ds = DetectionDataset(val_manifest, classes, root, yolo_transforms(cfg.input_size, False))
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"yolo_train needs images in {train_manifest} ({len(train_ds)}) and {val_manifest} "
