@@ -261,13 +261,13 @@ class YoloTrainConfig:
     """``yolo_train``: YOLOv1 training."""
 
     backbone: Literal["small", "darknet24", "vgg16", "resnet18", "alexnet"] = "small"
-    input_size: int = param(224, ge=32, le=2048)
+    input_size: int = param(256, ge=32, le=2048)
     boxes_per_cell: int = param(2, ge=1, le=10)
     head: Literal["fc", "conv"] = "conv"
     head_channels: int = param(128, ge=8)
     hidden: int = param(512, ge=8)
     dropout: float = param(0.0, ge=0.0, lt=1.0)
-    batch_size: int = param(16, ge=1, le=1024)
+    batch_size: int = param(8, ge=1, le=1024)
     epochs: int = param(60, ge=1, le=10_000)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = param(0.001, gt=0.0, le=10.0)
