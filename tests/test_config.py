@@ -99,3 +99,5 @@ def test_params_yaml_values_are_the_dataclass_defaults():
     params = load_params(REPO / "params.yaml")
     for name, cls in SECTIONS.items():
         assert load_section(name, params) == cls(), f"params.yaml section {name} differs from {cls.__name__}()"
+        # every parameter is listed (and so documented), not only left to its default
+        assert set(params[name]) == {f.name for f in dataclasses.fields(cls)}, f"params.yaml section {name}"
