@@ -129,16 +129,17 @@ def test_flips_mirror_the_boxes():
     image[:, 10:20, 4:16] = 255  # a block near the left edge
     target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[4.0, 10.0, 16.0, 20.0]]), format="XYXY",
                                                 canvas_size=(64, 64)), "labels": torch.tensor([1])}
-    flips = [op for op in yolo_transforms(64, train=True, hflip=1.0).transforms if isinstance(op, v2.RandomHorizontalFlip)]
-    assert len(flips) == 1
-    flip = flips[0]
-    out, t = flip(tv_tensors.Image(image), target)
+
+    def ops(kind, *args):
+        return [op for op in yolo_transforms(64, *args).transforms if isinstance(op, kind)]
+
+    flips = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)
+    [hflip] = ops(v2.RandomHorizontalFlip, True, 1.0)
+    out, t = hflip(tv_tensors.Image(image), target)
     assert t["boxes"][0].tolist() == [48.0, 10.0, 60.0, 20.0]
     assert out[:, 10:20, 48:60].float().mean() == 255 and out[:, :, :48].max() == 0
-    vflips = [op for op in yolo_transforms(64, True, 0.0, 1.0).transforms if isinstance(op, v2.RandomVerticalFlip)]
-    out, t = vflips[0](tv_tensors.Image(image), target)
+    [vflip] = ops(v2.RandomVerticalFlip, True, 0.0, 1.0)
+    out, t = vflip(tv_tensors.Image(image), target)
     assert t["boxes"][0].tolist() == [4.0, 44.0, 16.0, 54.0]
     assert out[:, 44:54, 4:16].float().mean() == 255 and out[:, :44].max() == 0
-    flips = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)
-    assert not any(isinstance(op, flips) for op in yolo_transforms(64, True, 0.0, 0.0).transforms)
-    assert not any(isinstance(op, flips) for op in yolo_transforms(64, False, 1.0, 1.0).transforms)
+    assert not ops(flips, True, 0.0, 0.0) and not ops(flips, False, 1.0, 1.0)
