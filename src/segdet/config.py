@@ -274,7 +274,9 @@ class YoloTrainConfig:
     momentum: float = param(0.9, ge=0.0, lt=1.0)
     weight_decay: float = param(0.0, ge=0.0, le=1.0)
     warmup_epochs: int = param(3, ge=0)
+    lr_scheduler: Literal["step", "cosine"] = "cosine"
     grad_clip: float = param(10.0, ge=0.0)
+    ema_decay: float = param(0.0, ge=0.0, lt=1.0)
     l_coord: float = param(5.0, ge=0.0)
     l_noobj: float = param(0.5, ge=0.0)
     augment: bool = True

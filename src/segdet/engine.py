@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from segdet.nets.weights import CheckpointError, load_checkpoint, save_checkpoint
@@ -58,10 +59,12 @@ def train_one_epoch(
     progress: bool = True,
     desc: str = "train",
     grad_clip: float = 0.0,
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the sample-weighted mean of ``loss`` and of each loss part.
 
-    ``grad_clip > 0`` clips the gradient norm to it before each step (as torchvision's references do).
+    ``grad_clip > 0`` clips the gradient norm to it before each step (as torchvision's references do);
+    ``ema`` (an exponential moving average of the weights) is updated after every optimizer step.
     """
     model.train()
     sums: dict[str, float] = {}
@@ -89,6 +92,8 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         n = _batch_size(batch)
         seen += n
         for k, v in {"loss": value, **parts}.items():
@@ -133,6 +138,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     grad_clip: float = 0.0,
+    ema_decay: float = 0.0,
 ) -> FitResult:
     """Train for ``epochs`` (counting from 1), resuming from the checkpoint ``resume`` when given.
 
@@ -142,19 +148,29 @@ def fit(
         monitor: key of ``evaluate``'s result that picks ``best.pt`` (``mode`` ``max`` or ``min``).
         on_epoch: called after each epoch with the history so far (rows of a resumed run included); the
             last row is this epoch's ``{"epoch", "train_loss", ..., "lr", "seconds"}``.
+        ema_decay: > 0 keeps an exponential moving average of the weights (``torch.optim.swa_utils``, batch
+            norm statistics included), updated after every step with this decay, as ultralytics' YOLO training
+            does. The average is what ``evaluate`` sees and what both checkpoints hold as ``model``; the weights
+            being trained are stored beside it as ``train_model`` so that a resumed run continues exactly.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
     amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    ema = None
+    if ema_decay > 0:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     history: list[dict] = []
     best_epoch, best_value = 0, None
     start = 1
     if resume:
         ckpt = load_checkpoint(resume, map_location=device)
         try:
-            model.load_state_dict(ckpt["model"])
+            model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+            if ema is not None:
+                ema.module.load_state_dict(ckpt["model"])
+                ema.n_averaged.fill_(int(ckpt.get("ema_updates", 0)))
         except (RuntimeError, KeyError) as exc:
             raise CheckpointError(
                 f"{resume}: cannot resume, the checkpoint does not fit this model "
@@ -180,9 +196,10 @@ def fit(
 
     def checkpoint(path: Path, epoch: int) -> None:
         save_checkpoint(
-            path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
+            path, model=model if ema is None else ema.module, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
             config=config or {}, classes=classes or [],
             metrics={"history": history, "best_epoch": best_epoch, "best_value": best_value, "monitor": monitor},
+            extra=None if ema is None else {"train_model": model.state_dict(), "ema_updates": int(ema.n_averaged)},
         )
 
     for epoch in range(start, epochs + 1):
@@ -192,10 +209,10 @@ def fit(
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(model, optimizer, train_loader, step, device, epoch=epoch, scaler=scaler,
-                                amp=amp, progress=progress, desc=desc, grad_clip=grad_clip)
+                                amp=amp, progress=progress, desc=desc, grad_clip=grad_clip, ema=ema)
         if scheduler is not None:
             scheduler.step()
-        val = evaluate(model)
+        val = evaluate(model if ema is None else ema.module)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **val, "lr": lr,
                "seconds": time.perf_counter() - t0}
         history.append(row)

@@ -49,10 +49,25 @@ def test_resume_with_warmup_schedule_matches_uninterrupted(scenes, tmp_path):
         assert key in row
 
 
+def test_ema_weights_are_saved_evaluated_and_resumed(scenes, tmp_path):
+    decay = 0.5
+    _train(scenes, tmp_path / "a", _cfg(ema_decay=decay))
+    _train(scenes, tmp_path / "b", _cfg(ema_decay=decay, epochs=2))
+    _, resumed = _train(scenes, tmp_path / "b", _cfg(ema_decay=decay, weights=str(tmp_path / "b" / "last.pt")))
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["ema_updates"] == b["ema_updates"] == 3 * 2  # 6 images / batch 4: two steps an epoch
+    for key in ("model", "train_model"):  # resumed = uninterrupted, for the average and for the trained weights
+        for k, v in a[key].items():
+            assert torch.equal(v, b[key][k]), (key, k)
+    w = "head.0.weight"
+    assert not torch.equal(a["model"][w], a["train_model"][w])  # "model" is the average, not the last step
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["metrics"]["best_epoch"] == resumed.best_epoch
+
+
 def test_schedule_warms_up_then_steps_down():
     model = torch.nn.Linear(1, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    sched = schedule(opt, _cfg(epochs=135, warmup_epochs=5))
+    sched = schedule(opt, _cfg(epochs=135, warmup_epochs=5, lr_scheduler="step"))
     lrs = []
     for _ in range(135):
         lrs.append(opt.param_groups[0]["lr"])
@@ -60,6 +75,19 @@ def test_schedule_warms_up_then_steps_down():
     assert lrs[0] == pytest.approx(0.001) and lrs[5] == pytest.approx(0.01)
     assert lrs[74] == pytest.approx(0.01) and lrs[75] == pytest.approx(0.001)
     assert lrs[104] == pytest.approx(0.001) and lrs[105] == pytest.approx(0.0001)
+
+
+def test_cosine_schedule_warms_up_then_falls_to_a_hundredth():
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.01)
+    sched = schedule(opt, _cfg(epochs=60, warmup_epochs=3, lr_scheduler="cosine"))
+    lrs = []
+    for _ in range(60):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[3] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))  # never rises after the warm-up
+    assert lrs[31] == pytest.approx(0.01 * (0.01 + 0.99 * 0.5), rel=0.05)  # half-way: about the mean of lr and lr/100
+    assert lrs[-1] == pytest.approx(0.0001)
 
 
 def test_backbone_transfer_from_the_rcnn_cnn(tmp_path):

@@ -79,15 +79,21 @@ def transfer_from_rcnn(model: YOLOv1, path: str | Path) -> TransferReport:
 
 
 def schedule(optimizer: torch.optim.Optimizer, cfg: YoloTrainConfig):
-    """The paper's schedule scaled to ``cfg.epochs``: linear warm-up from lr/10 over ``warmup_epochs``, then lr,
-    lr/10 from 75/135 of the epochs and lr/100 from 105/135 (stepped once per epoch)."""
-    e = cfg.epochs
-    milestones = sorted({max(cfg.warmup_epochs + 1, round(e * 75 / 135)), max(cfg.warmup_epochs + 2, round(e * 105 / 135))})
-    steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m - cfg.warmup_epochs for m in milestones], gamma=0.1)
-    if not cfg.warmup_epochs:
-        return steps
-    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup_epochs)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, steps], milestones=[cfg.warmup_epochs])
+    """Linear warm-up from lr/10 over ``warmup_epochs``, then with ``lr_scheduler: step`` the paper's schedule scaled
+    to ``cfg.epochs``: lr, lr/10 from 75/135 of the epochs and lr/100 from 105/135; with ``cosine`` a cosine from lr
+    down to lr/100 at the last epoch (torchvision's references and ultralytics offer the same). Stepped once per
+    epoch."""
+    e, warmup = cfg.epochs, cfg.warmup_epochs
+    if cfg.lr_scheduler == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(e - warmup - 1, 1),
+                                                          eta_min=optimizer.defaults["lr"] / 100)
+    else:
+        milestones = sorted({max(warmup + 1, round(e * 75 / 135)), max(warmup + 2, round(e * 105 / 135))})
+        main = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m - warmup for m in milestones], gamma=0.1)
+    if not warmup:
+        return main
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[warmup])
 
 
 @torch.no_grad()
@@ -188,7 +194,8 @@ def train_yolo(
                  evaluate=lambda m: validate(m, val_loader, loss_fn, device, classes, cfg.val_score_threshold),
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_map50", mode="max", seed=seed,
                  generator=generator, amp=cfg.amp, resume=cfg.weights, config=config, classes=classes,
-                 on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}", grad_clip=cfg.grad_clip)
+                 on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}", grad_clip=cfg.grad_clip,
+                 ema_decay=cfg.ema_decay)
     best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     return model, result

@@ -38,8 +38,10 @@ def save_checkpoint(
     config: dict,
     classes: list[str],
     metrics: dict,
+    extra: dict | None = None,
 ) -> None:
-    """Write a checkpoint atomically (a crash mid-write never leaves a truncated file)."""
+    """Write a checkpoint atomically (a crash mid-write never leaves a truncated file); ``extra`` holds more
+    top-level entries (tensors are moved to the CPU)."""
     ckpt = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -50,6 +52,10 @@ def save_checkpoint(
         "classes": list(classes),
         "metrics": metrics,
     }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict):
+            value = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+        ckpt[key] = value
     with atomic_file(path, "wb") as fh:
         torch.save(ckpt, fh)
 

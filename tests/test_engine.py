@@ -1,0 +1,45 @@
+"""The shared training loop: the exponential moving average of the weights (``ema_decay``)."""
+
+import torch
+from torch import nn
+
+from segdet.engine import fit
+from segdet.nets.weights import load_checkpoint
+
+CPU = torch.device("cpu")
+
+
+def _fit(run_dir, epochs, ema_decay=0.0, seen=None):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(4, 3), torch.randn(4, 1)
+
+    def evaluate(m):
+        if seen is not None:
+            seen.append(m.weight.detach().clone())
+        return {"val_loss": float(((m(x) - y) ** 2).mean().detach())}
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, optimizer, None, [(x, y)], step=lambda m, b, d: (((m(b[0]) - b[1]) ** 2).mean(), {}),
+        evaluate=evaluate, epochs=epochs, device=CPU, run_dir=run_dir, monitor="val_loss", mode="min",
+        progress=False, ema_decay=ema_decay)
+    return load_checkpoint(run_dir / "last.pt")
+
+
+def test_ema_averages_the_steps_and_is_what_is_evaluated_and_saved(tmp_path):
+    w1 = _fit(tmp_path / "one", 1)["model"]["weight"]  # the weights after each plain step
+    w2 = _fit(tmp_path / "two", 2)["model"]["weight"]
+    seen = []
+    ck = _fit(tmp_path / "ema", 2, ema_decay=0.25, seen=seen)
+    assert torch.allclose(ck["train_model"]["weight"], w2)  # the average does not change the training
+    expected = 0.25 * w1 + 0.75 * w2  # the first step copies, then ema = d * ema + (1 - d) * w
+    assert torch.allclose(ck["model"]["weight"], expected)
+    assert torch.allclose(seen[-1], expected)  # evaluate() saw the average
+    assert ck["ema_updates"] == 2
+    best = load_checkpoint(tmp_path / "ema" / "best.pt")
+    assert "train_model" in best and best["metrics"]["monitor"] == "val_loss"
+
+
+def test_without_ema_checkpoints_hold_only_the_trained_weights(tmp_path):
+    ck = _fit(tmp_path / "plain", 2)
+    assert "train_model" not in ck and "ema_updates" not in ck
