@@ -196,8 +196,8 @@ def fit(
 
     def checkpoint(path: Path, epoch: int) -> None:
         save_checkpoint(
-            path, model=model if ema is None else ema.module, optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
-            config=config or {}, classes=classes or [],
+            path, model=model if ema is None else ema.module, optimizer=optimizer, scheduler=scheduler,
+            scaler=scaler, epoch=epoch, config=config or {}, classes=classes or [],
             metrics={"history": history, "best_epoch": best_epoch, "best_value": best_value, "monitor": monitor},
             extra=None if ema is None else {"train_model": model.state_dict(), "ema_updates": int(ema.n_averaged)},
         )
