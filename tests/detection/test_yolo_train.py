@@ -64,26 +64,27 @@ def test_ema_weights_are_saved_evaluated_and_resumed(scenes, tmp_path):
     assert load_checkpoint(tmp_path / "b" / "best.pt")["metrics"]["best_epoch"] == resumed.best_epoch
 
 
-def test_schedule_warms_up_then_steps_down():
-    model = torch.nn.Linear(1, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    sched = schedule(opt, _cfg(epochs=135, warmup_epochs=5, lr_scheduler="step"))
+def _lrs(cfg, lr=0.01):
+    """The learning rate of each epoch under ``schedule`` (the optimizer built with ``lr``)."""
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=lr)
+    sched = schedule(opt, cfg)
     lrs = []
-    for _ in range(135):
+    for _ in range(cfg.epochs):
         lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
         sched.step()
+    return lrs
+
+
+def test_schedule_warms_up_then_steps_down():
+    lrs = _lrs(_cfg(epochs=135, warmup_epochs=5, lr_scheduler="step"))
     assert lrs[0] == pytest.approx(0.001) and lrs[5] == pytest.approx(0.01)
     assert lrs[74] == pytest.approx(0.01) and lrs[75] == pytest.approx(0.001)
     assert lrs[104] == pytest.approx(0.001) and lrs[105] == pytest.approx(0.0001)
 
 
 def test_cosine_schedule_warms_up_then_falls_to_a_hundredth():
-    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.01)
-    sched = schedule(opt, _cfg(epochs=60, warmup_epochs=3, lr_scheduler="cosine"))
-    lrs = []
-    for _ in range(60):
-        lrs.append(opt.param_groups[0]["lr"])
-        sched.step()
+    lrs = _lrs(_cfg(epochs=60, warmup_epochs=3, lr_scheduler="cosine"))
     assert lrs[0] == pytest.approx(0.001) and lrs[3] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))  # never rises after the warm-up
     assert lrs[31] == pytest.approx(0.01 * (0.01 + 0.99 * 0.5), rel=0.05)  # half-way: about the mean of lr and lr/100
