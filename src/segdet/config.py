@@ -265,7 +265,7 @@ class YoloTrainConfig:
     boxes_per_cell: int = param(2, ge=1, le=10)
     head: Literal["fc", "conv"] = "conv"
     head_channels: int = param(128, ge=8)
-    hidden: int = param(512, ge=8)
+    hidden: int = param(1024, ge=8)
     dropout: float = param(0.0, ge=0.0, lt=1.0)
     batch_size: int = param(8, ge=1, le=1024)
     epochs: int = param(60, ge=1, le=10_000)
