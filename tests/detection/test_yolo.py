@@ -49,6 +49,20 @@ def test_decode_class_specific_scores_and_nms():
     assert dets["boxes"][best].tolist() == pytest.approx([12.5, 7.0, 37.5, 43.0])
 
 
+def test_decode_clamps_confidence_and_class_outputs_to_probabilities():
+    # the linear outputs of an empty cell: confidence -0.2 and class -1.5 would multiply to +0.30, above
+    # the 0.2 operating threshold; as probabilities (clamped to [0, 1]) they score 0
+    pred = torch.zeros(1, 2, 2, 12)
+    pred[0, 1, 1, 0:5] = torch.tensor([0.5, 0.5, 0.2, 0.2, -0.2])
+    pred[0, 1, 1, 10:12] = torch.tensor([-1.5, 0.1])
+    assert decode(pred, B=2, input_size=100, score_threshold=0.2, nms_iou=0.5)[0]["scores"].numel() == 0
+    # outputs above 1 count as certainty: confidence 1.3 and class 0.9 score 0.9, not 1.17
+    pred[0, 1, 1, 4] = 1.3
+    pred[0, 1, 1, 10:12] = torch.tensor([0.9, 2.0])
+    dets = decode(pred, B=2, input_size=100, score_threshold=0.2, nms_iou=0.5)[0]
+    assert sorted(dets["scores"].tolist()) == pytest.approx([0.9, 1.0])
+
+
 @pytest.mark.parametrize(("backbone", "size"), [("darknet24", 448), ("vgg16", 448), ("resnet18", 448), ("small", 224)])
 def test_paper_output_shape_7x7x30_for_voc(backbone, size):
     model = YOLOv1(backbone, num_classes=20, boxes_per_cell=2, input_size=size, head_channels=64, hidden=64).eval()

@@ -14,6 +14,10 @@ def decode(pred: torch.Tensor, *, B: int, input_size: int, score_threshold: floa
 
     Score of class c for predictor b of a cell = ``Pr(class c | object) * confidence_b``; scores below
     ``score_threshold`` are dropped, then per-class NMS at ``nms_iou`` keeps the best ``max_detections``.
+    The paper defines both factors as probabilities, but the network's outputs are linear (trained with
+    squared error), so each is clamped to ``[0, 1]`` first: two negative outputs must not multiply into
+    a positive score, and the class outputs of cells without objects (never trained) score nothing
+    where the confidence is 0 or below.
     """
     S = pred.shape[1]
     C = pred.shape[-1] - 5 * B
@@ -24,8 +28,8 @@ def decode(pred: torch.Tensor, *, B: int, input_size: int, score_threshold: floa
     for p in pred:
         boxes = p[..., : 5 * B].reshape(S, S, B, 5)
         xyxy = cell_boxes_to_xyxy(boxes[..., :4], rows, cols, S, input_size).reshape(-1, 4)
-        conf = boxes[..., 4].reshape(-1)
-        cls = p[..., 5 * B :].unsqueeze(2).expand(S, S, B, C).reshape(-1, C)
+        conf = boxes[..., 4].reshape(-1).clamp(0.0, 1.0)
+        cls = p[..., 5 * B :].clamp(0.0, 1.0).unsqueeze(2).expand(S, S, B, C).reshape(-1, C)
         scores = cls * conf[:, None]  # [S*S*B, C]
         k, c = torch.nonzero(scores >= score_threshold, as_tuple=True)
         b = clip_boxes_to_image(xyxy[k], (input_size, input_size))
