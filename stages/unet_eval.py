@@ -42,7 +42,8 @@ def main(argv=None):
               "unet_train.input_size": train_cfg["input_size"]}
     with tracking.stage_run("unet_eval", logged, device=device_name(device)) as run, atomic_dir(args.pred_dir) as pred:
         result = evaluate_unet(model.to(device), args.manifest, root, input_size=train_cfg["input_size"],
-                               device=device, batch_size=cfg.batch_size, pred_dir=pred)
+                               device=device, batch_size=cfg.batch_size, tta=cfg.tta,
+                               postprocess=cfg.postprocess, pred_dir=pred)
         summary = {**result.summary, "device": device_name(device), "hardware": hardware(device),
                    "variant": train_cfg["variant"],
                    "input_size": train_cfg["input_size"], "trained_epochs": ckpt["epoch"]}

@@ -82,8 +82,10 @@ def _predict(args: argparse.Namespace) -> int:
     params = load_params(args.params) if Path(args.params).is_file() else {}
     device = resolve_device(args.device)
     images = find_images(args.inputs)
-    settings = PredictSettings(0.0, 0.0)
-    if args.kind != "unet":  # detection thresholds, NMS (and proposals) as the eval stage uses them
+    if args.kind == "unet":  # test-time flips and post-processing as the eval stage uses them
+        ev = load_section("unet_eval", params)
+        settings = PredictSettings(0.0, 0.0, tta=ev.tta, postprocess=ev.postprocess)
+    else:  # detection thresholds, NMS (and proposals) as the eval stage uses them
         ev = load_section(f"{args.kind}_eval", params)
         proposals = None
         if args.kind == "rcnn":
@@ -100,6 +102,24 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"predict {args.kind}: {len(records)} image(s), {what} -> {args.out}/ (predictions.json, overlays) "
           f"on {device_name(device)}")
     return 0
+
+
+def _preset(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from segdet.presets import available, command_line, preset_command
+
+    if args.name is None:
+        print("presets: " + (", ".join(available(args.presets_dir)) or f"none in {args.presets_dir}/"))
+        return 0
+    cmd = preset_command(args.name, args.set or [], params_path=args.params, presets_dir=args.presets_dir,
+                         all_stages=args.all, exp_name=args.exp_name)
+    print(command_line(cmd))
+    if not args.run:
+        return 0
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    return subprocess.call([dvc, *cmd[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,14 +142,26 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--score-threshold", type=float, help="keep detections scoring at least this "
                       "(default: rcnn_eval / yolo_eval score_threshold in params.yaml)")
     pred.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    pred.add_argument("--params", default="params.yaml", help="params file for proposal and NMS settings")
+    pred.add_argument("--params", default="params.yaml",
+                      help="params file for proposal, NMS and UNet test-time settings (unet_eval.tta, postprocess)")
+    pre = sub.add_parser("preset", help="print (or run) the `dvc exp run` command of a real-data preset",
+                         description="Turn presets/<name>.yaml into `dvc exp run -S section.key=value ... <stages>`. "
+                                     "Without a name, list the presets. Your own -S values win over the preset's.")
+    pre.add_argument("name", nargs="?", help="preset name in --presets-dir (e.g. isic2018, voc) or a YAML file")
+    pre.add_argument("-S", "--set", action="append", metavar="KEY=VALUE",
+                     help="a parameter on top of the preset, as for dvc exp run (e.g. -S data.seg.path=/data/isic)")
+    pre.add_argument("--run", action="store_true", help="run the command (default: print it)")
+    pre.add_argument("--all", action="store_true", help="run the whole pipeline, not only the preset's models")
+    pre.add_argument("--exp-name", help="name of the DVC experiment (dvc exp run --name)")
+    pre.add_argument("--presets-dir", default="presets", help="folder of the presets (default: presets)")
+    pre.add_argument("--params", default="params.yaml", help="params file the preset is checked against")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args)
-    if args.command == "predict":
+    if args.command in ("predict", "preset"):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
-            return _predict(args)
+            return _predict(args) if args.command == "predict" else _preset(args)
         except Exception as exc:
             if not isinstance(exc, user_errors()):
                 raise

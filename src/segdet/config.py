@@ -164,6 +164,9 @@ class UnetTrainConfig:
     step_size: int = param(11, ge=1)
     gamma: float = param(0.1, gt=0.0, le=1.0)
     augment: bool = True
+    rotate: float = param(0.0, ge=0.0, le=180.0)
+    scale: float = param(0.0, ge=0.0, lt=1.0)
+    color_jitter: float = param(0.0, ge=0.0, le=1.0)
     workers: int = param(0, ge=0, le=64)
     amp: bool = True
     weights: str | None = param(None, false_is_null=True)
@@ -183,6 +186,8 @@ class UnetEvalConfig:
 
     batch_size: int = param(8, ge=1, le=1024)
     overlays: int = param(8, ge=0, le=100)
+    tta: bool = False
+    postprocess: bool = False
 
 
 @dataclass(frozen=True)

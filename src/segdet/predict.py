@@ -37,6 +37,8 @@ class PredictSettings:
     nms_iou: float
     max_detections: int = 100
     proposals: Any = None  # ProposalSettings, R-CNN only
+    tta: bool = False  # UNet: flip test-time augmentation (unet_eval.tta)
+    postprocess: bool = False  # UNet: largest blob, holes filled (unet_eval.postprocess)
 
 
 def find_images(inputs: list[str | Path]) -> list[Path]:
@@ -79,7 +81,7 @@ class Predictor:
 class UnetPredictor(Predictor):
     kind = "unet"
 
-    def __init__(self, ckpt: dict, device: torch.device, path: str):
+    def __init__(self, ckpt: dict, device: torch.device, path: str, tta: bool = False, postprocess: bool = False):
         from segdet.nets.unet import build_unet
 
         cfg = ckpt.get("config", {})
@@ -89,6 +91,7 @@ class UnetPredictor(Predictor):
         self.model.load_state_dict(ckpt["model"])
         self.model.eval().to(device)
         self.input_size, self.device = cfg["input_size"], device
+        self.tta, self.postprocess = tta, postprocess
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> dict[str, Any]:
@@ -97,7 +100,8 @@ class UnetPredictor(Predictor):
         from segdet.segmentation.evaluate import predict_masks
 
         tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
-        mask = predict_masks(self.model, [tensor], self.input_size, self.device)[0]
+        mask = predict_masks(self.model, [tensor], self.input_size, self.device, tta=self.tta,
+                             postprocess=self.postprocess)[0]
         mask = mask.numpy()
         return {"mask": mask, "lesion_fraction": float(mask.mean())}
 
@@ -124,7 +128,8 @@ class DetPredictor(Predictor):
 def load_predictor(kind: str, files: list[Path], device: torch.device, settings: PredictSettings) -> Predictor:
     """A predictor of ``kind`` from its ``files`` (see :data:`MODEL_FILES`)."""
     if kind == "unet":
-        return UnetPredictor(load_checkpoint(files[0], map_location=device), device, str(files[0]))
+        return UnetPredictor(load_checkpoint(files[0], map_location=device), device, str(files[0]),
+                             tta=settings.tta, postprocess=settings.postprocess)
     if kind == "yolo":
         from segdet.detection.yolo_detect import YoloDetector, load_yolo
 

@@ -18,15 +18,34 @@ def _size(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def seg_transforms(size: int | tuple[int, int], train: bool, hflip: float = 0.5, vflip: float = 0.5) -> v2.Compose:
-    """Resize to ``size`` (int: square; ``(H, W)``); when ``train``, random flips. Image -> float in [0, 1].
+def seg_transforms(
+    size: int | tuple[int, int],
+    train: bool,
+    hflip: float = 0.5,
+    vflip: float = 0.5,
+    *,
+    rotate: float = 0.0,
+    scale: float = 0.0,
+    color_jitter: float = 0.0,
+) -> v2.Compose:
+    """Resize to ``size`` (int: square; ``(H, W)``); when ``train``, random augmentation. Image -> float in [0, 1].
 
     Input ``(Image[3, H, W] uint8, Mask[H, W])``; output ``(Image[3, h, w] float32, Mask[h, w])``.
-    Lesions have no up or down, so vertical flips are on by default too.
+    Training augmentation, each off at 0: flips (lesions have no up or down, so vertical flips are on by
+    default too); a random rotation by up to ``rotate`` degrees and scaling by a factor in
+    ``[1 - scale, 1 + scale]`` (one ``RandomAffine``: the mask follows with nearest-neighbour, the
+    uncovered corners are 0 in the image and background in the mask); brightness, contrast and
+    saturation jitter of strength ``color_jitter`` (hue a tenth of it), image only. Geometry is applied
+    after the resize, so its cost does not grow with the source image size.
     """
     ops: list = [v2.Resize(_size(size), antialias=True)]
     if train:
         ops += [v2.RandomHorizontalFlip(hflip), v2.RandomVerticalFlip(vflip)]
+        if rotate > 0 or scale > 0:
+            ops.append(v2.RandomAffine(degrees=rotate, scale=(1 - scale, 1 + scale) if scale > 0 else None))
+        if color_jitter > 0:
+            c = color_jitter
+            ops.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 10, 0.5)))
     ops.append(_IMAGE_TO_FLOAT)
     return v2.Compose(ops)
 

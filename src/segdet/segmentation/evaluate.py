@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from segdet.data.datasets import SegmentationDataset
@@ -33,20 +34,50 @@ def _batches(ds: SegmentationDataset, batch_size: int) -> Iterator[list[int]]:
         yield list(range(start, min(start + batch_size, len(ds))))
 
 
+def largest_blob(mask: np.ndarray) -> np.ndarray:
+    """``bool[H, W]``: the largest 8-connected region of ``mask`` with its holes filled (empty stays empty).
+
+    A skin-lesion mask is one blob: stray specks and holes inside the lesion are segmentation errors.
+    """
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+
+
+#: the test-time flips: none, horizontal, vertical, both (dims of an ``[N, C, H, W]`` tensor)
+_TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
 @torch.no_grad()
-def predict_masks(model: UNet, images: list[torch.Tensor], input_size: int, device: torch.device) -> list[torch.Tensor]:
+def predict_masks(
+    model: UNet,
+    images: list[torch.Tensor],
+    input_size: int,
+    device: torch.device,
+    *,
+    tta: bool = False,
+    postprocess: bool = False,
+) -> list[torch.Tensor]:
     """Lesion masks ``bool[H, W]`` at each image's own size for uint8 ``[3, H, W]`` images.
 
-    Each image is resized to ``input_size``, the logits are resized back to ``H, W`` (bilinear) and
-    the argmax taken there, so the prediction is scored at the original resolution.
+    Each image is resized to ``input_size``, the class probabilities are resized back to ``H, W``
+    (bilinear) and the argmax taken there, so the prediction is scored at the original resolution.
+    ``tta`` averages the probabilities over the image and its horizontal, vertical and double flips
+    (each flipped back); ``postprocess`` keeps :func:`largest_blob` of each mask.
     """
     tf = seg_transforms(input_size, train=False)
     batch = torch.stack([tf(img) for img in images]).to(device)
-    logits = model(batch).float()
+    flips = _TTA_FLIPS if tta else _TTA_FLIPS[:1]
+    probs = torch.stack([model(batch.flip(f)).float().softmax(1).flip(f) for f in flips]).mean(0)
     out = []
-    for img, lg in zip(images, logits, strict=True):
-        full = F.interpolate(lg[None], size=img.shape[-2:], mode="bilinear", align_corners=False)[0]
-        out.append(full.argmax(0).bool().cpu())
+    for img, pr in zip(images, probs, strict=True):
+        full = F.interpolate(pr[None], size=img.shape[-2:], mode="bilinear", align_corners=False)[0]
+        mask = full.argmax(0).bool().cpu()
+        if postprocess:
+            mask = torch.from_numpy(largest_blob(mask.numpy()))
+        out.append(mask)
     return out
 
 
@@ -58,13 +89,16 @@ def evaluate_unet(
     input_size: int,
     device: torch.device,
     batch_size: int = 8,
+    tta: bool = False,
+    postprocess: bool = False,
     pred_dir: str | Path | None = None,
     progress: bool = True,
 ) -> SegEvaluation:
     """Score ``model`` on every image of ``manifest``; write 0/255 PNG predictions to ``pred_dir``.
 
-    Predictions are named like the label files (``ISIC_0000123_segmentation.png``). Throughput counts
-    reading, preprocessing, the forward pass and resizing back (not the PNG writes).
+    Predictions are named like the label files (``ISIC_0000123_segmentation.png``). ``tta`` and
+    ``postprocess`` as in :func:`predict_masks`. Throughput counts reading, preprocessing, the forward
+    pass(es), resizing back and post-processing (not the PNG writes).
     """
     model.eval().to(device)
     ds = SegmentationDataset(manifest, root)
@@ -75,7 +109,7 @@ def evaluate_unet(
     for idx in tqdm(list(_batches(ds, batch_size)), desc="unet eval", unit="batch", disable=not progress):
         t0 = time.perf_counter()
         items = [ds.read(i) for i in idx]
-        preds = predict_masks(model, [img for img, _ in items], input_size, device)
+        preds = predict_masks(model, [img for img, _ in items], input_size, device, tta=tta, postprocess=postprocess)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0

@@ -88,7 +88,9 @@ def train_unet(
 
     generator = torch.Generator()
     pin = device.type == "cuda"
-    train_ds = SegmentationDataset(train_manifest, root, seg_transforms(cfg.input_size, train=cfg.augment))
+    augment = seg_transforms(cfg.input_size, train=cfg.augment, rotate=cfg.rotate, scale=cfg.scale,
+                             color_jitter=cfg.color_jitter)
+    train_ds = SegmentationDataset(train_manifest, root, augment)
     val_ds = SegmentationDataset(val_manifest, root, seg_transforms(cfg.input_size, train=False))
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"unet_train needs images in both {train_manifest} ({len(train_ds)}) and "
