@@ -20,7 +20,7 @@ from PIL import Image
 
 from segdet.config import load_section
 from segdet.data.formats import write_voc_xml
-from segdet.data.manifest import ManifestError
+from segdet.data.manifest import ManifestError, Pair, read_manifest, write_manifest
 from segdet.data.pipeline import build_manifests
 
 SPLITS = ("train", "val", "test")
@@ -638,3 +638,104 @@ def test_missing_manifest_is_a_manifest_error(dataset: dict) -> None:
     with pytest.raises(ManifestError, match="no such manifest file or folder"):
         build(root, root / "out", data_cfg(seg="nope.txt"))
     assert not (root / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# paths with spaces: a tab between the paths, or double quotes; absolute and relative paths
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _spaced_seg(root: Path, n: int = N) -> list[tuple[str, str]]:
+    """The seg pairs moved under folders and names with spaces: ``my data/images/img 0.jpg`` ..."""
+    pairs = []
+    for image, mask in make_seg(root, n):
+        new_image = f"my data/images/{Path(image).stem.replace('img', 'img ')}{Path(image).suffix}"
+        new_mask = f"my data/masks/{Path(mask).name.replace('img', 'img ')}"
+        for old, new in ((image, new_image), (mask, new_mask)):
+            (root / new).parent.mkdir(parents=True, exist_ok=True)
+            (root / old).rename(root / new)
+        pairs.append((new_image, new_mask))
+    return pairs
+
+
+@pytest.mark.parametrize("style", ["tab", "quotes"])
+def test_paths_with_spaces_read_and_write_back(tmp_path: Path, style: str) -> None:
+    seg = _spaced_seg(tmp_path)
+    if style == "tab":
+        lines = [f"{a}\t{b}" for a, b in seg]
+    else:
+        lines = [f'"{a}"   "{b}"' for a, b in seg]
+    _write_manifest(tmp_path / "seg.txt", lines)
+    assert [(p.image, p.label) for p in read_manifest(tmp_path / "seg.txt")] == seg
+    _write_manifest(tmp_path / "det.txt", lines_of(make_det(tmp_path)))
+    out = tmp_path / "out"
+    summary = build(tmp_path, out)
+    assert sum(summary["seg"][s] for s in SPLITS) == N
+    written = [ln for s in SPLITS for ln in manifest_lines(out / f"seg_{s}.txt")]
+    assert sorted(written) == sorted(f"{a}\t{b}" for a, b in seg)  # written with a tab, read back unchanged
+    assert sorted((p.image, p.label) for s in SPLITS for p in read_manifest(out / f"seg_{s}.txt")) == sorted(seg)
+    # the det manifests have no spaces: still 'image label' with one space
+    for s in SPLITS:
+        assert all("\t" not in ln and len(ln.split(" ")) == 2 for ln in manifest_lines(out / f"det_{s}.txt"))
+
+
+def test_quoted_and_tab_lines_mix_with_plain_ones(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(
+        'a.jpg a.png\n'
+        '"b 1.jpg" b.png\n'
+        'c 1.jpg\t\tc 1.png  \n'
+        '"d 1.jpg"\t"d 1.png"\n'
+        '  e.jpg   "e 1.png"  \n'
+    )
+    assert [(p.image, p.label, p.where) for p in read_manifest(manifest)] == [
+        ("a.jpg", "a.png", f"{manifest}:1"),
+        ("b 1.jpg", "b.png", f"{manifest}:2"),
+        ("c 1.jpg", "c 1.png", f"{manifest}:3"),
+        ("d 1.jpg", "d 1.png", f"{manifest}:4"),
+        ("e.jpg", "e 1.png", f"{manifest}:5"),
+    ]
+
+
+def test_absolute_and_relative_paths(tmp_path: Path) -> None:
+    seg = make_seg(tmp_path)
+    lines = [f"{tmp_path / a} {tmp_path / b}" if k % 2 else f"{a} {b}" for k, (a, b) in enumerate(seg)]
+    _write_manifest(tmp_path / "seg.txt", lines)
+    _write_manifest(tmp_path / "det.txt", lines_of(make_det(tmp_path)))
+    out = tmp_path / "out"
+    build(tmp_path, out)
+    written = {p.image: p.label for s in SPLITS for p in read_manifest(out / f"seg_{s}.txt")}
+    assert written == {(str(tmp_path / a) if k % 2 else a): (str(tmp_path / b) if k % 2 else b)
+                       for k, (a, b) in enumerate(seg)}  # kept as the user wrote them
+    assert all((tmp_path / image).is_file() for image in written)  # absolute, or relative to the root
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ('"x 1.jpg y.png', "unbalanced or misplaced double quote"),
+        ('"x 1.jpg"y.png z.png', "unbalanced or misplaced double quote"),
+        ("x 1.jpg\ty.png\tz.png", "got 3 field(s)"),
+        ('"x 1.jpg" y 1.png', "got 3 field(s)"),
+    ],
+    ids=["open-quote", "quote-then-text", "three-tabbed", "unquoted-space"],
+)
+def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, fragment: str) -> None:
+    manifest = _write_manifest(tmp_path / "m.txt", ["a.jpg a.png", line, "b.jpg b.png"])
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{manifest}:{_line(1)}: ") and fragment in problem, problem
+
+
+def test_write_manifest_default_form_is_unchanged(tmp_path: Path) -> None:
+    pairs = [Pair("raw/a.jpg", "raw/a.xml", ""), Pair("/abs/b.png", "/abs/b.xml", "")]
+    write_manifest(tmp_path / "m.txt", pairs, header="made by a test")
+    assert (tmp_path / "m.txt").read_bytes() == b"# made by a test\nraw/a.jpg raw/a.xml\n/abs/b.png /abs/b.xml\n"
+
+
+@pytest.mark.parametrize("image", ["a\tb.jpg", "a\nb.jpg", " a.jpg", "a.jpg ", '"a 1.jpg"', "#a.jpg", ""])
+def test_write_manifest_rejects_paths_it_cannot_write(tmp_path: Path, image: str) -> None:
+    with pytest.raises(ManifestError, match="m.txt:7: path cannot be written to a manifest line"):
+        write_manifest(tmp_path / "out.txt", [Pair(image, "a b.png", "m.txt:7")])
+    assert not (tmp_path / "out.txt").exists()

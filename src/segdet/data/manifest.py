@@ -1,8 +1,19 @@
 """Manifests: one ``image_path label_path`` pair a line (DESIGN.md).
 
-Paths are relative to the repository root (absolute paths are read too); blank lines and ``#``
-comments are skipped, so a manifest can be curated by hand. The pairing is explicit: it never comes
-from sorting two folder listings.
+Paths are relative to the repository root, or absolute; blank lines and ``#`` comments are skipped, so
+a manifest can be curated by hand. The pairing is explicit: it never comes from sorting two folder
+listings.
+
+Splitting a line into its two paths:
+
+- a line that contains a TAB is split on tabs (runs of tabs count as one), so each path may contain
+  spaces: ``my images/a 1.jpg<TAB>my masks/a 1_segmentation.png``;
+- any other line is split on whitespace, where a path in double quotes may contain spaces:
+  ``"my images/a 1.jpg" "my masks/a 1_segmentation.png"`` (a quoted path holds no double quote, tab
+  or newline; quotes around a tab-separated path are removed too).
+
+:func:`write_manifest` writes ``image label`` with one space, as always, when neither path holds
+whitespace, and ``image<TAB>label`` when one does, so written manifests read back unchanged.
 
 Validation collects every problem before anything is written and names where each one is: the
 manifest file and line for a manifest, or the file itself for a folder source::
@@ -12,6 +23,7 @@ manifest file and line for a manifest, or the file itself for a folder source::
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +63,28 @@ def resolve(path: str, root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
+# a double-quoted path (may hold spaces), or a bare one
+_FIELD = re.compile(r'"([^"\t\n]*)"(?=\s|$)|([^\s"]\S*)')
+
+
+def split_line(line: str) -> list[str] | None:
+    """The fields of one manifest line (module docstring); None when a double quote is unbalanced or misplaced."""
+    if "\t" in line:
+        fields = [f.strip() for f in re.split(r"\t+", line.strip())]
+        return [f[1:-1] if len(f) >= 2 and f[0] == f[-1] == '"' else f for f in fields if f]
+    fields, pos = [], 0
+    while True:
+        while pos < len(line) and line[pos].isspace():
+            pos += 1
+        if pos == len(line):
+            return fields
+        m = _FIELD.match(line, pos)
+        if m is None:
+            return None
+        fields.append(m.group(1) if m.group(1) is not None else m.group(2))
+        pos = m.end()
+
+
 def read_manifest(path: str | Path) -> list[Pair]:
     """Read a manifest. Each malformed line is reported as ``path:line``; all of them in one error."""
     path = Path(path)
@@ -63,11 +97,17 @@ def read_manifest(path: str | Path) -> list[Pair]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        fields = line.split()
+        fields = split_line(line)
+        if fields is None:
+            problems.append(
+                f"{path}:{lineno}: unbalanced or misplaced double quote (a quoted path must end with a quote "
+                f"followed by a space or the line's end): {line[:120]!r}"
+            )
+            continue
         if len(fields) != 2:
             problems.append(
-                f"{path}:{lineno}: expected 'image_path label_path' (2 fields separated by a space), "
-                f"got {len(fields)} field(s): {line[:120]!r}"
+                f"{path}:{lineno}: expected 'image_path label_path' (2 fields separated by a space, or by a tab "
+                f"or in double quotes when a path holds spaces), got {len(fields)} field(s): {line[:120]!r}"
             )
             continue
         pairs.append(Pair(fields[0], fields[1], f"{path}:{lineno}"))
@@ -76,13 +116,29 @@ def read_manifest(path: str | Path) -> list[Pair]:
     return pairs
 
 
+def format_line(image: str, label: str) -> str | None:
+    """One manifest line (no newline): ``image label``, or ``image<TAB>label`` when a path holds whitespace;
+    None when the pair cannot be written so that it reads back unchanged (a tab or newline in a path,
+    whitespace at its ends, quotes at its ends, a leading ``#``)."""
+    spaced = any(ch.isspace() for ch in image + label)
+    line = f"{image}\t{label}" if spaced else f"{image} {label}"
+    readable = line.splitlines() == [line] and not line.startswith("#")  # one line (no newline in a path)
+    return line if readable and split_line(line) == [image, label] else None
+
+
 def write_manifest(path: str | Path, pairs: list[Pair], header: str | None = None) -> None:
-    """Write ``image label`` lines (plus an optional ``#`` header). Paths must not contain whitespace."""
+    """Write ``image label`` lines (plus an optional ``#`` header); a pair whose path holds spaces is written
+    with a tab between the paths. Raises ManifestError for a path that cannot be written (:func:`format_line`)."""
     lines = [f"# {h}\n" for h in header.splitlines()] if header else []
+    problems = []
     for p in pairs:
-        if any(ch.isspace() for ch in p.image + p.label):
-            raise ManifestError(str(path), [f"{p.where}: path contains whitespace: {p.image!r} {p.label!r}"])
-        lines.append(f"{p.image} {p.label}\n")
+        line = format_line(p.image, p.label)
+        if line is None:
+            problems.append(f"{p.where}: path cannot be written to a manifest line: {p.image!r} {p.label!r}")
+        else:
+            lines.append(line + "\n")
+    if problems:
+        raise ManifestError(str(path), problems)
     Path(path).write_text("".join(lines))
 
 
