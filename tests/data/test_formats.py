@@ -139,6 +139,16 @@ def test_write_then_parse_keeps_every_box(tmp_path: Path) -> None:
     assert [xyxy_to_voc(*o.box) for o in ann.objects] == [b for _, b in objects]
 
 
+def test_write_voc_xml_difficult_flag(tmp_path: Path) -> None:
+    write_voc_xml(tmp_path / "a.xml", "a.jpg", 40, 30, [("cat", (2, 3, 10, 20))])
+    write_voc_xml(tmp_path / "b.xml", "a.jpg", 40, 30, [("cat", (2, 3, 10, 20), False)])
+    # the two-field form writes what it always wrote: <difficult>0</difficult>
+    assert (tmp_path / "a.xml").read_bytes() == (tmp_path / "b.xml").read_bytes()
+    assert "<difficult>0</difficult>" in (tmp_path / "a.xml").read_text()
+    write_voc_xml(tmp_path / "c.xml", "c.jpg", 40, 30, [("cat", (2, 3, 10, 20), True), ("dog", (5, 6, 9, 9))])
+    assert [(o.name, o.difficult) for o in parse_voc_xml(tmp_path / "c.xml").objects] == [("cat", True), ("dog", False)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # ISIC folders
 # ----------------------------------------------------------------------------------------------------------
@@ -254,12 +264,14 @@ def test_import_coco_writes_voc_layout(tmp_path: Path) -> None:
     dst = tmp_path / "voc"
     info = import_coco(path, dst)
 
-    assert info == {"images": 2, "annotations": 2, "crowd_skipped": 1}
+    assert info == {"images": 2, "annotations": 2, "crowd_as_difficult": 1}
     assert (dst / "classes.txt").read_text() == "apple\nzebra\n"
     assert sorted(p.name for p in (dst / "JPEGImages").iterdir()) == ["a.jpg", "b.png"]
     assert (dst / "ImageSets" / "Main" / "trainval.txt").read_text() == "a\nb\n"
-    # [1, 2, 8, 9] -> x1..x2 = 1..9, y1..y2 = 2..11 -> VOC (2, 3, 9, 11); the crowd box is skipped
-    assert _objects(dst / "Annotations" / "a.xml") == [("zebra", (2, 3, 9, 11))]
+    # [1, 2, 8, 9] -> x1..x2 = 1..9, y1..y2 = 2..11 -> VOC (2, 3, 9, 11); the crowd box is kept as an
+    # ignore region: a difficult object
+    assert _objects(dst / "Annotations" / "a.xml") == [("zebra", (2, 3, 9, 11)), ("apple", (1, 1, 20, 16))]
+    assert [o.difficult for o in parse_voc_xml(dst / "Annotations" / "a.xml").objects] == [False, True]
     # [0.5, 0, 10.2, 10.4] -> 0.5..10.7, 0..10.4 -> outwards (1, 1, 11, 11) -> ymax clamped to height 10
     assert _objects(dst / "Annotations" / "b.xml") == [("apple", (1, 1, 11, 10))]
     a = parse_voc_xml(dst / "Annotations" / "a.xml")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from segdet.config import load_section
 from segdet.data.formats import write_voc_xml
-from segdet.data.manifest import ManifestError, Pair, read_manifest, write_manifest
+from segdet.data.manifest import ManifestError, Pair, coco_ground_truth, read_manifest, validate_det, write_manifest
 from segdet.data.pipeline import build_manifests
 
 SPLITS = ("train", "val", "test")
@@ -739,3 +739,61 @@ def test_write_manifest_rejects_paths_it_cannot_write(tmp_path: Path, image: str
     with pytest.raises(ManifestError, match="m.txt:7: path cannot be written to a manifest line"):
         write_manifest(tmp_path / "out.txt", [Pair(image, "a b.png", "m.txt:7")])
     assert not (tmp_path / "out.txt").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a folder of split manifests with trainval beside train and val
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_manifest_folder_with_train_val_trainval_and_test(tmp_path: Path) -> None:
+    det = make_det(tmp_path, 8)
+    folder = tmp_path / "detm"
+    _write_manifest(folder / "train.txt", lines_of(det[:4]))
+    _write_manifest(folder / "val.txt", lines_of(det[4:6]))
+    _write_manifest(folder / "trainval.txt", lines_of(det[:6]))
+    _write_manifest(folder / "test.txt", lines_of(det[6:]))
+    _write_manifest(tmp_path / "seg.txt", lines_of(make_seg(tmp_path)))
+    out = tmp_path / "out"
+    summary = build(tmp_path, out, data_cfg(det="detm"))
+    assert [summary["det"][s] for s in SPLITS] == [4, 2, 2]
+    assert manifest_lines(out / "det_train.txt") == lines_of(det[:4])
+    assert manifest_lines(out / "det_val.txt") == lines_of(det[4:6])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VOC difficult objects: written to the COCO ground truth as iscrowd (ignored in evaluation)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_difficult_objects_are_iscrowd_in_the_coco_ground_truth(dataset: dict) -> None:
+    root = dataset["root"]
+    # d0: the cat and a difficult dog; d1: a difficult dog only
+    write_voc_xml(root / "det/Annotations/d0.xml", "d0.jpg", DET_W, DET_H, [("cat", CAT_BOX), ("dog", FULL_BOX, True)])
+    write_voc_xml(root / "det/Annotations/d1.xml", "d1.jpg", DET_W, DET_H, [("dog", (3, 3, 8, 8), True)])
+    out = root / "out"
+    summary = build(root, out)
+    assert sum(summary["det"][f"{s}_difficult"] for s in SPLITS) == 2
+    found = []
+    for s in SPLITS:
+        manifest = [ln.split(" ")[0] for ln in manifest_lines(out / f"det_{s}.txt")]
+        coco = json.loads((out / f"det_{s}_coco.json").read_text())
+        for a in coco["annotations"]:
+            found.append((Path(manifest[a["image_id"] - 1]).stem, a["category_id"], a["bbox"], a["iscrowd"]))
+    assert sorted(found) == sorted(
+        [("d0", 1, CAT_BBOX, 0), ("d0", 2, [0.0, 0.0, float(DET_W), float(DET_H)], 1), ("d1", 2, [2.0, 2.0, 6.0, 6.0], 1)]
+        + [(f"d{k}", 2, [0.0, 0.0, float(DET_W), float(DET_H)], 0) for k in range(2, N)]
+    )
+
+
+def test_coco_ground_truth_contract_with_difficult(tmp_path: Path) -> None:
+    Image.new("RGB", (DET_W, DET_H)).save(tmp_path / "a.png")
+    write_voc_xml(tmp_path / "a.xml", "a.png", DET_W, DET_H, [("dog", (2, 3, 10, 12), True), ("cat", FULL_BOX)])
+    pairs = [Pair("a.png", "a.xml", "m:1")]
+    check = validate_det(pairs, tmp_path)
+    assert check.problems == []
+    gt = coco_ground_truth(pairs, check.annotations, ["cat", "dog"])
+    assert gt["annotations"] == [
+        {"id": 1, "image_id": 1, "category_id": 2, "bbox": [1.0, 2.0, 9.0, 10.0], "area": 90.0, "iscrowd": 1},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0.0, 0.0, 20.0, 16.0], "area": 320.0, "iscrowd": 0},
+    ]

@@ -12,12 +12,15 @@ stage reads one layout whatever the source was.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -37,6 +40,12 @@ SPLIT_ALIASES = {
 }
 ISIC_MASK_SUFFIX = "_segmentation"
 _LABEL_SUFFIXES = ("_segmentation", "_mask", "_gt", "_label")
+#: folder names (any case) whose files are masks; a folder ending in ``_GroundTruth`` (ISIC's own) is one too
+MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "ground_truth", "groundtruth", "gt")
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FormatError(ValueError):
@@ -152,10 +161,11 @@ def write_voc_xml(
     filename: str,
     width: int,
     height: int,
-    objects: list[tuple[str, tuple[int, int, int, int]]],
+    objects: list[tuple[str, tuple[int, int, int, int]]] | list[tuple[str, tuple[int, int, int, int], bool]],
     depth: int = 3,
 ) -> None:
-    """Write a Pascal VOC annotation; ``objects`` are ``(name, (xmin, ymin, xmax, ymax))``, 1-based."""
+    """Write a Pascal VOC annotation; ``objects`` are ``(name, (xmin, ymin, xmax, ymax))``, 1-based, or
+    ``(name, box, difficult)`` to mark an object ``<difficult>1</difficult>`` (default 0)."""
     ann = ET.Element("annotation")
     ET.SubElement(ann, "folder").text = "JPEGImages"
     ET.SubElement(ann, "filename").text = filename
@@ -163,13 +173,14 @@ def write_voc_xml(
     for tag, val in (("width", width), ("height", height), ("depth", depth)):
         ET.SubElement(size, tag).text = str(val)
     ET.SubElement(ann, "segmented").text = "0"
-    for name, (xmin, ymin, xmax, ymax) in objects:
+    for name, (xmin, ymin, xmax, ymax), *flag in objects:
+        difficult = bool(flag and flag[0])
         obj = ET.SubElement(ann, "object")
         ET.SubElement(obj, "name").text = name
         ET.SubElement(obj, "pose").text = "Unspecified"
         trunc = xmin <= 1 or ymin <= 1 or xmax >= width or ymax >= height
         ET.SubElement(obj, "truncated").text = "1" if trunc else "0"
-        ET.SubElement(obj, "difficult").text = "0"
+        ET.SubElement(obj, "difficult").text = "1" if difficult else "0"
         box = ET.SubElement(obj, "bndbox")
         for tag, val in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
             ET.SubElement(box, tag).text = str(val)
@@ -183,7 +194,12 @@ def read_split_list(path: Path) -> list[str]:
 
 
 def voc_split_lists(folder: Path) -> dict[str, list[str]]:
-    """``{"train": ids, "val": ids, "test": ids, "trainval": ids}`` for the lists present in ``ImageSets/Main``."""
+    """``{"train": ids, "val": ids, "test": ids, "trainval": ids}`` for the lists present in ``ImageSets/Main``.
+
+    Only these four main lists are read: the per-class lists of VOC 2007/2012 (``<class>_train.txt`` with
+    ``id  1`` / ``id -1`` lines) beside them are not split lists and are ignored. The lists are returned as
+    found; :func:`resolve_trainval` reconciles ``trainval`` with ``train`` and ``val``.
+    """
     main = folder / "ImageSets" / "Main"
     out: dict[str, list[str]] = {}
     if main.is_dir():
@@ -191,6 +207,47 @@ def voc_split_lists(folder: Path) -> dict[str, list[str]]:
             f = main / f"{name}.txt"
             if f.is_file():
                 out[name] = read_split_list(f)
+    return out
+
+
+def resolve_trainval(
+    lists: dict[str, list[T]], key: Callable[[T], Hashable] = lambda x: x, where: str = "trainval"
+) -> dict[str, list[T]]:
+    """Reconcile a source's ``trainval`` list with its ``train`` and ``val`` lists (trainval = train + val).
+
+    A Pascal VOC devkit ships ``ImageSets/Main/{train,val,trainval,test}.txt``; taking every list would
+    list each train and val image twice. The rule (``key`` identifies an item, ``where`` names the
+    trainval list in messages):
+
+    - ``train`` and ``val`` present: both are used and ``trainval`` is dropped. Ids of ``trainval`` that
+      are in neither are added to ``train``, in trainval order, with a logged warning naming ``where``
+      and how many (they are not dropped silently);
+    - only one of ``train`` / ``val`` present: the other one is ``trainval`` minus it (when not empty);
+    - neither present: ``trainval`` is kept as it is, and the split stage divides it by the ratios
+      (``data.split``): val carved from it, and test too when the source has no test list;
+    - ``test`` (and any other list) is returned unchanged.
+
+    Returns a new dict; ``lists`` is not modified.
+    """
+    out = dict(lists)
+    trainval = out.pop("trainval", None)
+    if trainval is None:
+        return out
+    if "train" not in out and "val" not in out:
+        out["trainval"] = trainval
+        return out
+    listed = {key(x) for part in ("train", "val") for x in out.get(part, [])}
+    rest = [x for x in trainval if key(x) not in listed]
+    if "train" in out and "val" in out:
+        if rest:
+            log.warning(
+                "%s: %d id(s) are in neither the train nor the val list (trainval should be their union); "
+                "added to train: %s", where, len(rest), ", ".join(str(key(x)) for x in rest[:5])
+                + (" ..." if len(rest) > 5 else ""),
+            )
+            out["train"] = list(out["train"]) + rest
+    elif rest:
+        out["val" if "train" in out else "train"] = rest
     return out
 
 
@@ -243,9 +300,13 @@ def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> d
     """Convert a COCO instances json and its images into the VOC layout under ``dst``.
 
     Image files are looked up as ``images_dir/<file_name>`` (default: the json's folder, then its
-    ``images/`` sibling). Boxes ``[x, y, w, h]`` become VOC corners rounded outwards; ``iscrowd``
-    annotations are skipped (counted). ``classes.txt`` lists the categories in id order, so COCO names
-    keep their order.
+    ``images/`` sibling); a ``file_name`` in a sub-folder (``sub/a.jpg``, also ``sub\\a.jpg``) is found there
+    and copied as its base name (``JPEGImages/a.jpg``), so two images with one base name are an error.
+    Boxes ``[x, y, w, h]`` become VOC corners rounded outwards. ``iscrowd`` annotations become objects
+    marked ``<difficult>1</difficult>``: ignore regions, neither a hit nor a miss in evaluation (as COCO
+    scores crowd regions) and left out of training unless ``data.det.use_difficult``.
+    ``classes.txt`` lists the categories in id order (ids may have gaps: 1, 3, 7 become lines 1, 2, 3),
+    so COCO names keep their order.
     """
     json_path = Path(json_path)
     try:
@@ -267,40 +328,42 @@ def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> d
     problems: list[str] = []
     ids: list[str] = []
     names_seen: dict[str, int] = {}
-    crowd = 0
+    crowd = written = 0
     for img in coco["images"]:
-        fname = img.get("file_name", "")
+        fname = str(img.get("file_name", "")).replace("\\", "/")
         found = next((Path(c) / fname for c in candidates if c and (Path(c) / fname).is_file()), None)
         if found is None:
             tried = ", ".join(str(Path(c) / fname) for c in candidates if c)
             problems.append(f"{json_path}: image id {img.get('id')}: file {fname!r} not found (tried {tried})")
             continue
         base = Path(fname).name
-        if base in names_seen:
-            problems.append(f"{json_path}: two images share the file name {base!r} (ids {names_seen[base]}, {img['id']})")
+        stem = Path(base).stem
+        if stem in names_seen:  # a.jpg and a.png would share the id (annotation file) a
+            problems.append(f"{json_path}: two images share the file name {base!r} or its id {stem!r} "
+                            f"(image ids {names_seen[stem]}, {img['id']})")
             continue
-        names_seen[base] = img["id"]
+        names_seen[stem] = img["id"]
         shutil.copy2(found, dst / "JPEGImages" / base)
         w, h = int(img["width"]), int(img["height"])
         objects = []
         for a in by_image.get(img["id"], []):
-            if a.get("iscrowd", 0):
-                crowd += 1
-                continue
             if a["category_id"] not in cat_name:
                 problems.append(f"{json_path}: annotation {a.get('id')} has unknown category_id {a['category_id']}")
                 continue
+            is_crowd = bool(a.get("iscrowd", 0))
+            crowd += is_crowd
             x, y, bw, bh = a["bbox"]
             xmin, ymin, xmax, ymax = xyxy_to_voc(x, y, x + bw, y + bh)
-            objects.append((cat_name[a["category_id"]], (max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h))))
-        stem = Path(base).stem
+            box = (max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h))
+            objects.append((cat_name[a["category_id"]], box, is_crowd))
+            written += 1
         write_voc_xml(dst / "Annotations" / f"{stem}.xml", base, w, h, objects)
         ids.append(stem)
     if problems:
         raise FormatError("\n".join(problems))
     (dst / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
     (dst / "classes.txt").write_text("".join(f"{c['name']}\n" for c in cats))
-    return {"images": len(ids), "annotations": len(coco["annotations"]) - crowd, "crowd_skipped": crowd}
+    return {"images": len(ids), "annotations": written - crowd, "crowd_as_difficult": crowd}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -308,14 +371,24 @@ def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> d
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _label_id(stem: str) -> str:
+    """A label file's stem without its ``_segmentation``/``_mask``/``_gt``/``_label`` suffix."""
+    for suffix in _LABEL_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
 def label_pairs_with(image: str, label: str) -> bool:
     """True when ``label``'s stem, minus a ``_segmentation``/``_mask``/``_gt``/``_label`` suffix, is ``image``'s stem."""
-    stem = Path(label).stem
-    for suffix in _LABEL_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return stem == Path(image).stem
+    return _label_id(Path(label).stem) == Path(image).stem
+
+
+def is_mask_folder(name: str) -> bool:
+    """A folder of masks by its name: ``masks``, ``mask``, ``labels``, ``label``, ``ground_truth``,
+    ``groundtruth``, ``gt`` or ``..._GroundTruth`` (any case)."""
+    low = name.lower()
+    return low in MASK_FOLDER_NAMES or low.endswith("_groundtruth")
 
 
 def isic_split_folders(folder: Path) -> dict[str | None, Path]:
@@ -329,9 +402,16 @@ def isic_split_folders(folder: Path) -> dict[str | None, Path]:
 
 
 def find_isic_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Pair every image under ``folder`` with its ``<id>_segmentation.png`` mask, anywhere below it.
+    """Pair every image under ``folder`` with its mask, anywhere below it.
 
-    Images and masks may share one folder or sit in two (ISIC's ``..._Input`` and ``..._GroundTruth``).
+    A file is a mask when it lies in a mask folder (:func:`is_mask_folder`: ``masks/``, ``labels/``,
+    ``gt/``, ISIC's ``..._GroundTruth/`` ...; its id is its stem, minus a ``_segmentation``/``_mask``/
+    ``_gt``/``_label`` suffix if it has one), or when its stem carries one of those suffixes (ISIC's
+    ``<id>_segmentation.png``). Every other image file is an image, its stem the id. So these layouts all
+    work: one flat folder (``ISIC_1.jpg`` beside ``ISIC_1_segmentation.png``); ``images/`` and ``masks/``
+    with ``ISIC_1.jpg`` and ``ISIC_1_segmentation.png`` or the same stem ``ISIC_1.png``; ISIC's
+    ``..._Input`` and ``..._GroundTruth`` folders. Only folders below ``folder`` count as mask folders.
+
     Returns ``(pairs sorted by id, problems)``; a problem is an image without a mask, a mask without an
     image, or an id found twice.
     """
@@ -340,8 +420,9 @@ def find_isic_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
             continue
-        if p.stem.endswith(ISIC_MASK_SUFFIX):
-            masks.setdefault(p.stem[: -len(ISIC_MASK_SUFFIX)], []).append(p)
+        key = _label_id(p.stem)
+        if key != p.stem or any(is_mask_folder(d) for d in p.relative_to(folder).parts[:-1]):
+            masks.setdefault(key, []).append(p)
         else:
             images.setdefault(p.stem, []).append(p)
     problems = []
@@ -353,13 +434,18 @@ def find_isic_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
         elif len(msks) > 1:
             problems.append(f"{msks[1]}: mask for {key!r} found more than once (also {msks[0]})")
         elif not msks:
-            problems.append(f"{imgs[0]}: no mask {key}{ISIC_MASK_SUFFIX}.png for this image")
+            problems.append(
+                f"{imgs[0]}: no mask {key}{ISIC_MASK_SUFFIX}.png for this image (nor {key}.png in a masks/ folder)"
+            )
         elif not imgs:
             problems.append(f"{msks[0]}: no image {key}.* for this mask")
         else:
             pairs.append((imgs[0], msks[0]))
     if not pairs and not problems:
-        problems.append(f"{folder}: no images found (expected ISIC_xxxxxxx.jpg with ISIC_xxxxxxx_segmentation.png)")
+        problems.append(
+            f"{folder}: no images found (expected ISIC_xxxxxxx.jpg with ISIC_xxxxxxx_segmentation.png, or "
+            "images/ and masks/ folders)"
+        )
     return pairs, problems
 
 

@@ -220,12 +220,16 @@ class DetCheck:
 
 
 def validate_det(
-    pairs: list[Pair], root: Path, classes: list[str] | None = None, progress: bool = False
+    pairs: list[Pair], root: Path, classes: list[str] | None = None, progress: bool = False,
+    check_filename: bool = True,
 ) -> DetCheck:
     """Check detection pairs (image, Pascal VOC XML); returns problems and the usable annotations.
 
     Checks: both files exist, the image decodes and the XML parses; the XML ``<filename>`` is the
-    image's file name; its ``<size>`` (when given) is the image's size; every box lies inside the image
+    image's file name (when ``check_filename``: a user's manifest pairs files by hand, so a mismatch is
+    likely a mistake; a VOC folder pairs them by id, ``<id>.xml`` with ``<id>.jpg``, and its
+    ``<filename>`` is informative only); its ``<size>`` (when given) is the image's size; every box
+    lies inside the image
     (``1 <= xmin``, ``xmax <= width``, same for y) and is not inverted; every class is in ``classes``
     (when given). A zero-area box (``xmax == xmin`` or ``ymax == ymin``), as found in real data, is
     dropped from the returned annotation and counted in ``degenerate``.
@@ -250,7 +254,7 @@ def validate_det(
             problems.append(f"{p.where}: {exc}")
             continue
         name = Path(p.image).name
-        if ann.filename is not None and ann.filename != name:
+        if check_filename and ann.filename is not None and ann.filename != name:
             problems.append(f"{p.where}: {p.label} is for <filename>{ann.filename}</filename>, not for image {name}")
             continue
         w, h = img.size
@@ -283,7 +287,11 @@ def class_counts(annotations: list[VocAnnotation | None]) -> Counter[str]:
 
 def coco_ground_truth(pairs: list[Pair], annotations: list[VocAnnotation], classes: list[str]) -> dict:
     """COCO ground truth for one split (DESIGN.md): ``image_id`` = 1-based manifest position,
-    ``category_id`` = 1-based line of ``det_classes.txt``, ``bbox = [x1, y1, x2 - x1, y2 - y1]``."""
+    ``category_id`` = 1-based line of ``det_classes.txt``, ``bbox = [x1, y1, x2 - x1, y2 - y1]``.
+
+    A VOC ``difficult`` object (also a COCO crowd region imported as one) is written with
+    ``"iscrowd": 1``: pycocotools then ignores it (``gt["ignore"]``) and so does
+    :func:`segdet.detection.evaluate.match`, as the VOC devkit does: neither a hit nor a miss."""
     cat = {c: i for i, c in enumerate(classes, 1)}
     images, anns = [], []
     for image_id, (p, a) in enumerate(zip(pairs, annotations, strict=True), 1):
@@ -297,7 +305,7 @@ def coco_ground_truth(pairs: list[Pair], annotations: list[VocAnnotation], class
                     "category_id": cat[o.name],
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
+                    "iscrowd": int(o.difficult),
                 }
             )
     return {

@@ -5,11 +5,14 @@ user's folder imported into one canonical layout. ``build_manifests`` pairs, spl
 and writes ``data/manifests/`` (DESIGN.md contracts); nothing is written unless every check passes.
 
 Splits: a seeded shuffle with ``data.split`` ratios, or the source's own split lists where it has them
-(VOC ``ImageSets/Main/{train,val,test}.txt``, ISIC ``train/ val/ test/`` folders, manifest files
+(VOC ``ImageSets/Main/{train,val,trainval,test}.txt``, ISIC ``train/ val/ test/`` folders, manifest files
 ``train.txt`` ...). A source split that is missing is made from the source's train part: with train and
 test given, val is carved from train; with train and val given (ISIC 2018, VOC 2012), the source's
 held-out val becomes ``test`` and a new val is carved from train, so the reported test numbers are
-always on data the source held out.
+always on data the source held out. ``trainval`` is the union of train and val
+(:func:`segdet.data.formats.resolve_trainval`): it is used only where train and val lists are absent
+(then split by the ratios); ids it lists beyond them go to train with a warning. With
+``data.use_source_splits: false`` every listed image is pooled once and split by the ratios.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from segdet.data.formats import (
     import_isic,
     import_voc,
     isic_split_folders,
+    resolve_trainval,
     voc_split_lists,
 )
 from segdet.data.manifest import (
@@ -169,8 +173,9 @@ def _rel(path: Path, root: Path) -> str:
     return str(p.relative_to(r)) if p.is_relative_to(r) else str(p)
 
 
-def _manifest_sources(path: Path, kind: str) -> dict[str | None, list[Pair]]:
-    """A user's manifest file (one pool) or folder of ``{train,val,test,trainval}.txt`` / ``<kind>_<split>.txt``."""
+def _manifest_sources(path: Path, kind: str, root: Path) -> dict[str | None, list[Pair]]:
+    """A user's manifest file (one pool) or folder of ``{train,val,test,trainval}.txt`` / ``<kind>_<split>.txt``
+    (a ``trainval`` beside ``train`` / ``val`` is reconciled with them: :func:`resolve_trainval`)."""
     if path.is_file():
         return {None: read_manifest(path)}
     if not path.is_dir():
@@ -185,7 +190,8 @@ def _manifest_sources(path: Path, kind: str) -> dict[str | None, list[Pair]]:
         raise ManifestError(
             str(path), [f"{path}: no manifests found (expected train.txt, val.txt, test.txt or {kind}_train.txt ...)"]
         )
-    return found
+    trainval = next((path / n for n in ("trainval.txt", f"{kind}_trainval.txt") if (path / n).is_file()), path)
+    return resolve_trainval(found, key=lambda p: resolve(p.image, root).resolve(), where=str(trainval))
 
 
 def seg_sources(
@@ -193,7 +199,7 @@ def seg_sources(
 ) -> dict[str | None, list[Pair]]:
     """Segmentation pairs by source split (``{None: pool}`` without split lists)."""
     if cfg.seg.source == "manifest":
-        return _manifest_sources(resolve(cfg.seg.path, source_root or root), "seg")
+        return _manifest_sources(resolve(cfg.seg.path, source_root or root), "seg", root)
     out: dict[str | None, list[Pair]] = {}
     problems: list[str] = []
     for split, folder in isic_split_folders(raw / "isic").items():
@@ -208,11 +214,18 @@ def seg_sources(
 def det_sources(
     cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None
 ) -> dict[str | None, list[Pair]]:
-    """Detection pairs (image, VOC XML) by source split (``{None: pool}`` without split lists)."""
+    """Detection pairs (image, VOC XML) by source split (``{None: pool}`` without split lists).
+
+    An image is found by its id, the annotation's file stem (``Annotations/<id>.xml`` with
+    ``JPEGImages/<id>.jpg``, ``.png`` ...), as the VOC devkit does; the XML's ``<filename>`` is not used.
+    Split lists: :func:`segdet.data.formats.voc_split_lists` then :func:`resolve_trainval`.
+    """
     if cfg.det.source == "manifest":
-        return _manifest_sources(resolve(cfg.det.path, source_root or root), "det")
+        return _manifest_sources(resolve(cfg.det.path, source_root or root), "det", root)
     folder = raw / "voc"
-    lists = voc_split_lists(folder) or {None: sorted(p.stem for p in (folder / "Annotations").glob("*.xml"))}
+    lists: dict = resolve_trainval(voc_split_lists(folder), where=_rel(folder / "ImageSets/Main/trainval.txt", root))
+    if not lists:
+        lists = {None: sorted(p.stem for p in (folder / "Annotations").glob("*.xml"))}
     out: dict[str | None, list[Pair]] = {}
     problems = []
     for split, ids in lists.items():
@@ -269,7 +282,8 @@ def build_manifests(
     classes = _known_classes(cfg, raw)
     det_src = det_sources(cfg, raw, root, source_root)
     det_all = [p for ps in det_src.values() for p in ps]
-    check = validate_det(det_all, root, classes, progress=progress)
+    # a VOC / COCO folder pairs image and XML by id: its <filename> may be stale (renamed, converted)
+    check = validate_det(det_all, root, classes, progress=progress, check_filename=cfg.det.source == "manifest")
     if check.problems:
         raise ManifestError("detection data", check.problems)
     if check.degenerate:
@@ -295,6 +309,7 @@ def build_manifests(
             write_json(d / f"det_{s}_coco.json", coco_ground_truth(det_splits[s], split_anns, classes))
             counts = class_counts(split_anns)
             summary["det"][f"{s}_objects"] = {c: counts.get(c, 0) for c in classes}
+            summary["det"][f"{s}_difficult"] = sum(o.difficult for a in split_anns for o in a.objects)
         (d / "det_classes.txt").write_text("".join(f"{c}\n" for c in classes))
     return summary
 

@@ -1,0 +1,344 @@
+"""Importing the folder layouts users bring, through the importers and the manifest stage (issue 13).
+
+Pascal VOC devkits (``ImageSets/Main/{train,val,trainval,test}.txt``, per-class lists beside them, PNG
+images, a stale ``<filename>``), COCO json quirks (crowd regions, images in sub-folders, category ids with
+gaps) and ISIC folder layouts (flat, split sub-folders, ``images/`` with ``masks/`` of the same stem,
+0/1 and 0/255 masks). Each test writes a tiny dataset in ``tmp_path`` (PIL images of a few pixels, VOC
+XML via ``write_voc_xml``), imports it as ``prepare`` would and runs ``build_manifests``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdet.config import load_section
+from segdet.data.datasets import SegmentationDataset
+from segdet.data.formats import (
+    find_isic_pairs,
+    import_coco,
+    import_isic,
+    import_voc,
+    parse_voc_xml,
+    resolve_trainval,
+    voc_split_lists,
+    write_voc_xml,
+)
+from segdet.data.manifest import read_manifest
+from segdet.data.pipeline import build_manifests
+
+SPLITS = ("train", "val", "test")
+W, H = 20, 16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _rgb(path: Path, seed: int = 0, w: int = W, h: int = H) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").save(path)
+    return path
+
+
+def _mask(path: Path, fg: int = 255, w: int = W, h: int = H) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = fg
+    Image.fromarray(m, "L").save(path)
+    return path
+
+
+def make_isic(folder: Path, n: int = 4) -> Path:
+    """A flat ISIC folder: ISIC_k.jpg beside ISIC_k_segmentation.png."""
+    for k in range(n):
+        _rgb(folder / f"ISIC_{k}.jpg", k)
+        _mask(folder / f"ISIC_{k}_segmentation.png")
+    return folder
+
+
+def make_voc(folder: Path, ids: list[str], lists: dict[str, list[str]], ext: str = ".jpg",
+             filename: dict[str, str] | None = None) -> Path:
+    """A VOC folder: one image and one 'cat' box per id, split lists ``ImageSets/Main/<name>.txt``."""
+    for k, i in enumerate(ids):
+        _rgb(folder / "JPEGImages" / f"{i}{ext}", 100 + k)
+        (folder / "Annotations").mkdir(parents=True, exist_ok=True)
+        name = (filename or {}).get(i, f"{i}{ext}")
+        write_voc_xml(folder / "Annotations" / f"{i}.xml", name, W, H, [("cat", (2, 3, 10, 12))])
+    main = folder / "ImageSets" / "Main"
+    main.mkdir(parents=True, exist_ok=True)
+    for name, listed in lists.items():
+        (main / f"{name}.txt").write_text("".join(f"{i}\n" for i in listed))
+    return folder
+
+
+def run(tmp_path: Path, isic: Path | None = None, voc: Path | None = None, coco: Path | None = None,
+        **data) -> tuple[dict, Path]:
+    """Import as the prepare stage does (a tiny default for the other dataset), then build the manifests."""
+    raw = tmp_path / "raw"
+    isic = isic or make_isic(tmp_path / "isic_src")
+    import_isic(isic, raw / "isic")
+    if coco is not None:
+        import_coco(coco, raw / "voc")
+        det = {"source": "coco", "path": str(coco)}
+    else:
+        voc = voc or make_voc(tmp_path / "voc_src", [f"d{k}" for k in range(4)], {})
+        import_voc(voc, raw / "voc")
+        det = {"source": "voc", "path": str(voc)}
+    cfg = load_section("data", {"data": {"seg": {"source": "isic", "path": str(isic)}, "det": det, **data}})
+    out = tmp_path / "manifests"
+    return build_manifests(cfg, raw, out, tmp_path, progress=False), out
+
+
+def ids_of(manifest: Path) -> list[str]:
+    return [Path(p.image).stem for p in read_manifest(manifest)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pascal VOC devkit split lists
+# ----------------------------------------------------------------------------------------------------------
+
+TRAIN = [f"t{k}" for k in range(10)]
+VAL = [f"v{k}" for k in range(5)]
+TEST = [f"e{k}" for k in range(4)]
+TRAINVAL = sorted(TRAIN + VAL)  # as the devkit lists it: sorted ids, train and val interleaved
+
+
+def _per_class_lists(folder: Path) -> None:
+    """VOC 2007-style ``<class>_<split>.txt`` lists (``id  1`` / ``id -1``) beside the main lists."""
+    main = folder / "ImageSets" / "Main"
+    for cls in ("cat", "dog"):
+        for name, listed in (("train", TRAIN), ("val", VAL), ("trainval", TRAINVAL), ("test", TEST)):
+            flag = " 1" if cls == "cat" else "-1"
+            (main / f"{cls}_{name}.txt").write_text("".join(f"{i} {flag}\n" for i in listed))
+
+
+@pytest.mark.parametrize("use_source_splits", [True, False], ids=["source-splits", "pooled"])
+@pytest.mark.parametrize("layout", ["devkit", "devkit-per-class", "trainval-test"])
+def test_voc_devkit_lists_import(tmp_path: Path, layout: str, use_source_splits: bool) -> None:
+    if layout == "trainval-test":
+        lists = {"trainval": TRAINVAL, "test": TEST}
+    else:
+        lists = {"train": TRAIN, "val": VAL, "trainval": TRAINVAL, "test": TEST}
+    voc = make_voc(tmp_path / "VOC2007", TRAIN + VAL + TEST, lists)
+    if layout == "devkit-per-class":
+        _per_class_lists(voc)
+        assert set(voc_split_lists(voc)) == {"train", "val", "trainval", "test"}  # per-class lists are not splits
+
+    summary, out = run(tmp_path, voc=voc, use_source_splits=use_source_splits)
+
+    split_ids = {s: ids_of(out / f"det_{s}.txt") for s in SPLITS}
+    every = [i for s in SPLITS for i in split_ids[s]]
+    assert sorted(every) == sorted(TRAIN + VAL + TEST)  # each image exactly once
+    if not use_source_splits:
+        # 19 pooled by 0.7/0.15/0.15: round(2.85) = 3 for val and test
+        assert [len(split_ids[s]) for s in SPLITS] == [13, 3, 3]
+        assert "seeded shuffle of 19" in summary["det"]["how"]
+    elif layout == "trainval-test":
+        assert split_ids["test"] == TEST
+        # val carved from trainval: 0.15 / 0.85 of 15 = 2.65 -> 3
+        assert [len(split_ids[s]) for s in SPLITS] == [12, 3, 4]
+        assert sorted(split_ids["train"] + split_ids["val"]) == TRAINVAL
+    else:
+        assert split_ids == {"train": TRAIN, "val": VAL, "test": TEST}
+        assert summary["det"]["how"] == "the source's train/val/test lists"
+
+
+def test_voc_trainval_ids_beyond_train_and_val_go_to_train_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = ["x0", "x1"]
+    voc = make_voc(tmp_path / "voc", TRAIN + VAL + TEST + extra,
+                   {"train": TRAIN, "val": VAL, "trainval": sorted(TRAINVAL + extra), "test": TEST})
+    with caplog.at_level(logging.WARNING, logger="segdet"):
+        summary, out = run(tmp_path, voc=voc)
+    assert sorted(ids_of(out / "det_train.txt")) == sorted(TRAIN + extra)
+    assert ids_of(out / "det_val.txt") == VAL and ids_of(out / "det_test.txt") == TEST
+    (warning,) = [r.getMessage() for r in caplog.records if "trainval" in r.getMessage()]
+    assert "raw/voc/ImageSets/Main/trainval.txt: 2 id(s) are in neither the train nor the val list" in warning
+    assert "added to train: x0, x1" in warning
+
+
+def test_resolve_trainval_rules() -> None:
+    tv = ["a", "b", "c", "d"]
+    # train and val given: trainval dropped
+    assert resolve_trainval({"train": ["a", "b"], "val": ["c", "d"], "trainval": tv, "test": ["t"]}) == {
+        "train": ["a", "b"], "val": ["c", "d"], "test": ["t"]}
+    # one of them given: the other is trainval minus it
+    assert resolve_trainval({"train": ["a", "c"], "trainval": tv}) == {"train": ["a", "c"], "val": ["b", "d"]}
+    assert resolve_trainval({"val": ["d"], "trainval": tv}) == {"val": ["d"], "train": ["a", "b", "c"]}
+    # neither: trainval kept (split by the ratios later); without trainval nothing changes
+    assert resolve_trainval({"trainval": tv, "test": ["t"]}) == {"trainval": tv, "test": ["t"]}
+    assert resolve_trainval({"train": ["a"], "test": ["t"]}) == {"train": ["a"], "test": ["t"]}
+
+
+def test_voc_png_images_and_a_filename_that_differs_from_the_id(tmp_path: Path) -> None:
+    ids = [f"p{k}" for k in range(6)]
+    # <filename> as a labelling tool left it: another name and extension than the image the id names
+    voc = make_voc(tmp_path / "voc", ids, {"train": ids[:4], "test": ids[4:]}, ext=".png",
+                   filename={i: f"photo {i}.jpg" for i in ids})
+    assert parse_voc_xml(voc / "Annotations" / "p0.xml").filename == "photo p0.jpg"
+    summary, out = run(tmp_path, voc=voc)
+    pairs = [p for s in SPLITS for p in read_manifest(out / f"det_{s}.txt")]
+    assert sorted((p.image, p.label) for p in pairs) == [
+        (f"raw/voc/JPEGImages/{i}.png", f"raw/voc/Annotations/{i}.xml") for i in ids]
+    assert [summary["det"][s] for s in SPLITS] == [3, 1, 2]
+    coco = json.loads((out / "det_test_coco.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["raw/voc/JPEGImages/p4.png", "raw/voc/JPEGImages/p5.png"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# COCO json
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _coco_json(folder: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def _ann(k: int, image_id: int, category_id: int, bbox: list[float], crowd: int = 0) -> dict:
+    return {"id": k, "image_id": image_id, "category_id": category_id, "bbox": bbox, "iscrowd": crowd,
+            "area": bbox[2] * bbox[3]}
+
+
+def test_coco_crowd_regions_become_ignored_ground_truth(tmp_path: Path) -> None:
+    images = [{"id": k, "file_name": f"c{k}.jpg", "width": W, "height": H} for k in range(1, 7)]
+    anns = [_ann(k, k, 1, [1, 2, 8, 9]) for k in range(1, 7)]
+    anns.append(_ann(7, 1, 1, [10, 0, 10, 16], crowd=1))
+    path = _coco_json(tmp_path / "coco", images, anns, [{"id": 1, "name": "person"}])
+    for k in range(1, 7):
+        _rgb(tmp_path / "coco" / "images" / f"c{k}.jpg", k)
+    summary, out = run(tmp_path, coco=path)
+
+    objects = parse_voc_xml(tmp_path / "raw" / "voc" / "Annotations" / "c1.xml").objects
+    assert [(o.voc, o.difficult) for o in objects] == [((2, 3, 9, 11), False), ((11, 1, 20, 16), True)]
+    crowd = []
+    for s in SPLITS:
+        coco = json.loads((out / f"det_{s}_coco.json").read_text())
+        crowd += [a for a in coco["annotations"] if a["iscrowd"]]
+    assert [(a["bbox"], a["category_id"]) for a in crowd] == [([10.0, 0.0, 10.0, 16.0], 1)]
+    assert sum(summary["det"][f"{s}_difficult"] for s in SPLITS) == 1
+
+
+def test_coco_images_in_sub_folders_import(tmp_path: Path) -> None:
+    images = [
+        {"id": 1, "file_name": "2017/a.jpg", "width": W, "height": H},
+        {"id": 2, "file_name": "2017/night/b.png", "width": W, "height": H},
+        {"id": 3, "file_name": "2018\\c.jpg", "width": W, "height": H},  # written on Windows
+    ]
+    anns = [_ann(k, k, 1, [1, 2, 8, 9]) for k in (1, 2, 3)]
+    path = _coco_json(tmp_path / "coco", images, anns, [{"id": 1, "name": "cat"}])
+    _rgb(tmp_path / "pics" / "2017" / "a.jpg")
+    _rgb(tmp_path / "pics" / "2017" / "night" / "b.png")
+    _rgb(tmp_path / "pics" / "2018" / "c.jpg")
+    info = import_coco(path, tmp_path / "voc", images_dir=tmp_path / "pics")
+    assert info["images"] == 3
+    assert sorted(p.name for p in (tmp_path / "voc" / "JPEGImages").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
+    assert parse_voc_xml(tmp_path / "voc" / "Annotations" / "b.xml").filename == "b.png"
+    assert (tmp_path / "voc" / "ImageSets" / "Main" / "trainval.txt").read_text() == "a\nb\nc\n"
+
+
+def test_coco_category_ids_with_gaps_map_to_class_lines_in_id_order(tmp_path: Path) -> None:
+    cats = [{"id": 7, "name": "zebra"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
+    images = [{"id": k, "file_name": f"g{k}.jpg", "width": W, "height": H} for k in range(1, 7)]
+    anns = [_ann(k, k, (1, 3, 7)[k % 3], [1, 2, 8, 9]) for k in range(1, 7)]
+    path = _coco_json(tmp_path / "coco", images, anns, cats)
+    for k in range(1, 7):
+        _rgb(tmp_path / "coco" / f"g{k}.jpg", k)
+    summary, out = run(tmp_path, coco=path)
+    assert (tmp_path / "raw" / "voc" / "classes.txt").read_text() == "person\ncar\nzebra\n"
+    assert (out / "det_classes.txt").read_text() == "person\ncar\nzebra\n"
+    line = {1: 1, 3: 2, 7: 3}  # COCO id -> line of det_classes.txt
+    expected = {f"g{k}": line[(1, 3, 7)[k % 3]] for k in range(1, 7)}
+    for s in SPLITS:
+        coco = json.loads((out / f"det_{s}_coco.json").read_text())
+        assert [c["id"] for c in coco["categories"]] == [1, 2, 3]
+        files = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
+        for a in coco["annotations"]:
+            assert a["category_id"] == expected[files[a["image_id"]]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ISIC folders
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _seg_split_stems(out: Path) -> list[str]:
+    return sorted(Path(p.image).stem for s in SPLITS for p in read_manifest(out / f"seg_{s}.txt"))
+
+
+def test_isic_flat_folder(tmp_path: Path) -> None:
+    src = make_isic(tmp_path / "flat", n=5)
+    summary, out = run(tmp_path, isic=src)
+    assert _seg_split_stems(out) == [f"ISIC_{k}" for k in range(5)]
+    assert "seeded shuffle of 5" in summary["seg"]["how"]
+
+
+def test_isic_split_sub_folders(tmp_path: Path) -> None:
+    src = tmp_path / "isic"
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        for k in range(n):
+            _rgb(src / split / "images" / f"ISIC_{split}{k}.jpg", k)
+            _mask(src / split / "masks" / f"ISIC_{split}{k}_segmentation.png")
+    summary, out = run(tmp_path, isic=src)
+    assert summary["seg"]["how"] == "the source's train/val/test lists"
+    for split in SPLITS:
+        stems = [Path(p.image).stem for p in read_manifest(out / f"seg_{split}.txt")]
+        assert stems and all(s.startswith(f"ISIC_{split}") for s in stems)
+
+
+@pytest.mark.parametrize(
+    "mask_folder",
+    ["masks", "mask", "labels", "Label", "ground_truth", "GroundTruth", "gt", "ISIC2018_Task1_Training_GroundTruth"],
+)
+def test_isic_images_and_masks_folders_with_the_same_stem(tmp_path: Path, mask_folder: str) -> None:
+    src = tmp_path / "isic"
+    for k in range(4):
+        _rgb(src / "images" / f"ISIC_{k}.jpg", k)
+        _mask(src / mask_folder / f"ISIC_{k}.png")  # the mask has the image's stem
+    pairs, problems = find_isic_pairs(src)
+    assert problems == []
+    assert pairs == [(src / "images" / f"ISIC_{k}.jpg", src / mask_folder / f"ISIC_{k}.png") for k in range(4)]
+    summary, out = run(tmp_path, isic=src)
+    pairs = [p for s in SPLITS for p in read_manifest(out / f"seg_{s}.txt")]
+    assert sorted((p.image, p.label) for p in pairs) == [
+        (f"raw/isic/images/ISIC_{k}.jpg", f"raw/isic/masks/ISIC_{k}.png") for k in range(4)]
+
+
+def test_isic_images_and_masks_folders_with_segmentation_suffix(tmp_path: Path) -> None:
+    src = tmp_path / "isic"
+    for k in range(4):
+        _rgb(src / "images" / f"ISIC_{k}.jpg", k)
+        _mask(src / "masks" / f"ISIC_{k}_segmentation.png")
+    summary, out = run(tmp_path, isic=src)
+    assert _seg_split_stems(out) == [f"ISIC_{k}" for k in range(4)]
+
+
+def test_isic_mask_folder_name_counts_only_below_the_source(tmp_path: Path) -> None:
+    # the source itself sits in a folder called gt/: its images are still images
+    src = make_isic(tmp_path / "gt" / "isic")
+    pairs, problems = find_isic_pairs(src)
+    assert problems == [] and len(pairs) == 4
+
+
+@pytest.mark.parametrize("fg", [255, 1], ids=["0-255", "0-1"])
+def test_isic_masks_stored_as_0_255_or_0_1(tmp_path: Path, fg: int) -> None:
+    src = tmp_path / "isic"
+    for k in range(4):
+        _rgb(src / "images" / f"ISIC_{k}.jpg", k)
+        _mask(src / "masks" / f"ISIC_{k}.png", fg=fg)
+    summary, out = run(tmp_path, isic=src)
+    assert sum(summary["seg"][s] for s in SPLITS) == 4
+    ds = SegmentationDataset(out / "seg_train.txt", root=tmp_path)
+    _, mask = ds[0]
+    assert set(mask.unique().tolist()) == {0, 1}
+    assert int(mask.sum()) == (H // 2) * (W // 2)
