@@ -81,3 +81,60 @@ def test_pr_table_is_the_precision_envelope():
     table = pr_table(curves, points=3)
     assert table["recall"].tolist() == [0.0, 0.5, 1.0]
     assert table["precision"].tolist() == pytest.approx([1.0, 1.0, 2 / 3])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VOC difficult objects (written as iscrowd by the manifest stage): neither a hit nor a miss
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _gt_with_difficult():
+    return {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},  # A
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 30, 30], "area": 900, "iscrowd": 1},  # D
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 40, 40], "area": 1600, "iscrowd": 0},  # B
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [60, 60, 20, 20], "area": 400, "iscrowd": 0},  # C
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+
+
+DIFFICULT_DETS = [
+    {"image_id": 1, "category_id": 1, "bbox": [50, 50, 30, 30], "score": 0.95},  # on difficult D: dropped
+    {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},  # A: TP
+    {"image_id": 2, "category_id": 1, "bbox": [85, 0, 10, 10], "score": 0.8},  # nothing: FP
+    {"image_id": 1, "category_id": 1, "bbox": [52, 50, 30, 30], "score": 0.7},  # D again (IoU .875): dropped, not FP
+    {"image_id": 2, "category_id": 1, "bbox": [0, 0, 40, 40], "score": 0.6},  # B: TP; C is never found
+]
+
+
+def test_difficult_ground_truth_is_neither_hit_nor_miss():
+    scores, tp, n_gt = match(_gt_with_difficult(), DIFFICULT_DETS, 1)
+    assert n_gt == 3  # A, B, C; D is not counted
+    assert scores.tolist() == [0.9, 0.8, 0.6] and tp.tolist() == [True, False, True]
+    ev = evaluate_detections(_gt_with_difficult(), DIFFICULT_DETS, score_threshold=0.65)
+    a = ev.per_class.set_index("class").loc["a"]
+    # recall 1/3 1/3 2/3, precision 1 1/2 2/3 -> AP = 1/3 * 1 + 1/3 * 2/3 = 5/9 (counting D: 0.65)
+    assert a["ap50"] == pytest.approx(5 / 9)
+    assert a["gt"] == 3 and a["detections"] == 2  # the two on D (scores .95 and .7) are not detections
+    assert (a["precision"], a["recall"]) == pytest.approx((1 / 2, 1 / 3))  # >= 0.65: the TP on A and the FP
+    assert ev.summary["ground_truth_boxes"] == 3
+    # pycocotools ignores iscrowd boxes too: its AP50 (101-point) 56/101 against our all-point 5/9
+    assert ev.summary["coco_map50"] == pytest.approx(56 / 101, abs=1e-6)
+    assert ev.summary["map50"] == pytest.approx(ev.summary["coco_map50"], abs=0.01)
+
+
+def test_difficult_handling_agrees_with_pycocotools():
+    gt = _gt_with_difficult()
+    gt["annotations"] = gt["annotations"][:2]  # image 1: A and the difficult D
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [50, 50, 30, 30], "score": 0.9},  # on D: ignored
+        {"image_id": 1, "category_id": 1, "bbox": [70, 0, 20, 20], "score": 0.85},  # FP
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.8},  # A: TP
+    ]
+    ev = evaluate_detections(gt, dets, score_threshold=0.5)
+    # FP then TP with one GT box: precision 1/2 at recall 1 -> AP 0.5 for both (counting D as a hit: 0.83)
+    assert ev.summary["map50"] == pytest.approx(0.5)
+    assert ev.summary["coco_map50"] == pytest.approx(0.5)

@@ -4,6 +4,8 @@ Inputs are the split's COCO ground truth (``det_{split}_coco.json``) and a COCO 
 (``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``). Outputs:
 
 - VOC-style AP at IoU 0.5 per class with all-point interpolation (VOC 2010+ devkit), and its mean;
+  ground truth marked ``iscrowd`` (VOC ``difficult`` objects, COCO crowd regions) is ignored as the
+  devkit ignores difficult objects: not counted as ground truth, and a detection on one is dropped;
 - COCO mAP@[.5:.95] and AP50 from pycocotools (the maintained reference implementation);
 - precision and recall at a chosen score threshold;
 - per-class precision/recall curves for plotting.
@@ -46,32 +48,48 @@ class DetEvaluation:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # class -> (recall, precision)
 
 
+def _ignored(a: dict) -> bool:
+    """A ground-truth annotation that is neither a hit nor a miss: ``iscrowd`` (how the manifest stage writes
+    VOC ``difficult`` objects). pycocotools derives its ``ignore`` from ``iscrowd`` alone (it overwrites an
+    ``ignore`` key), so this reads ``iscrowd`` alone too and both metrics ignore the same boxes."""
+    return bool(a.get("iscrowd", 0))
+
+
 def match(gt: dict, detections: list[dict], category_id: int, iou_threshold: float = 0.5
           ) -> tuple[np.ndarray, np.ndarray, int]:
     """Greedy VOC matching for one class: returns ``(scores, is_tp)`` sorted by score, and the GT count.
 
-    Each detection, best score first, takes the unmatched ground-truth box of its image with the
-    highest IoU if that IoU is >= ``iou_threshold``; otherwise (or if that box is taken) it is a FP.
+    Each detection, best score first, looks at the ground-truth box of its image with the highest IoU.
+    If that IoU is >= ``iou_threshold``: a difficult box (``iscrowd``) makes the detection
+    neither a TP nor a FP (it is left out of the returned arrays), an unmatched box makes it a TP, a box
+    already taken a FP. Otherwise it is a FP. Difficult boxes are not counted in the GT count. This is
+    the VOC devkit's rule for ``difficult`` objects (``VOCevaldet``).
     """
-    gts: dict[int, torch.Tensor] = {}
+    gts: dict[int, list] = {}
     for a in gt["annotations"]:
         if a["category_id"] == category_id:
-            gts.setdefault(a["image_id"], []).append(_xyxy(a["bbox"]))
-    gts = {k: torch.tensor(v, dtype=torch.float64) for k, v in gts.items()}
+            gts.setdefault(a["image_id"], []).append((_xyxy(a["bbox"]), _ignored(a)))
+    boxes_of = {k: torch.tensor([b for b, _ in v], dtype=torch.float64) for k, v in gts.items()}
+    ignored_of = {k: np.array([i for _, i in v], bool) for k, v in gts.items()}
     used = {k: np.zeros(len(v), bool) for k, v in gts.items()}
     dets = sorted((d for d in detections if d["category_id"] == category_id), key=lambda d: -d["score"])
-    scores = np.array([d["score"] for d in dets], dtype=np.float64)
     tp = np.zeros(len(dets), bool)
+    keep = np.ones(len(dets), bool)
     for i, d in enumerate(dets):
-        boxes = gts.get(d["image_id"])
+        boxes = boxes_of.get(d["image_id"])
         if boxes is None:
             continue
         ious = box_iou(torch.tensor([_xyxy(d["bbox"])], dtype=torch.float64), boxes)[0].numpy()
         j = int(ious.argmax())
-        if ious[j] >= iou_threshold and not used[d["image_id"]][j]:
+        if ious[j] < iou_threshold:
+            continue
+        if ignored_of[d["image_id"]][j]:
+            keep[i] = False
+        elif not used[d["image_id"]][j]:
             used[d["image_id"]][j] = True
             tp[i] = True
-    return scores, tp, sum(len(v) for v in gts.values())
+    scores = np.array([d["score"] for d in dets], dtype=np.float64)
+    return scores[keep], tp[keep], int(sum((~v).sum() for v in ignored_of.values()))
 
 
 def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
