@@ -1,6 +1,7 @@
 """DVC stage ``rcnn_features``: CNN features of every ground-truth box and proposal of the train split.
 
-Reads ``models/rcnn_cnn.pt``, ``data/manifests/det_train.txt`` and ``data/proposals/train.parquet``;
+Reads ``models/rcnn_cnn.pt``, ``data/manifests/det_train.txt``, ``data/proposals/train.parquet`` and params
+``base``, ``data.det.use_difficult`` (difficult objects among the ground-truth boxes);
 writes ``data/features/train/chunk_NNNNN.npz`` (float16 features with their boxes, labels and IoUs) and
 ``meta.json``. The SVM stage streams these chunks, so changing only ``rcnn_svm`` params reuses them.
 """
@@ -28,16 +29,20 @@ def main(argv=None):
     ap.add_argument("--proposals", default="data/proposals/train.parquet", type=Path)
     ap.add_argument("--out", default="data/features/train", type=Path)
     args = ap.parse_args(argv)
-    base = load_section("base", load_params(args.params))
+    params = load_params(args.params)
+    base = load_section("base", params)
+    use_difficult = load_section("data", params).det.use_difficult
     device = resolve_device(base.device)
     ckpt = load_checkpoint(args.model)
     cfg = ckpt["config"]
     classes = read_classes(args.manifests / "det_classes.txt")
     model = RegionCNN(cfg["backbone"], len(classes))
     model.load_state_dict(ckpt["model"])
-    items = (item for _, item in iter_split(args.manifests / "det_train.txt", classes, Path.cwd(), args.proposals))
-    logged = {**flatten(base, "base."), "rcnn_finetune.backbone": cfg["backbone"],
-              "rcnn_finetune.crop_size": cfg["crop_size"], "rcnn_finetune.context": cfg["context"]}
+    items = (item for _, item in iter_split(args.manifests / "det_train.txt", classes, Path.cwd(), args.proposals,
+                                            use_difficult))
+    logged = {**flatten(base, "base."), "data.det.use_difficult": use_difficult,
+              "rcnn_finetune.backbone": cfg["backbone"], "rcnn_finetune.crop_size": cfg["crop_size"],
+              "rcnn_finetune.context": cfg["context"]}
     with tracking.stage_run("rcnn_features", logged, device=device_name(device)) as run, atomic_dir(args.out) as out:
         meta = extract_features(model, items, out, crop_size=cfg["crop_size"], context=cfg["context"], device=device)
         run.log_metrics({k: v for k, v in meta.items()})

@@ -1,7 +1,8 @@
 """DVC stage ``rcnn_finetune``: fine-tune the R-CNN region CNN on warped proposals.
 
 Reads the detection manifests, ``data/proposals/{train,val}.parquet`` and params ``base``,
-``rcnn_finetune``; writes ``models/rcnn_cnn.pt`` (lowest validation loss) and ``reports/rcnn_finetune.csv``.
+``rcnn_finetune``, ``data.det.use_difficult``; writes ``models/rcnn_cnn.pt`` (lowest validation loss) and
+``reports/rcnn_finetune.csv``.
 """
 
 import argparse
@@ -29,13 +30,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_finetune", params)
+    use_difficult = load_section("data", params).det.use_difficult
     device = resolve_device(base.device)
     seed_everything(base.seed)
     classes = read_classes(args.manifests / "det_classes.txt")
     root = Path.cwd()
-    _, train = load_split(args.manifests / "det_train.txt", classes, root, args.proposals / "train.parquet")
-    _, val = load_split(args.manifests / "det_val.txt", classes, root, args.proposals / "val.parquet")
-    logged = {**flatten(base, "base."), **flatten(cfg, "rcnn_finetune.")}
+    _, train = load_split(args.manifests / "det_train.txt", classes, root, args.proposals / "train.parquet",
+                          use_difficult)
+    _, val = load_split(args.manifests / "det_val.txt", classes, root, args.proposals / "val.parquet", use_difficult)
+    logged = {**flatten(base, "base."), **flatten(cfg, "rcnn_finetune."), "data.det.use_difficult": use_difficult}
     with tracking.stage_run("rcnn_finetune", logged, device=device_name(device)) as run:
         _, result = finetune_rcnn(cfg, train_items=train, val_items=val, classes=classes, device=device,
                                   run_dir=args.run_dir, seed=base.seed, on_epoch=run.epoch_logger(args.plots),

@@ -1,8 +1,9 @@
 """DVC stage ``yolo_train``: train YOLOv1 on the detection manifests.
 
 Reads ``data/manifests/det_{train,val}.txt``, ``models/rcnn_cnn.pt`` (backbone transfer, when the backbones
-match and ``init_from_rcnn`` is on) and params ``base``, ``yolo_train``; writes ``models/yolo.pt`` (best
-validation mAP@0.5) and ``reports/yolo_train.csv``. ``models/yolo_run/last.pt`` is the resume point.
+match and ``init_from_rcnn`` is on) and params ``base``, ``yolo_train``, ``data.det.use_difficult``; writes
+``models/yolo.pt`` (best validation mAP@0.5) and ``reports/yolo_train.csv``. ``models/yolo_run/last.pt`` is the
+resume point.
 """
 
 import argparse
@@ -31,15 +32,17 @@ def main(argv=None):
     args = ap.parse_args(argv)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("yolo_train", params)
+    use_difficult = load_section("data", params).det.use_difficult
     device = resolve_device(base.device)
     seed_everything(base.seed)
     classes = read_classes(args.manifests / "det_classes.txt")
-    with tracking.stage_run("yolo_train", {**flatten(base, "base."), **flatten(cfg, "yolo_train.")},
-                            device=device_name(device)) as run:
+    logged = {**flatten(base, "base."), **flatten(cfg, "yolo_train."), "data.det.use_difficult": use_difficult}
+    with tracking.stage_run("yolo_train", logged, device=device_name(device)) as run:
         model, result = train_yolo(cfg, train_manifest=args.manifests / "det_train.txt",
                                    val_manifest=args.manifests / "det_val.txt", classes=classes, root=Path.cwd(),
                                    device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
-                                   on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer)
+                                   on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer,
+                                   use_difficult=use_difficult)
         atomic_copy(result.best_checkpoint, args.model)
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)

@@ -18,6 +18,7 @@ def test_repository_params_load_with_documented_defaults():
     assert (cfg.seg.source, cfg.det.source) == ("synthetic", "synthetic")
     assert cfg.split.train + cfg.split.val + cfg.split.test == pytest.approx(1.0)
     assert load_section("base", params).device == "auto"
+    assert cfg.det.use_difficult is False  # VOC difficult objects are left out of training by default
     assert set(params) <= set(SECTIONS)
 
 
@@ -61,6 +62,7 @@ def test_unknown_section_is_rejected(tmp_path):
         ({"det": {"classes": ["a", "a"]}}, r"data\.det\.classes: duplicate class names \['a'\]"),
         ({"det": {"source": "voc", "path": "v", "images": "i"}}, r"data\.det\.images = 'i' is only used with"),
         ({"seg": 3}, r"data\.seg = 3 must be a mapping"),
+        ({"det": {"use_difficult": "no"}}, r"data\.det\.use_difficult = 'no' has the wrong type: expected true/false"),
     ],
 )
 def test_invalid_values_name_key_value_and_allowed(over, message):

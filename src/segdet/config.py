@@ -107,6 +107,7 @@ class DetDataConfig:
     num_images: int = param(300, ge=3, le=100_000)
     image_size: int = param(256, ge=32, le=4096)
     max_objects: int = param(8, ge=1, le=50)
+    use_difficult: bool = False
 
     def __post_init__(self) -> None:
         _require_path("data.det", self.source, self.path)

@@ -84,3 +84,31 @@ def test_resize_scales_boxes(tmp_path):
     assert float(image[:, 8:24, 6:30].mean()) > 0.8
     images, targets = detection_collate([ds[0], ds[0]])
     assert len(images) == 2 and targets[1]["labels"].tolist() == [1]
+
+
+def _difficult_pair(tmp_path):
+    """b.png with a dog (3, 5, 10, 12), a difficult cat (20, 2, 30, 20) and a tiny difficult dog (35, 1, 35, 2)."""
+    img = np.full((H, W, 3), 20, np.uint8)
+    Image.fromarray(img).save(tmp_path / "b.png")
+    objects = [("dog", (3, 5, 10, 12)), ("cat", (20, 2, 30, 20), True), ("dog", (34, 1, 35, 2), True)]
+    write_voc_xml(tmp_path / "b.xml", "b.png", W, H, objects)
+    return [Pair("b.png", "b.xml", "m:1")]
+
+
+def test_difficult_objects_are_dropped_unless_asked_for(tmp_path):
+    pairs = _difficult_pair(tmp_path)
+    _, target = DetectionDataset(pairs, ["cat", "dog"], root=tmp_path)[0]
+    assert target["boxes"].tolist() == [[2.0, 4.0, 10.0, 12.0]] and target["labels"].tolist() == [2]
+    assert "difficult" not in target
+    _, target = DetectionDataset(pairs, ["cat", "dog"], root=tmp_path, use_difficult=True)[0]
+    assert target["labels"].tolist() == [2, 1, 2]
+    assert target["difficult"].tolist() == [False, True, True]
+
+
+def test_transforms_drop_difficult_flags_with_their_boxes(tmp_path):
+    # scaled to a quarter, the 1 x 1 difficult dog becomes degenerate and is dropped: its flag goes with it
+    ds = DetectionDataset(_difficult_pair(tmp_path), ["cat", "dog"], root=tmp_path,
+                          transforms=det_transforms((H // 4, W // 4), False), use_difficult=True)
+    _, target = ds[0]
+    assert target["labels"].tolist() == [2, 1]
+    assert target["difficult"].tolist() == [False, True]

@@ -1,15 +1,31 @@
 """YOLOv1 training on a handful of tiny synthetic scenes: resume, transfer from the R-CNN CNN, augmentation."""
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from segdet.config import ConfigError, YoloTrainConfig
+from segdet.data.datasets import DetectionDataset
+from segdet.data.formats import write_voc_xml
 from segdet.data.manifest import Pair, write_manifest
 from segdet.data.synthetic import DET_CLASSES, generate_voc
+from segdet.detection import yolo_train
 from segdet.detection.rcnn import RegionCNN
-from segdet.detection.yolo_train import schedule, train_yolo, transfer_from_rcnn, yolo_transforms
+from segdet.detection.yolo_train import (
+    build_model,
+    collate,
+    schedule,
+    train_yolo,
+    transfer_from_rcnn,
+    validate,
+    yolo_transforms,
+)
 from segdet.nets.weights import load_checkpoint, save_checkpoint
 from segdet.nets.yolo import YOLOv1
 
@@ -172,3 +188,32 @@ def test_flips_mirror_the_boxes():
     assert t["boxes"][0].tolist() == [4.0, 44.0, 16.0, 54.0]
     assert out[:, 44:54, 4:16].float().mean() == 255 and out[:, :44].max() == 0
     assert not ops(flips, True, 0.0, 0.0) and not ops(flips, False, 1.0, 1.0)
+
+
+def test_validation_ignores_difficult_objects(tmp_path, monkeypatch):
+    Image.fromarray(np.full((48, 80, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    write_voc_xml(tmp_path / "a.xml", "a.png", 80, 48, [("dog", (3, 5, 30, 40)), ("cat", (40, 2, 70, 30), True)])
+    classes = ["cat", "dog"]
+    ds = DetectionDataset([Pair("a.png", "a.xml", "m:1")], classes, tmp_path, yolo_transforms(64, False),
+                          use_difficult=True)
+    loader = DataLoader(ds, 2, collate_fn=collate)
+    seen: dict = {}
+
+    def evaluate(gt, results, score_threshold):
+        seen["gt"] = gt
+        return SimpleNamespace(summary={"map50": 0.5})
+
+    losses: list = []
+
+    def loss_fn(pred, targets):
+        losses.append([t["labels"].tolist() for t in targets])
+        return torch.tensor(1.0), {}
+
+    monkeypatch.setattr(yolo_train, "evaluate_detections", evaluate)
+    model = build_model(_cfg(), len(classes))
+    assert validate(model, loader, loss_fn, CPU, classes, 0.2) == {"val_loss": 1.0, "val_map50": 0.5}
+    # the difficult cat is in the mAP's ground truth as iscrowd (ignored), and out of the loss as in training
+    assert [(a["category_id"], a["iscrowd"]) for a in seen["gt"]["annotations"]] == [(2, 0), (1, 1)]
+    assert losses == [[[2]]]
+    validate(model, loader, loss_fn, CPU, classes, 0.2, use_difficult=True)
+    assert losses[-1] == [[2, 1]]

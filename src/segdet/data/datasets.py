@@ -70,25 +70,35 @@ class DetectionDataset(Dataset):
     ``labels`` ``Tensor[N]`` int64 with ``1..C`` = line of ``det_classes.txt`` (0 is background),
     ``image_id`` = ``i + 1`` (the COCO id of DESIGN.md) and ``orig_size`` ``(H, W)``.
     Annotations are parsed once, up front; zero-area boxes are skipped as in the manifest stage.
+
+    VOC ``difficult`` objects (and COCO crowd regions, imported as difficult): with ``use_difficult``
+    false (the default, ``data.det.use_difficult``) they are dropped from the targets, as the VOC devkit
+    leaves them out; with it true they are kept and the target also holds ``difficult`` ``Tensor[N]``
+    bool, so an evaluation can ignore them (a transform that drops boxes must drop their flags too:
+    :func:`box_labels`).
     """
 
     def __init__(self, manifest: str | Path | Sequence[Pair], classes: str | Path | Sequence[str],
-                 root: str | Path = ".", transforms: Callable | None = None):
+                 root: str | Path = ".", transforms: Callable | None = None, *, use_difficult: bool = False):
         self.pairs = _pairs(manifest)
         self.root = Path(root)
         self.classes = list(classes) if isinstance(classes, (list, tuple)) else read_classes(classes)
         self.transforms = transforms
+        self.use_difficult = use_difficult
         index = {c: k for k, c in enumerate(self.classes, 1)}
         self.targets = []
+        self.difficult: list[torch.Tensor] = []
         for p in self.pairs:
             ann = parse_voc_xml(resolve(p.label, self.root))
-            objs = [o for o in ann.objects if o.voc[2] > o.voc[0] and o.voc[3] > o.voc[1]]
+            objs = [o for o in ann.objects if o.voc[2] > o.voc[0] and o.voc[3] > o.voc[1]
+                    and (use_difficult or not o.difficult)]
             unknown = sorted({o.name for o in objs} - set(index))
             if unknown:
                 raise ValueError(f"{p.where}: classes {unknown} are not in the class list {self.classes}")
             boxes = torch.tensor([o.box for o in objs], dtype=torch.float32).reshape(-1, 4)
             labels = torch.tensor([index[o.name] for o in objs], dtype=torch.int64)
             self.targets.append((boxes, labels))
+            self.difficult.append(torch.tensor([o.difficult for o in objs], dtype=torch.bool))
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -104,9 +114,23 @@ class DetectionDataset(Dataset):
             "image_id": i + 1,
             "orig_size": (h, w),
         }
+        if self.use_difficult:
+            target["difficult"] = self.difficult[i].clone()
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def box_labels(sample) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """``labels_getter`` for ``v2.SanitizeBoundingBoxes``: the target's ``labels`` and, when it has them, its
+    ``difficult`` flags, so a dropped box takes its flag along (``DetectionDataset(use_difficult=True)``).
+
+    ``sample`` is ``(image, target)`` or the target dict. A tuple of tensors needs torchvision >= 0.18.
+    """
+    target = sample[1] if isinstance(sample, (tuple, list)) else sample
+    if "difficult" in target:
+        return target["labels"], target["difficult"]
+    return target["labels"]
 
 
 def detection_collate(batch):

@@ -11,6 +11,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from segdet.data.datasets import box_labels
+
 _IMAGE_TO_FLOAT = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
 
 
@@ -53,10 +55,11 @@ def seg_transforms(
 def det_transforms(size: int | tuple[int, int], train: bool, hflip: float = 0.5) -> v2.Compose:
     """Resize to ``size``; when ``train``, random horizontal flip; drop boxes that became degenerate.
 
-    Input ``(Image[3, H, W] uint8, {"boxes": BoundingBoxes[N, 4] XYXY, "labels": Tensor[N]})``.
+    Input ``(Image[3, H, W] uint8, {"boxes": BoundingBoxes[N, 4] XYXY, "labels": Tensor[N]})``; a
+    ``difficult`` ``Tensor[N]`` in the target is kept in step with the boxes (:func:`segdet.data.datasets.box_labels`).
     """
     ops: list = [v2.Resize(_size(size), antialias=True)]
     if train:
         ops.append(v2.RandomHorizontalFlip(hflip))
-    ops += [_IMAGE_TO_FLOAT, v2.SanitizeBoundingBoxes(min_size=1.0)]
+    ops += [_IMAGE_TO_FLOAT, v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=box_labels)]
     return v2.Compose(ops)

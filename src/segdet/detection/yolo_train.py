@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from segdet.config import ConfigError, YoloTrainConfig
-from segdet.data.datasets import DetectionDataset, detection_collate
+from segdet.data.datasets import DetectionDataset, box_labels, detection_collate
 from segdet.detection.decode import decode
 from segdet.detection.evaluate import evaluate_detections
 from segdet.detection.yolo_loss import YoloLoss
@@ -37,7 +37,8 @@ def yolo_transforms(size: int, train: bool, hflip: float = 0.0, vflip: float = 0
     and translation up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5, a
     horizontal flip with probability ``hflip`` (Darknet's YOLOv1 training flips half the images) and a vertical
     one with probability ``vflip`` (only for data whose labels do not depend on up and down);
-    ImageNet normalisation. Boxes move with the image; boxes pushed out of it are dropped."""
+    ImageNet normalisation. Boxes move with the image; boxes pushed out of it are dropped (with their
+    ``difficult`` flags, when the target has them)."""
     ops: list = [v2.Resize((size, size), antialias=True)]
     if train:
         ops += [v2.RandomAffine(degrees=0.0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
@@ -47,14 +48,16 @@ def yolo_transforms(size: int, train: bool, hflip: float = 0.0, vflip: float = 0
         if vflip:
             ops.append(v2.RandomVerticalFlip(vflip))
     ops += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.SanitizeBoundingBoxes(min_size=2.0)]
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=box_labels)]
     return v2.Compose(ops)
 
 
 def collate(batch):
+    """Stacked images and ``{"boxes", "labels"}`` targets (plus ``difficult`` where the dataset gives it)."""
     images, targets = detection_collate(batch)
     return torch.stack([img.as_subclass(torch.Tensor) for img in images]), [
-        {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]} for t in targets]
+        {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"],
+         **({"difficult": t["difficult"]} if "difficult" in t else {})} for t in targets]
 
 
 def build_model(cfg: YoloTrainConfig, num_classes: int) -> YOLOv1:
@@ -96,24 +99,34 @@ def schedule(optimizer: torch.optim.Optimizer, cfg: YoloTrainConfig):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[warmup])
 
 
+def _without_difficult(t: dict) -> dict:
+    keep = ~t["difficult"] if "difficult" in t else torch.ones(len(t["labels"]), dtype=torch.bool)
+    return {"boxes": t["boxes"][keep], "labels": t["labels"][keep]}
+
+
 @torch.no_grad()
 def validate(model: YOLOv1, loader: DataLoader, loss_fn: YoloLoss, device: torch.device, classes: list[str],
-             score_threshold: float) -> dict[str, float]:
-    """Validation loss and mAP@0.5 (VOC-style) at the input resolution."""
+             score_threshold: float, use_difficult: bool = False) -> dict[str, float]:
+    """Validation loss and mAP@0.5 (VOC-style) at the input resolution.
+
+    Targets with ``difficult`` flags (``DetectionDataset(use_difficult=True)``): difficult objects are marked
+    ``iscrowd`` for the mAP, so they are neither hits nor misses (as in the test evaluation), and count in
+    the loss only when ``use_difficult`` (as in training)."""
     model.eval()
     gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": c} for i, c in enumerate(classes, 1)]}
     results, total, n = [], 0.0, 0
     for images, targets in loader:
         pred = model(images.to(device, memory_format=torch.channels_last))
-        loss, _ = loss_fn(pred, targets)
+        loss, _ = loss_fn(pred, targets if use_difficult else [_without_difficult(t) for t in targets])
         total += float(loss) * len(images)
         for dets, t in zip(decode(pred, B=model.B, input_size=model.input_size, score_threshold=score_threshold,
                                   nms_iou=0.5), targets, strict=True):
             n += 1
             gt["images"].append({"id": n})
-            for b, c in zip(t["boxes"].tolist(), t["labels"].tolist(), strict=True):
+            difficult = t["difficult"].tolist() if "difficult" in t else [False] * len(t["labels"])
+            for b, c, d in zip(t["boxes"].tolist(), t["labels"].tolist(), difficult, strict=True):
                 gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": n, "category_id": c,
-                                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": 0,
+                                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": int(d),
                                           "area": (b[2] - b[0]) * (b[3] - b[1])})
             for b, s, c in zip(dets["boxes"].tolist(), dets["scores"].tolist(), dets["labels"].tolist(), strict=True):
                 results.append({"image_id": n, "category_id": c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
@@ -136,8 +149,12 @@ def train_yolo(
     on_epoch: Callable[[list[dict]], None] | None = None,
     on_transfer: Callable[[TransferReport], None] | None = None,
     progress: bool = True,
+    use_difficult: bool = False,
 ) -> tuple[YOLOv1, FitResult]:
-    """Train YOLOv1; ``run_dir`` gets ``last.pt`` (resume) and ``best.pt`` (highest validation mAP@0.5)."""
+    """Train YOLOv1; ``run_dir`` gets ``last.pt`` (resume) and ``best.pt`` (highest validation mAP@0.5).
+
+    ``use_difficult`` (``data.det.use_difficult``): train on VOC difficult objects too; validation mAP
+    ignores them either way (:func:`validate`)."""
     torch.manual_seed(seed)
     model = build_model(cfg, len(classes))
     report = None
@@ -170,8 +187,9 @@ def train_yolo(
     generator = torch.Generator()
     pin = device.type == "cuda"
     augment = yolo_transforms(cfg.input_size, cfg.augment, cfg.hflip, cfg.vflip)
-    train_ds = DetectionDataset(train_manifest, classes, root, augment)
-    val_ds = DetectionDataset(val_manifest, classes, root, yolo_transforms(cfg.input_size, False))
+    train_ds = DetectionDataset(train_manifest, classes, root, augment, use_difficult=use_difficult)
+    # difficult objects kept and flagged: validate() ignores them in the mAP
+    val_ds = DetectionDataset(val_manifest, classes, root, yolo_transforms(cfg.input_size, False), use_difficult=True)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"yolo_train needs images in {train_manifest} ({len(train_ds)}) and {val_manifest} "
                          f"({len(val_ds)})")
@@ -191,7 +209,8 @@ def train_yolo(
 
     config = {**dataclasses.asdict(cfg), "grid": model.S, "num_classes": len(classes), "frozen_layers": frozen}
     result = fit(model, optimizer, schedule(optimizer, cfg), train_loader, step=step,
-                 evaluate=lambda m: validate(m, val_loader, loss_fn, device, classes, cfg.val_score_threshold),
+                 evaluate=lambda m: validate(m, val_loader, loss_fn, device, classes, cfg.val_score_threshold,
+                                             use_difficult),
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_map50", mode="max", seed=seed,
                  generator=generator, amp=cfg.amp, resume=cfg.weights, config=config, classes=classes,
                  on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}", grad_clip=cfg.grad_clip,
