@@ -181,3 +181,33 @@ def test_raccoon_box_matches_its_xml(tmp_path: Path) -> None:
             assert [a["bbox"] for a in coco["annotations"] if a["image_id"] == ids[0]] == [[80.0, 87.0, 442.0, 321.0]]
             return
     pytest.fail("raccoon-1.jpg not in any split")
+
+
+@pytest.mark.skipif(not RACCOON.is_dir(), reason="raccoon-voc missing")
+def test_raccoon_as_a_full_voc_devkit_imports(tmp_path: Path) -> None:
+    # the devkit layout: train, val, trainval (= train + val) and test lists, plus VOC2007-style
+    # per-class lists beside them; images and annotations linked from the real folder, untouched
+    src = tmp_path / "VOC"
+    main = src / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    for sub in ("JPEGImages", "Annotations"):
+        (src / sub).symlink_to(RACCOON / sub)
+    train_ids = (RACCOON / "ImageSets" / "Main" / "train.txt").read_text().split()
+    test_ids = (RACCOON / "ImageSets" / "Main" / "test.txt").read_text().split()
+    val_ids, train_ids = train_ids[::5], [i for k, i in enumerate(train_ids) if k % 5]
+    lists = {"train": train_ids, "val": val_ids, "trainval": sorted(train_ids + val_ids), "test": test_ids}
+    for name, ids in lists.items():
+        (main / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+        (main / f"raccoon_{name}.txt").write_text("".join(f"{i}  1\n" for i in ids))
+    for pooled in (False, True):
+        run = tmp_path / ("pooled" if pooled else "lists")
+        cfg = load_section("data", {"data": {"seg": TINY_SEG, "det": {"source": "voc", "path": str(src)},
+                                             "use_source_splits": not pooled}})
+        prepare_data(cfg, run / "raw", run, progress=False)
+        summary = build_manifests(cfg, run / "raw", run / "manifests", run, progress=False)
+        split_ids = {s: _ids([img for img, _ in _pairs(run / "manifests" / f"det_{s}.txt")]) for s in SPLITS}
+        assert sum(len(v) for v in split_ids.values()) == 200  # every image once, none twice
+        assert sum(summary["det"][f"{s}_objects"]["raccoon"] for s in SPLITS) == 217
+        if not pooled:
+            assert {s: split_ids[s] for s in SPLITS} == {"train": set(train_ids), "val": set(val_ids),
+                                                         "test": set(test_ids)}
