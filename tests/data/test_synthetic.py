@@ -263,3 +263,150 @@ def test_empty_and_invalid_arguments(tmp_path: Path) -> None:
         generate_isic(tmp_path / "x", num_images=1, image_size=64, seed=-1, progress=False)
     with pytest.raises(ValueError):
         generate_voc(tmp_path / "y", num_images=1, image_size=64, seed=0, max_objects=0, progress=False)
+
+
+# --------------------------------------------------------------------------- #
+# Same bytes on every x86 CPU (issue 13, finding 4)
+# --------------------------------------------------------------------------- #
+# A child process renders the VOC scenes and writes a small dataset under one emulated CPU
+# path; it prints what NumPy / OpenCV / libm actually ran with, so a setting that did not take
+# effect is skipped instead of passing without having checked anything.
+_CPU_PROBE = r"""
+import hashlib, json, math, sys
+from pathlib import Path
+
+import cv2
+
+settings = json.loads(sys.argv[1])
+if "cv2_optimized" in settings:
+    cv2.setUseOptimized(settings["cv2_optimized"])
+if "cv2_threads" in settings:
+    cv2.setNumThreads(settings["cv2_threads"])
+
+import numpy as np
+
+try:
+    from numpy._core import _multiarray_umath as mu
+except ImportError:  # NumPy 1.x
+    from numpy.core import _multiarray_umath as mu
+
+from segdet.data.synthetic import _VOC_TAG, _image_rng, _render_voc_scene, generate_voc
+
+out, num, size, seed = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+sha = lambda b: hashlib.sha256(b).hexdigest()
+scenes = []
+for i in range(num):
+    scene = _render_voc_scene(_image_rng(seed, _VOC_TAG, i), size, 8)
+    scenes.append(sha(scene.background.tobytes() + scene.image.tobytes() + scene.owner.tobytes()))
+generate_voc(out, num_images=num, image_size=size, seed=seed, max_objects=8, progress=False)
+files = {p.relative_to(out).as_posix(): sha(p.read_bytes()) for p in sorted(out.rglob("*")) if p.is_file()}
+probe = np.random.default_rng(0).uniform(-7.0, 7.0, 20000)
+print(json.dumps({
+    "numpy_dispatch": [f for f in mu.__cpu_dispatch__ if mu.__cpu_features__.get(f)],
+    "cv2_features": cv2.getCPUFeaturesLine().split(),
+    "cv2_optimized": cv2.useOptimized(),
+    "cv2_threads": cv2.getNumThreads(),
+    "libm": sha(np.array([math.sin(x) + math.exp(x) for x in probe]).tobytes()),
+    "scenes": scenes,
+    "files": files,
+}))
+"""
+_CPU_PATHS = (
+    "numpy-no-avx512",
+    "numpy-baseline",
+    "opencv-baseline",
+    "opencv-unoptimized",
+    "opencv-1-thread",
+    "opencv-8-threads",
+    "libm-no-fma",
+)
+_CPU_IMAGES, _CPU_SIZE, _CPU_SEED = 24, 128, 0
+
+
+def _run_cpu_probe(out: Path, settings: dict, env: dict[str, str] | None = None) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import segdet
+
+    src = str(Path(segdet.__file__).resolve().parents[1])
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    for key in ("NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES", "OPENCV_CPU_DISABLE", "GLIBC_TUNABLES"):
+        child_env.pop(key, None)
+    child_env.update(env or {})
+    args = [json.dumps(settings), str(out), str(_CPU_IMAGES), str(_CPU_SIZE), str(_CPU_SEED)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CPU_PROBE, *args], env=child_env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cpu_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _run_cpu_probe(tmp_path_factory.mktemp("cpu_ref") / "voc", {})
+
+
+def _cpu_path(name: str, ref: dict) -> tuple[dict, dict[str, str]]:
+    """(in-process cv2 settings, environment) that make this machine run the other code path."""
+    numpy_found = ref["numpy_dispatch"]
+    cv2_dispatched = [f[1:] for f in ref["cv2_features"] if f.startswith("*") and not f.endswith("?")]
+    if name == "numpy-no-avx512":  # an AVX2 machine (EPYC before Zen 4) next to an AVX-512 Xeon
+        off = [f for f in numpy_found if "512" in f or f == "X86_V4"]
+        if not off:
+            pytest.skip(f"this CPU has no AVX-512 kernels in NumPy to turn off (found: {numpy_found})")
+        return {}, {"NPY_DISABLE_CPU_FEATURES": " ".join(off)}
+    if name == "numpy-baseline":  # a CPU with none of NumPy's optional SIMD kernels
+        if not numpy_found:
+            pytest.skip("NumPy dispatches nothing above its baseline on this CPU")
+        return {}, {"NPY_DISABLE_CPU_FEATURES": " ".join(numpy_found)}
+    if name == "opencv-baseline":
+        if not cv2_dispatched:
+            pytest.skip(f"OpenCV dispatches nothing above its baseline here ({ref['cv2_features']})")
+        return {}, {"OPENCV_CPU_DISABLE": ",".join(cv2_dispatched)}
+    if name == "opencv-unoptimized":
+        return {"cv2_optimized": False}, {}
+    if name == "opencv-1-thread":
+        return {"cv2_threads": 1}, {}
+    if name == "opencv-8-threads":
+        return {"cv2_threads": 8}, {}
+    if name == "libm-no-fma":  # glibc's non-FMA exp/log/sin/cos (ifunc), as on a CPU without FMA
+        return {}, {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA"}
+    raise AssertionError(name)
+
+
+def _check_emulated(name: str, ref: dict, got: dict, env: dict[str, str]) -> None:
+    """Skip when the setting did not change what the child ran with (nothing was emulated)."""
+    if name.startswith("numpy-"):
+        kept = sorted(set(env["NPY_DISABLE_CPU_FEATURES"].split()) & set(got["numpy_dispatch"]))
+        if kept:
+            pytest.skip(f"NumPy kept {kept} despite NPY_DISABLE_CPU_FEATURES: cannot emulate here")
+    elif name == "opencv-baseline":
+        kept = [f for f in got["cv2_features"] if f.startswith("*") and not f.endswith("?")]
+        if kept:
+            pytest.skip(f"OpenCV kept {kept} despite OPENCV_CPU_DISABLE: cannot emulate here")
+    elif name == "opencv-unoptimized":
+        assert got["cv2_optimized"] is False
+    elif name in ("opencv-1-thread", "opencv-8-threads"):
+        assert got["cv2_threads"] == int(name.split("-")[1])
+    elif name == "libm-no-fma" and got["libm"] == ref["libm"]:
+        pytest.skip("libm did not switch to other exp/sin code (not glibc, or no FMA variant on this CPU)")
+
+
+@pytest.mark.parametrize("cpu_path", _CPU_PATHS)
+def test_voc_bytes_do_not_depend_on_cpu_features(tmp_path: Path, cpu_reference: dict, cpu_path: str) -> None:
+    """The VOC data are the same bytes whichever SIMD kernels, libm variant or thread count run.
+
+    CPUs differ in the NumPy kernels they run (AVX-512's SVML ``power`` or another), OpenCV's
+    (``cvtColor`` and float ``resize``: AVX2, SSE or plain C) and glibc's libm variant (FMA or
+    not); each path is emulated here on one machine. The float scenes must match bit for bit
+    too, so a difference that a lucky rounding hides in these few images still fails.
+    """
+    settings, env = _cpu_path(cpu_path, cpu_reference)
+    got = _run_cpu_probe(tmp_path / "voc", settings, env)
+    _check_emulated(cpu_path, cpu_reference, got, env)
+    differing = [i for i, (a, b) in enumerate(zip(cpu_reference["scenes"], got["scenes"], strict=True)) if a != b]
+    assert not differing, f"{cpu_path}: rendered scenes {differing} differ from the default CPU path"
+    assert got["files"] == cpu_reference["files"], f"{cpu_path}: generated files differ"

@@ -14,6 +14,19 @@ whatever the number of generated images, and the same arguments always produce
 byte-identical files (JPEG via Pillow with fixed quality and chroma subsampling,
 PNG via Pillow).
 
+Across CPUs: the VOC data are the same bytes on every x86-64 machine, whatever
+SIMD kernels NumPy and OpenCV dispatch to (AVX-512, AVX2, SSE), whichever libm
+variant glibc picks and however many threads OpenCV runs: everything that reaches
+a pixel is IEEE-754 basic arithmetic (see "Portable arithmetic" below; the JPEG
+encoder's integer DCT is exact on every SIMD path too). The one libm use left is
+inside NumPy's normal sampler (exp / log1p in the ziggurat's rare wedge and tail
+branches), where a last-bit libm difference could change a file only with a
+probability far below one in a billion. The ISIC generator keeps its library
+kernels (float ``np.exp``, ``cv2.GaussianBlur``, ``cv2.resize``) so that its data
+stay as they were: they are the same bytes on every CPU with AVX2 and FMA (any
+x86-64 from 2013 on), but differ on an older CPU without AVX2 or with
+``cv2.setUseOptimized(False)``.
+
 Conventions used below: images are ``uint8`` arrays of shape ``(H, W, 3)`` in
 RGB order (float work buffers are ``float32`` in ``[0, 255]``), masks are
 ``(H, W)`` arrays, coordinates are ``(x, y)`` pixel positions with the pixel
@@ -72,17 +85,28 @@ def _check_common(num_images: int, image_size: int, minimum: int) -> None:
 
 
 def _smooth_noise(
-    rng: np.random.Generator, height: int, width: int, cells: int, channels: int = 1
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    cells: int,
+    channels: int = 1,
+    *,
+    portable: bool = False,
 ) -> np.ndarray:
     """Low-frequency noise: a ``cells x cells`` Gaussian grid upsampled (bicubic).
 
-    Returns float32 ``(H, W)`` (``channels == 1``) or ``(H, W, channels)``,
-    normalised to zero mean and unit standard deviation.
+    ``portable`` upsamples with :func:`_resize_cubic` (the same bits on every CPU)
+    instead of ``cv2.resize``, whose optimised and plain kernels differ in the
+    last bits. Returns float32 ``(H, W)`` (``channels == 1``) or
+    ``(H, W, channels)``, normalised to zero mean and unit standard deviation.
     """
     cells = max(2, int(cells))
     shape = (cells, cells) if channels == 1 else (cells, cells, channels)
     small = rng.standard_normal(shape).astype(np.float32)
-    big = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    if portable:
+        big = _resize_cubic(small, height, width)
+    else:  # ISIC: OpenCV's kernel, kept so that the ISIC data stay byte for byte as they were
+        big = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
     big = big.reshape(height, width) if channels == 1 else big.reshape(height, width, channels)
     big -= big.mean()
     return big / (big.std() + 1e-6)
@@ -129,6 +153,136 @@ def _save_jpeg(path: Path, rgb: np.ndarray) -> None:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+# --------------------------------------------------------------------------- #
+# Portable arithmetic (VOC): the same bits on every x86 CPU
+# --------------------------------------------------------------------------- #
+# NumPy, OpenCV and glibc choose SIMD kernels and FMA variants at run time from the
+# CPU's features, and their transcendental and filtering kernels do not agree in the
+# last bit across those paths: NumPy's ``power`` on float arrays is Intel SVML on an
+# AVX-512 CPU and another kernel elsewhere, ``cv2.cvtColor(HSV2RGB)`` and a float
+# ``cv2.resize`` differ between their AVX2, SSE and plain-C code, libm's exp/log/sin/cos
+# between its FMA and non-FMA variants. A last-bit difference then flips a pixel's
+# rounding (or a fixed-point vertex) now and then, and the files differ. The VOC
+# generator therefore computes everything that reaches a pixel from IEEE-754 basic
+# operations only: + - * /, sqrt, floor and rounding, one NumPy ufunc or Python float
+# operation at a time. These are correctly rounded on every SIMD path and never fused,
+# so the results cannot depend on the CPU or on thread counts (OpenCV is used only for
+# its integer rasterisers: fillPoly, polylines, line, ellipse).
+_LN2 = 0.6931471805599453  # the double nearest to ln 2
+_HALF_PI = 0.5 * math.pi
+
+
+def _exp(x: float) -> float:
+    """``e**x`` from + - * / and ``ldexp`` only (libm's exp may differ in the last bit by CPU)."""
+    k = math.floor(x / _LN2 + 0.5)
+    r = x - k * _LN2  # |r| <= ~0.35
+    term = total = 1.0
+    for n in range(1, 19):
+        term = term * r / n
+        total += term
+    return math.ldexp(total, k)
+
+
+def _log(x: float) -> float:
+    """Natural logarithm of ``x > 0`` from + - * / and ``frexp`` only."""
+    m, e = math.frexp(x)  # x = m * 2**e, 0.5 <= m < 1
+    if m < 0.7071067811865476:
+        m, e = 2.0 * m, e - 1
+    f = (m - 1.0) / (m + 1.0)  # |f| <= 0.172: log(m) = 2 (f + f**3/3 + f**5/5 + ...)
+    f2 = f * f
+    term = total = f
+    for n in range(3, 41, 2):
+        term = term * f2
+        total += term / n
+    return 2.0 * total + e * _LN2
+
+
+def _cos_sin(x: float) -> tuple[float, float]:
+    """``(cos x, sin x)`` from + - * / only (Taylor series after reduction to ``|r| <= pi/4``)."""
+    k = math.floor(x / _HALF_PI + 0.5)
+    r = x - k * _HALF_PI
+    r2 = r * r
+    c = term_c = 1.0
+    s = term_s = r
+    for n in range(1, 12):
+        term_c = -term_c * r2 / ((2 * n - 1) * (2 * n))
+        term_s = -term_s * r2 / ((2 * n) * (2 * n + 1))
+        c += term_c
+        s += term_s
+    return ((c, s), (-s, c), (-c, -s), (s, -c))[k % 4]
+
+
+def _directions(angles: list[float]) -> np.ndarray:
+    """Unit vectors ``(cos a, sin a)`` as float64 ``(N, 2)``."""
+    return np.array([_cos_sin(a) for a in angles], np.float64)
+
+
+_CIRCLE_DIRS = _directions([2.0 * math.pi * i / 72 for i in range(72)])
+_STAR_DIRS = _directions([-math.pi / 2 + i * math.pi / 5 for i in range(10)])
+
+
+def _cubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights, both ``(n_out, 4)``, of a bicubic upsampling.
+
+    The kernel of ``cv2.resize(INTER_CUBIC)``: pixel centres aligned, ``a = -0.75``,
+    edge pixels replicated.
+    """
+    f = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    i0 = np.floor(f)
+    x = f - i0
+    y = 1.0 - x
+    a = -0.75
+    w0 = ((a * (x + 1.0) - 5.0 * a) * (x + 1.0) + 8.0 * a) * (x + 1.0) - 4.0 * a
+    w1 = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    w2 = ((a + 2.0) * y - (a + 3.0)) * y * y + 1.0
+    w3 = 1.0 - w0 - w1 - w2
+    idx = np.clip(i0.astype(np.int64)[:, None] + np.arange(-1, 3), 0, n_in - 1)
+    return idx, np.stack([w0, w1, w2, w3], axis=1)
+
+
+def _resize_cubic(small: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic upsampling of ``(h, w[, C])`` to ``(height, width[, C])`` float32, in NumPy.
+
+    Separable 4-tap sums of elementwise products, each one ufunc call, so the result
+    has the same bits on every CPU (unlike ``cv2.resize`` on floats).
+    """
+    src = np.asarray(small, np.float32)
+    planes = src[None] if src.ndim == 2 else np.moveaxis(src, -1, 0)  # (C, h, w): long inner loops
+    row_idx, row_w = _cubic_taps(src.shape[0], height)
+    col_idx, col_w = _cubic_taps(src.shape[1], width)
+    row_w, col_w = row_w.astype(np.float32), col_w.astype(np.float32)
+    cols = np.zeros((planes.shape[0], src.shape[0], width), np.float32)  # along x first, on the few source rows
+    for k in range(4):
+        cols += col_w[:, k] * planes[:, :, col_idx[:, k]]
+    out = np.zeros((planes.shape[0], height, width), np.float32)
+    tap = np.empty_like(out)
+    for k in range(4):
+        np.take(cols, row_idx[:, k], axis=1, out=tap)
+        tap *= row_w[:, k, None]
+        out += tap
+    return out[0] if src.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, -1))
+
+
+def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """8-bit HSV (OpenCV ranges: H 0..179, S and V 0..255) ``(N, 3)`` -> RGB float32 ``(N, 3)``.
+
+    The HSV cone formula that ``cv2.COLOR_HSV2RGB`` approximates (within 1 of it),
+    rounded to nearest in exact integer arithmetic: cvtColor's own AVX2 and
+    SSE/plain-C code paths disagree by 1 for some colours.
+    """
+    den = 255 * 30  # H / 30 = sector + rem / 30, S / 255
+    rgb = []
+    for h, s, v in np.asarray(hsv).astype(np.int64).tolist():
+        sector, rem = divmod(h, 30)
+        top = v * den
+        p = v * (255 - s) * 30
+        q = v * (den - s * rem)
+        t = v * (den - s * (30 - rem))
+        channels = ((top, t, p), (q, top, p), (p, top, t), (p, q, top), (t, p, top), (top, p, q))[sector % 6]
+        rgb.append([(2 * c + den) // (2 * den) for c in channels])
+    return np.array(rgb, np.float32)
 
 
 # --------------------------------------------------------------------------- #
@@ -381,17 +535,15 @@ class _Scene:
 def _unit_polygon(rng: np.random.Generator, name: str) -> np.ndarray:
     """Class outline in unit object coordinates spanning about ``[-1, 1]^2``, ``(N, 2)``."""
     if name == "circle":
-        t = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
-        return np.stack([np.cos(t), np.sin(t)], axis=1)
+        return _CIRCLE_DIRS.copy()
     if name == "square":
         return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
     if name == "triangle":
         return np.array([[0, -1], [1, 1], [-1, 1]], np.float64)
     if name == "star":
         inner = rng.uniform(0.38, 0.5)
-        t = -math.pi / 2 + np.arange(10) * math.pi / 5
         rad = np.where(np.arange(10) % 2 == 0, 1.0, inner)
-        pts = np.stack([rad * np.cos(t), rad * np.sin(t)], axis=1)
+        pts = rad[:, None] * _STAR_DIRS
         pts[:, 1] += 0.095  # centre the star's vertical extent (-1 .. 0.81)
         return pts
     if name == "cross":
@@ -423,6 +575,7 @@ def _pick_colours(rng: np.random.Generator, palette: np.ndarray) -> tuple[np.nda
     dist = np.linalg.norm(palette - c1, axis=1)
     order = np.argsort(-dist, kind="stable")
     c2 = palette[int(order[int(rng.integers(2))])]
+    # (whole-number colours, so the BLAS dot inside norm is exact on every CPU kernel)
     if np.linalg.norm(c2 - c1) < 90.0:  # palette too uniform: use a contrasting shade
         c2 = np.where(c1 > 127.0, c1 * 0.35, c1 + (255.0 - c1) * 0.65).astype(np.float32)
     return c1, c2
@@ -446,9 +599,12 @@ def _object_texture(
     """
     side = 2.0 * max(hw, hh)
     if name == "circle":
-        u, v = a / hw, b / hh
-        rn = np.clip(np.hypot(u + 0.35, v + 0.35) / 1.35, 0.0, 1.0) ** rng.uniform(0.8, 1.5)
-        t = rn
+        u, v = a / hw + 0.35, b / hh + 0.35
+        rn = np.clip(np.sqrt(u * u + v * v) / 1.35, 0.0, 1.0)
+        # gamma-like shading rn**g, g in [0.8, 1.5], as the bias curve through (0, 0),
+        # (0.5, 0.5**g) and (1, 1): no float power (its SIMD kernels differ by CPU)
+        k = 2.0 * (_exp((rng.uniform(0.8, 1.5) - 1.0) * _LN2) - 1.0)
+        t = rn / (k * (1.0 - rn) + 1.0)
     elif name == "square":
         period = max(3.0, side / rng.uniform(3.0, 6.0))
         t = (np.floor(a / (period / 2.0)) % 2.0).astype(np.float32)
@@ -459,14 +615,14 @@ def _object_texture(
         period = max(4.0, side / rng.uniform(3.0, 5.0))
         fa = a / period - np.round(a / period)
         fb = b / period - np.round(b / period)
-        t = (np.hypot(fa, fb) < rng.uniform(0.22, 0.32)).astype(np.float32)
+        t = (np.sqrt(fa * fa + fb * fb) < rng.uniform(0.22, 0.32)).astype(np.float32)
     else:  # cross: solid
         t = np.zeros_like(a)
     t = t.astype(np.float32)[..., None]
     tex = c1[None, None, :] * (1.0 - t) + c2[None, None, :] * t
     # mild class-independent shading
-    phi = rng.uniform(0.0, 2.0 * math.pi)
-    shade = 1.0 + rng.uniform(0.0, 0.15) * (a * math.cos(phi) + b * math.sin(phi)) / max(side, 1.0)
+    cos_phi, sin_phi = _cos_sin(rng.uniform(0.0, 2.0 * math.pi))
+    shade = 1.0 + rng.uniform(0.0, 0.15) * (a * cos_phi + b * sin_phi) / max(side, 1.0)
     return (tex * shade[..., None]).astype(np.float32)
 
 
@@ -475,12 +631,12 @@ def _sample_object(rng: np.random.Generator, size: int, palette: np.ndarray) -> 
     s = float(size)
     name = DET_CLASSES[int(rng.integers(len(DET_CLASSES)))]
     lo, hi = max(0.05 * s, 6.0), 0.6 * s
-    side = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    side = _exp(rng.uniform(_log(lo), _log(hi)))
     ar = rng.uniform(0.7, 1.4)
     hw, hh = side * math.sqrt(ar) / 2.0, side / math.sqrt(ar) / 2.0
     theta = rng.uniform(0.0, 2.0 * math.pi)
     unit = _unit_polygon(rng, name)
-    ct, st = math.cos(theta), math.sin(theta)
+    ct, st = _cos_sin(theta)
     ox = hw * unit[:, 0] * ct - hh * unit[:, 1] * st
     oy = hw * unit[:, 0] * st + hh * unit[:, 1] * ct
     # Mostly fully inside; otherwise anywhere, so some objects cross the border.
@@ -551,12 +707,12 @@ def _render_background(rng: np.random.Generator, size: int, palette: np.ndarray)
     s = float(size)
     yy, xx = _grid(size, size)
     ca, cb = rng.uniform(20.0, 235.0, (2, 3)).astype(np.float32)
-    phi = rng.uniform(0.0, 2.0 * math.pi)
-    g = ((xx - s / 2) * math.cos(phi) + (yy - s / 2) * math.sin(phi)) / (s * 0.7072) * 0.5 + 0.5
+    cos_phi, sin_phi = _cos_sin(rng.uniform(0.0, 2.0 * math.pi))
+    g = ((xx - s / 2) * cos_phi + (yy - s / 2) * sin_phi) / (s * 0.7072) * 0.5 + 0.5
     g = np.clip(g, 0.0, 1.0)[..., None]
     bg = ca * (1.0 - g) + cb * g
-    bg += rng.uniform(8.0, 25.0) * _smooth_noise(rng, size, size, int(rng.integers(3, 8)), 3)
-    bg += rng.uniform(2.0, 8.0) * _smooth_noise(rng, size, size, max(4, size // 6))[..., None]
+    bg += rng.uniform(8.0, 25.0) * _smooth_noise(rng, size, size, int(rng.integers(3, 8)), 3, portable=True)
+    bg += rng.uniform(2.0, 8.0) * _smooth_noise(rng, size, size, max(4, size // 6), portable=True)[..., None]
     canvas = _to_uint8(bg)
 
     def colour() -> tuple[float, float, float]:
@@ -603,7 +759,7 @@ def _render_voc_scene(rng: np.random.Generator, size: int, max_objects: int) -> 
         [rng.uniform(0, 180, n_pal), rng.uniform(40, 255, n_pal), rng.uniform(40, 255, n_pal)],
         axis=1,
     ).astype(np.uint8)
-    palette = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0].astype(np.float32)
+    palette = _hsv_to_rgb(hsv)
 
     background = _render_background(rng, size, palette)
     owner = np.full((size, size), -1, np.int16)
