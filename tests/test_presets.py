@@ -99,5 +99,9 @@ def test_cli_prints_a_command_the_shell_reads_back(tmp_path, capsys):
                                  "-S", "data.seg.path=/my data/isic", "unet_eval"]
     assert main(["preset", "--presets-dir", str(d)]) == 0
     assert capsys.readouterr().out.strip() == "presets: mine"
-    assert main(["preset", "mine", "--presets-dir", str(d), "--params", str(PARAMS), "-S", "unet_train.lr=-1"]) == 1
+    # the preset's own data.seg.source needs a path: said before anything runs
+    assert main(["preset", "mine", "--presets-dir", str(d), "--params", str(PARAMS)]) == 1
+    assert "data.seg.path is required when data.seg.source is 'isic'" in capsys.readouterr().err
+    assert main(["preset", "mine", "--presets-dir", str(d), "--params", str(PARAMS), "-S", "data.seg.path=x",
+                 "-S", "unet_train.lr=-1"]) == 1
     assert "unet_train.lr = -1" in capsys.readouterr().err
