@@ -20,8 +20,8 @@ from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import read_classes
 from segdet.detection.data import iter_split
-from segdet.detection.evaluate import coco_results, evaluate_detections
-from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
+from segdet.detection.evaluate import coco_results, describe_cut, evaluate_detections, passes
+from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm, score_thresholds
 from segdet.detection.visualize import draw_detections, publish_report
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
@@ -48,8 +48,10 @@ def main(argv=None):
     classes = read_classes(args.manifests / "det_classes.txt")
     model = RegionCNN(ckpt["config"]["backbone"], len(classes))
     model.load_state_dict(ckpt["model"])
-    detector = RCNNDetector(model, load_svm(args.svm), crop_size=ckpt["config"]["crop_size"],
+    svm = load_svm(args.svm)
+    detector = RCNNDetector(model, svm, crop_size=ckpt["config"]["crop_size"],
                             context=ckpt["config"]["context"], device=device)
+    cut = cfg.score_threshold if cfg.score_threshold is not None else score_thresholds(svm)
     gt = json.loads((args.manifests / "det_test_coco.json").read_text())
     proposal_seconds = json.loads(args.proposal_report.read_text())["test"]["seconds_per_image"]
     logged = {**flatten(base, "base."), **flatten(cfg, "rcnn_eval."), "rcnn_finetune.backbone": model.backbone_name}
@@ -64,11 +66,11 @@ def main(argv=None):
             for p in PARTS:
                 seconds[p].append(secs[p])
             if len(samples) < cfg.samples:
-                shown = dets["scores"] >= cfg.score_threshold
+                shown = passes(dets, cut)
                 samples.append(draw_detections(image.permute(1, 2, 0).numpy(), dets["boxes"][shown].numpy(),
                                                dets["labels"][shown].numpy(), dets["scores"][shown].numpy(),
                                                classes, gt_boxes.numpy()))
-        ev = evaluate_detections(gt, results, cfg.score_threshold)
+        ev = evaluate_detections(gt, results, cut)
         timing = {f"seconds_{p}": float(np.mean(v)) if v else 0.0 for p, v in seconds.items()}
         timing["seconds_proposals"] = proposal_seconds
         timing["seconds_per_image"] = sum(timing.values())
@@ -76,7 +78,7 @@ def main(argv=None):
                    "hardware": hardware(device), "backbone": model.backbone_name}
         publish_report(run, out, args.metrics, ev, results, summary, samples, "R-CNN")
         print(f"rcnn_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
-              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at score {cfg.score_threshold:g}; "
+              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}; "
               f"{summary['seconds_per_image']:.3f} s/image on {summary['device']}")
 
 

@@ -1,21 +1,30 @@
 """DVC stage ``rcnn_svm``: one linear SVM per class (hard-negative mining) and Ridge box regressors.
 
 Reads ``data/features/train``, ``models/rcnn_cnn.pt`` (logged to MLflow with the SVMs, for ``segdet predict
---run``) and params ``base``, ``rcnn_svm``; writes ``models/rcnn_svm.npz`` (plain
+--run``), the val split (``det_val.txt``, its COCO ground truth and ``data/proposals/val.parquet``) and params
+``base``, ``rcnn_svm`` and the detection settings of ``rcnn_eval``; writes ``models/rcnn_svm.npz`` (plain
 arrays: ``classes``, ``svm_weight [N, D]``, ``svm_bias [N]``, ``reg_weight [N, 4, D]``, ``reg_bias [N, 4]``,
-``feature_scale``), loadable with ``numpy.load(allow_pickle=False)``.
+``feature_scale``, ``score_threshold [N]``: each class's best-F1 SVM score on the val split, the operating
+point of ``rcnn_eval`` and ``segdet predict``), loadable with ``numpy.load(allow_pickle=False)``.
 """
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from segdet import tracking
 from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import read_classes
-from segdet.detection.rcnn import SvmSettings, save_svm, train_svms
+from segdet.detection.data import iter_split
+from segdet.detection.evaluate import choose_thresholds
+from segdet.detection.rcnn import FALLBACK_SCORE, RCNNDetector, RegionCNN, SvmSettings, save_svm, train_svms
+from segdet.nets.weights import load_checkpoint
+from segdet.runtime import resolve_device
 
 
 def main(argv=None):
@@ -24,20 +33,36 @@ def main(argv=None):
     ap.add_argument("--features", default="data/features/train", type=Path)
     ap.add_argument("--classes", default="data/manifests/det_classes.txt", type=Path)
     ap.add_argument("--cnn", default="models/rcnn_cnn.pt", type=Path, help="the CNN the features came from")
+    ap.add_argument("--manifests", default="data/manifests", type=Path, help="det_val.txt and its COCO json")
+    ap.add_argument("--val-proposals", default="data/proposals/val.parquet", type=Path)
     ap.add_argument("--out", default="models/rcnn_svm.npz", type=Path)
     args = ap.parse_args(argv)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_svm", params)
+    ev = load_section("rcnn_eval", params)
     classes = read_classes(args.classes)
     settings = SvmSettings(**dataclasses.asdict(cfg))
     with tracking.stage_run("rcnn_svm", {**flatten(base, "base."), **flatten(cfg, "rcnn_svm.")}) as run:
         arrays = train_svms(args.features, classes, settings, seed=base.seed)
+        ckpt = load_checkpoint(args.cnn)
+        cnn = RegionCNN(ckpt["config"]["backbone"], len(classes))
+        cnn.load_state_dict(ckpt["model"])
+        detector = RCNNDetector(cnn, arrays, crop_size=ckpt["config"]["crop_size"], context=ckpt["config"]["context"],
+                                device=resolve_device(base.device))
+        val_gt = json.loads((args.manifests / "det_val_coco.json").read_text())
+        val = iter_split(args.manifests / "det_val.txt", classes, Path.cwd(), args.val_proposals)
+        dets = (detector.detect(image, props, min_score=ev.min_score, nms_iou=ev.nms_iou,
+                                max_detections=ev.max_detections)[0] for _, (image, props, _, _) in val)
+        thresholds = choose_thresholds(val_gt, dets, FALLBACK_SCORE)
+        arrays["score_threshold"] = np.asarray(thresholds, np.float32)
         save_svm(args.out, arrays)
         for i, name in enumerate(classes):
             run.log_metrics({f"{k}_{name}": float(arrays[k][i])
-                             for k in ("positives", "negatives", "hard_negatives_added", "regression_samples")})
+                             for k in ("positives", "negatives", "hard_negatives_added", "regression_samples",
+                                       "score_threshold")})
             print(f"rcnn_svm {name}: {arrays['positives'][i]} positives, {arrays['negatives'][i]} negatives "
-                  f"({arrays['hard_negatives_added'][i]} mined), {arrays['regression_samples'][i]} regression samples")
+                  f"({arrays['hard_negatives_added'][i]} mined), {arrays['regression_samples'][i]} regression samples; "
+                  f"operating threshold {arrays['score_threshold'][i]:.3f} (best F1 on val)")
         run.log_checkpoint(args.cnn)  # CNN + SVMs: what segdet predict --run needs
         run.log_checkpoint(args.out)
 

@@ -19,9 +19,9 @@ from segdet import tracking
 from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
 from segdet.data.datasets import DetectionDataset, read_classes
-from segdet.detection.evaluate import coco_results, evaluate_detections
+from segdet.detection.evaluate import coco_results, describe_cut, evaluate_detections, passes
 from segdet.detection.visualize import draw_detections, publish_report
-from segdet.detection.yolo_detect import YoloDetector, load_yolo
+from segdet.detection.yolo_detect import YoloDetector, load_yolo, score_thresholds
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
 from segdet.runtime import device_name, hardware, resolve_device
@@ -42,6 +42,7 @@ def main(argv=None):
     tc = ckpt["config"]
     classes = read_classes(args.manifests / "det_classes.txt")
     model = load_yolo(ckpt, str(args.model))
+    cut = cfg.score_threshold if cfg.score_threshold is not None else score_thresholds(ckpt)
     detector = YoloDetector(model, device=device, score_threshold=cfg.min_score, nms_iou=cfg.nms_iou,
                             max_detections=cfg.max_detections)
     size = tc["input_size"]
@@ -62,18 +63,18 @@ def main(argv=None):
             forward.append(t_fwd)
             results += coco_results(i + 1, dets["boxes"], dets["scores"], dets["labels"])
             if len(samples) < cfg.samples:
-                shown = dets["scores"] >= cfg.score_threshold
+                shown = passes(dets, cut)
                 samples.append(draw_detections(image.permute(1, 2, 0).numpy(), dets["boxes"][shown].numpy(),
                                                dets["labels"][shown].numpy(), dets["scores"][shown].numpy(), classes,
                                                target["boxes"].numpy()))
-        ev = evaluate_detections(gt, results, cfg.score_threshold)
+        ev = evaluate_detections(gt, results, cut)
         summary = {**ev.summary, "fps": 1.0 / float(np.mean(total)), "seconds_per_image": float(np.mean(total)),
                    "forward_fps": 1.0 / float(np.mean(forward)), "batch_size": 1, "input_size": size,
                    "grid": model.S, "backbone": tc["backbone"], "device": device_name(device),
                    "hardware": hardware(device)}
         publish_report(run, out, args.metrics, ev, results, summary, samples, "YOLOv1")
         print(f"yolo_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
-              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at score {cfg.score_threshold:g}; "
+              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}; "
               f"{summary['fps']:.1f} FPS (forward only {summary['forward_fps']:.1f}) at batch 1 on {summary['device']}")
 
 

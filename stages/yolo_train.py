@@ -2,11 +2,13 @@
 
 Reads ``data/manifests/det_{train,val}.txt``, ``models/rcnn_cnn.pt`` (backbone transfer, when the backbones
 match and ``init_from_rcnn`` is on) and params ``base``, ``yolo_train``, ``data.det.use_difficult``; writes
-``models/yolo.pt`` (best validation mAP@0.5) and ``reports/yolo_train.csv``. ``models/yolo_run/last.pt`` is the
-resume point.
+``models/yolo.pt`` (best validation mAP@0.5, with ``score_thresholds``: each class's best-F1 score on the val
+split, the operating point of ``yolo_eval`` and ``segdet predict``) and ``reports/yolo_train.csv``.
+``models/yolo_run/last.pt`` is the resume point.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import numpy as np
 from segdet import tracking
 from segdet.cli import run_stage
 from segdet.config import flatten, load_params, load_section
-from segdet.data.datasets import read_classes
+from segdet.data.datasets import DetectionDataset, read_classes
+from segdet.detection.yolo_detect import YoloDetector, choose_yolo_thresholds
 from segdet.detection.yolo_train import train_yolo
-from segdet.io import atomic_copy
+from segdet.nets.weights import load_checkpoint, save_checkpoint_dict
 from segdet.runtime import device_name, resolve_device, seed_everything
 
 
@@ -43,13 +46,21 @@ def main(argv=None):
                                    device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
                                    on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer,
                                    use_difficult=use_difficult)
-        atomic_copy(result.best_checkpoint, args.model)
+        val_gt = json.loads((args.manifests / "det_val_coco.json").read_text())
+        detector = YoloDetector(model, device=device, score_threshold=cfg.val_score_threshold, nms_iou=0.5)
+        thresholds = choose_yolo_thresholds(detector, DetectionDataset(args.manifests / "det_val.txt", classes),
+                                            val_gt)
+        best = load_checkpoint(result.best_checkpoint)
+        save_checkpoint_dict({**best, "score_thresholds": thresholds}, args.model)
+        run.log_metrics({f"score_threshold_{c}": t for c, t in zip(classes, thresholds, strict=True)})
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         run.log_checkpoint(args.model)  # for segdet predict --run
         example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)
         run.log_model(model.cpu().eval(), "model", example)
-        print(f"yolo_train: best val mAP@0.5 {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}")
+        print(f"yolo_train: best val mAP@0.5 {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}; "
+              "operating thresholds (best F1 on val): "
+              + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, thresholds, strict=True)))
 
 
 if __name__ == "__main__":

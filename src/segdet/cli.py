@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     src = pred.add_mutually_exclusive_group()
     src.add_argument("--models", default="models", help="folder of the pipeline's model files (default: models)")
     src.add_argument("--run", help="MLflow run id of the training run (unet_train, rcnn_svm, yolo_train) instead")
-    pred.add_argument("--score-threshold", type=float, help="keep detections scoring at least this "
-                      "(default: rcnn_eval / yolo_eval score_threshold in params.yaml)")
+    pred.add_argument("--score-threshold", type=float, help="keep detections scoring at least this (default: "
+                      "rcnn_eval / yolo_eval score_threshold in params.yaml; when that is null, the per-class "
+                      "thresholds chosen on the val split and stored with the model)")
     pred.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     pred.add_argument("--params", default="params.yaml",
                       help="params file for proposal, NMS and UNet test-time settings (unet_eval.tta, postprocess)")

@@ -249,14 +249,14 @@ class RcnnSvmConfig:
 class RcnnEvalConfig:
     """``rcnn_eval``: R-CNN detection on the test split."""
 
-    score_threshold: float = 0.0
+    score_threshold: float | None = None
     min_score: float = -1.0
     nms_iou: float = param(0.3, gt=0.0, le=1.0)
     max_detections: int = param(100, ge=1)
     samples: int = param(8, ge=0, le=100)
 
     def __post_init__(self) -> None:
-        if self.min_score > self.score_threshold:
+        if self.score_threshold is not None and self.min_score > self.score_threshold:
             raise ConfigError(
                 f"rcnn_eval.min_score = {self.min_score} must not exceed score_threshold = {self.score_threshold}"
             )
@@ -309,7 +309,7 @@ class YoloTrainConfig:
 class YoloEvalConfig:
     """``yolo_eval``: YOLOv1 detection on the test split, and its speed."""
 
-    score_threshold: float = param(0.2, ge=0.0, le=1.0)
+    score_threshold: float | None = param(None, ge=0.0, le=1.0)
     min_score: float = param(0.01, ge=0.0, le=1.0)
     nms_iou: float = param(0.5, gt=0.0, le=1.0)
     max_detections: int = param(100, ge=1)
@@ -317,7 +317,7 @@ class YoloEvalConfig:
     samples: int = param(8, ge=0, le=100)
 
     def __post_init__(self) -> None:
-        if self.min_score > self.score_threshold:
+        if self.score_threshold is not None and self.min_score > self.score_threshold:
             raise ConfigError(
                 f"yolo_eval.min_score = {self.min_score} must not exceed score_threshold = {self.score_threshold}"
             )

@@ -33,7 +33,8 @@ class PredictError(ValueError):
 
 @dataclass(frozen=True)
 class PredictSettings:
-    score_threshold: float  # detections kept (SVM margin for R-CNN, class-specific score for YOLOv1)
+    score_threshold: float | None  # detections kept (SVM margin for R-CNN, class-specific score for YOLOv1); None:
+    # the per-class thresholds stored with the model (chosen on the val split)
     nms_iou: float
     max_detections: int = 100
     proposals: Any = None  # ProposalSettings, R-CNN only
@@ -112,17 +113,26 @@ class UnetPredictor(Predictor):
 
 
 class DetPredictor(Predictor):
-    def __init__(self, kind: str, detect, classes: list[str]):
-        self.kind, self._detect, self.classes = kind, detect, classes
+    """Detections at the operating point ``cut``: one score, or one per class (labels 1..C)."""
+
+    def __init__(self, kind: str, detect, classes: list[str], cut: float | list[float]):
+        self.kind, self._detect, self.classes, self.cut = kind, detect, classes, cut
 
     def predict(self, image: np.ndarray) -> dict[str, Any]:
+        from segdet.detection.evaluate import passes
+
         dets = self._detect(torch.from_numpy(image).permute(2, 0, 1).contiguous())
-        return {k: v.numpy() for k, v in dets.items()}
+        keep = passes(dets, self.cut)
+        return {k: v[keep].numpy() for k, v in dets.items()}
 
     def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
         from segdet.detection.visualize import draw_detections
 
         return draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], self.classes)
+
+
+def _lowest(cut: float | list[float]) -> float:
+    return cut if isinstance(cut, (int, float)) else min(cut)
 
 
 def load_predictor(kind: str, files: list[Path], device: torch.device, settings: PredictSettings) -> Predictor:
@@ -131,15 +141,17 @@ def load_predictor(kind: str, files: list[Path], device: torch.device, settings:
         return UnetPredictor(load_checkpoint(files[0], map_location=device), device, str(files[0]),
                              tta=settings.tta, postprocess=settings.postprocess)
     if kind == "yolo":
-        from segdet.detection.yolo_detect import YoloDetector, load_yolo
+        from segdet.detection.yolo_detect import YoloDetector, load_yolo, score_thresholds
 
         ckpt = load_checkpoint(files[0], map_location=device)
-        detector = YoloDetector(load_yolo(ckpt, str(files[0])), device=device, score_threshold=settings.score_threshold,
-                                nms_iou=settings.nms_iou, max_detections=settings.max_detections)
-        return DetPredictor(kind, lambda img: detector.detect(img)[0], list(ckpt["classes"]))
+        model = load_yolo(ckpt, str(files[0]))
+        cut = settings.score_threshold if settings.score_threshold is not None else score_thresholds(ckpt)
+        detector = YoloDetector(model, device=device, score_threshold=_lowest(cut), nms_iou=settings.nms_iou,
+                                max_detections=settings.max_detections)
+        return DetPredictor(kind, lambda img: detector.detect(img)[0], list(ckpt["classes"]), cut)
     if kind == "rcnn":
         from segdet.detection.proposals import selective_search
-        from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
+        from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm, score_thresholds
 
         ckpt = load_checkpoint(files[0], map_location="cpu")
         cfg = ckpt.get("config", {})
@@ -152,15 +164,16 @@ def load_predictor(kind: str, files: list[Path], device: torch.device, settings:
         model = RegionCNN(cfg["backbone"], len(ckpt["classes"]))
         model.load_state_dict(ckpt["model"])
         detector = RCNNDetector(model, svm, crop_size=cfg["crop_size"], context=cfg["context"], device=device)
+        cut = settings.score_threshold if settings.score_threshold is not None else score_thresholds(svm)
 
         def detect(img: torch.Tensor) -> dict[str, torch.Tensor]:
             bgr = cv2.cvtColor(img.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
             props = torch.from_numpy(selective_search(bgr, settings.proposals))
-            dets, _ = detector.detect(img, props, min_score=settings.score_threshold, nms_iou=settings.nms_iou,
+            dets, _ = detector.detect(img, props, min_score=_lowest(cut), nms_iou=settings.nms_iou,
                                       max_detections=settings.max_detections)
             return {k: v.cpu() for k, v in dets.items()}
 
-        return DetPredictor(kind, detect, detector.classes)
+        return DetPredictor(kind, detect, detector.classes, cut)
     raise PredictError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 

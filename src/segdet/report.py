@@ -30,7 +30,7 @@ UNET_PAPER_THRESHOLDED_JACCARD = 0.775
 
 REPORT_FILES = {"unet": "unet_eval.json", "rcnn": "rcnn_eval.json", "yolo": "yolo_eval.json",
                 "proposals": "proposals.json"}
-_DET_KEYS = ("map50", "coco_map", "precision", "recall", "score_threshold", "images", "ground_truth_boxes",
+_DET_KEYS = ("map50", "coco_map", "precision", "recall", "images", "ground_truth_boxes",
              "seconds_per_image", "device", "hardware")
 #: the keys the summary reads from each file
 REQUIRED_KEYS = {
@@ -40,6 +40,14 @@ REQUIRED_KEYS = {
     "yolo": (*_DET_KEYS, "fps"),
     "proposals": ("test",),
 }
+
+
+def _cut(ev: dict) -> str:
+    """The score threshold of an eval JSON: one value, or per class (the operating thresholds chosen on val)."""
+    if "score_thresholds" in ev:
+        return "the per-class thresholds chosen on val: " + ", ".join(
+            f"{c} {_f(t)}" for c, t in ev["score_thresholds"].items())
+    return f"{ev.get('score_threshold')}"
 
 
 class ReportError(ValueError):
@@ -153,8 +161,8 @@ def build_summary(reports: dict[str, dict], *, det_data: str, seg_data: str) -> 
         "FPS).",
         "",
         f"At their operating points: R-CNN precision {_f(rcnn['precision'])} / recall {_f(rcnn['recall'])} "
-        f"(SVM score >= {rcnn['score_threshold']}), YOLOv1 precision {_f(yolo['precision'])} / recall "
-        f"{_f(yolo['recall'])} (class score >= {yolo['score_threshold']}), on {rcnn['images']} test images with "
+        f"(SVM score >= {_cut(rcnn)}), YOLOv1 precision {_f(yolo['precision'])} / recall "
+        f"{_f(yolo['recall'])} (class score >= {_cut(yolo)}), on {rcnn['images']} test images with "
         f"{rcnn['ground_truth_boxes']} boxes.",
         "",
         "![mAP](summary/detection_map.png) ![speed](summary/detection_speed.png)",

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from segdet.detection.boxes import decode, dilate, encode, xyxy_to_xywh
-from segdet.detection.evaluate import coco_metrics, evaluate_detections, match, pr_table, voc_ap
+from segdet.detection.evaluate import (
+    choose_thresholds,
+    coco_metrics,
+    evaluate_detections,
+    match,
+    operating_thresholds,
+    passes,
+    pr_table,
+    voc_ap,
+)
 
 
 def test_encode_hand_computed_and_decode_inverts_it():
@@ -138,3 +147,66 @@ def test_difficult_handling_agrees_with_pycocotools():
     # FP then TP with one GT box: precision 1/2 at recall 1 -> AP 0.5 for both (counting D as a hit: 0.83)
     assert ev.summary["map50"] == pytest.approx(0.5)
     assert ev.summary["coco_map50"] == pytest.approx(0.5)
+
+
+def _three_objects_five_detections():
+    """Class a: 3 objects (one per image); detections scored .9 hit, .8 miss, .7 hit, .6 hit, .5 miss."""
+    gt = {"images": [{"id": i} for i in (1, 2, 3)],
+          "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 0,
+                           "area": 400}
+                          for i in (1, 2, 3)],
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    hit, miss = [10, 10, 20, 20], [60, 60, 20, 20]
+    dets = [{"image_id": i, "category_id": 1, "bbox": b, "score": s}
+            for i, b, s in [(1, hit, 0.9), (1, miss, 0.8), (2, hit, 0.7), (3, hit, 0.6), (2, miss, 0.5)]]
+    return gt, dets
+
+
+def test_operating_threshold_is_the_best_f1_cut_hand_computed():
+    gt, dets = _three_objects_five_detections()
+    # F1 = 2 TP / (detections + 3) at each cut: .9 -> 2/4, .8 -> 2/5, .7 -> 4/6, .6 -> 6/7 (best), .5 -> 6/8
+    # class b has no ground truth: it keeps the fallback
+    assert operating_thresholds(gt, dets, fallback=0.25) == [0.6, 0.25]
+    # a class with ground truth but not a single hit keeps the fallback too
+    assert operating_thresholds(gt, [d for d in dets if d["bbox"] != [10, 10, 20, 20]], fallback=-1.0) == [-1.0, -1.0]
+
+
+def test_operating_threshold_never_splits_equal_scores():
+    gt, dets = _three_objects_five_detections()
+    # the miss now ties with the last hit at .6: cutting between them is impossible, so the cut at .6 takes
+    # both (F1 = 6/8) and the best is .7 (F1 = 4/6 = 0.667 < 0.75): still .6
+    dets[4]["score"] = 0.6
+    assert operating_thresholds(gt, dets, fallback=0.0)[0] == 0.6
+    # with two misses tied at .6, .6 gives 6/9 = 0.667 and .7 gives 4/6 = 0.667: the first best (.7) wins
+    dets.append({"image_id": 3, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.6})
+    assert operating_thresholds(gt, dets, fallback=0.0)[0] == 0.7
+
+
+def test_choose_thresholds_reads_per_image_detections_in_manifest_order():
+    gt, dets = _three_objects_five_detections()
+    per_image = []
+    for image_id in (1, 2, 3):
+        mine = [d for d in dets if d["image_id"] == image_id]
+        per_image.append({"boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)]),
+                          "scores": torch.tensor([d["score"] for d in mine]),
+                          "labels": torch.tensor([d["category_id"] for d in mine])})
+    assert choose_thresholds(gt, per_image, fallback=0.25) == pytest.approx([0.6, 0.25])
+
+
+def test_precision_and_recall_at_per_class_thresholds():
+    gt, dets = _three_objects_five_detections()
+    ev = evaluate_detections(gt, dets, [0.6, 0.3])
+    row = ev.per_class.set_index("class").loc["a"]
+    assert (row["detections"], row["precision"], row["recall"], row["score_threshold"]) == (4, 0.75, 1.0, 0.6)
+    assert ev.summary["score_thresholds"] == {"a": 0.6, "b": 0.3} and "score_threshold" not in ev.summary
+    assert (ev.summary["precision"], ev.summary["recall"]) == (0.75, 1.0)
+    one = evaluate_detections(gt, dets, 0.75)
+    assert one.summary["score_threshold"] == 0.75 and (one.summary["precision"], one.summary["recall"]) == (0.5, 1 / 3)
+    with pytest.raises(ValueError, match="1 score thresholds for 2 classes"):
+        evaluate_detections(gt, dets, [0.5])
+
+
+def test_passes_applies_each_class_its_own_threshold():
+    dets = {"scores": torch.tensor([0.5, 0.5, 0.2]), "labels": torch.tensor([1, 2, 2])}
+    assert passes(dets, [0.6, 0.1]).tolist() == [False, True, True]
+    assert passes(dets, 0.3).tolist() == [True, True, False]

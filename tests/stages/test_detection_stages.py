@@ -50,9 +50,15 @@ def test_rcnn_stages_write_the_contract_files(det_repo):
     assert 0 < report["test"]["recall_0.5"] <= 1 and report["train"]["boxes_per_image"] <= 150
     with np.load(det_repo / "models" / "rcnn_svm.npz", allow_pickle=False) as z:
         assert z["svm_weight"].shape[0] == 5 and z["reg_weight"].shape[:2] == (5, 4)
+        thresholds = z["score_threshold"]
+    assert thresholds.shape == (5,) and thresholds.dtype == np.float32
     ckpt = torch.load(det_repo / "models" / "rcnn_cnn.pt", weights_only=True)
     assert ckpt["config"]["backbone"] == "small" and len(ckpt["classes"]) == 5
     metrics = _check_detection_outputs(det_repo, "rcnn")
+    # precision and recall at the operating point stored with the model (rcnn_eval.score_threshold: null)
+    assert list(metrics["score_thresholds"].values()) == pytest.approx(thresholds.tolist())
+    per_class = pd.read_csv(det_repo / "reports" / "rcnn" / "per_class_ap.csv")
+    assert per_class["score_threshold"].tolist() == pytest.approx(thresholds.tolist())
     for part in ("proposals", "warp_cnn", "svm_regression", "nms"):
         assert metrics[f"seconds_{part}"] >= 0
     assert metrics["seconds_per_image"] == pytest.approx(sum(metrics[f"seconds_{p}"] for p in (
@@ -63,6 +69,9 @@ def test_rcnn_stages_write_the_contract_files(det_repo):
 
 def test_yolo_stages_and_transfer_from_rcnn(det_repo):
     metrics = _check_detection_outputs(det_repo, "yolo")
+    thresholds = torch.load(det_repo / "models" / "yolo.pt", weights_only=True)["score_thresholds"]
+    assert len(thresholds) == 5 and all(0.0 <= t <= 1.0 for t in thresholds)
+    assert list(metrics["score_thresholds"].values()) == pytest.approx(thresholds)
     assert metrics["fps"] > 0 and metrics["forward_fps"] >= metrics["fps"] and metrics["batch_size"] == 1
     curve = pd.read_csv(det_repo / "reports" / "yolo_train.csv")
     assert curve["epoch"].tolist() == [1, 2]
@@ -164,6 +173,22 @@ def test_predict_writes_overlays_and_json(det_repo, tmp_path, kind):
                 assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
     if kind != "unet":
         assert sum(len(r["detections"]) for r in pred["images"]) > 0  # the threshold keeps every candidate
+        # without --score-threshold: the model's own per-class thresholds. Against a run cut at the lowest of
+        # them (the same candidates before NMS), that keeps exactly the boxes scoring above their class's own
+        if kind == "rcnn":
+            with np.load(det_repo / "models" / "rcnn_svm.npz", allow_pickle=False) as z:
+                cut = dict(zip(z["classes"].tolist(), z["score_threshold"].tolist(), strict=True))
+        else:
+            ckpt = torch.load(det_repo / "models" / "yolo.pt", weights_only=True)
+            cut = dict(zip(ckpt["classes"], ckpt["score_thresholds"], strict=True))
+        runs_ = {}
+        for name, extra in (("own", []), ("lowest", ["--score-threshold", repr(min(cut.values()))])):
+            res = _predict(det_repo, kind, *map(str, images), "--out", str(tmp_path / name), *extra)
+            assert res.returncode == 0, res.stderr
+            runs_[name] = json.loads((tmp_path / name / "predictions.json").read_text())["images"]
+        for rec_own, rec_low in zip(runs_["own"], runs_["lowest"], strict=True):
+            kept = [(d["class"], d["score"]) for d in rec_low["detections"] if d["score"] >= cut[d["class"]] - 1e-6]
+            assert [(d["class"], d["score"]) for d in rec_own["detections"]] == kept
 
 
 def test_predict_from_an_mlflow_run_matches_models(det_repo, tmp_path):

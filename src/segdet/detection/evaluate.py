@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,30 +112,89 @@ def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
     return {"coco_map": float(ev.stats[0]), "coco_map50": float(ev.stats[1])}
 
 
-def evaluate_detections(gt: dict, detections: list[dict], score_threshold: float, iou_threshold: float = 0.5
-                        ) -> DetEvaluation:
-    """Score ``detections`` against ``gt`` (both COCO dicts/lists, DESIGN.md ids)."""
+def operating_thresholds(gt: dict, detections: list[dict], fallback: float, iou_threshold: float = 0.5
+                         ) -> list[float]:
+    """One score threshold per class (``gt["categories"]`` order): the one with the best F1 on these detections.
+
+    Meant for the validation split: a detector reports every detection down to a low score (for AP), and the
+    threshold it then draws and predicts with is where precision and recall balance best for each class
+    (``F1 = 2 TP / (detections + ground truth)`` with VOC matching, difficult objects ignored). A cut falls
+    only between different scores. A class without ground truth or without a single true positive keeps
+    ``fallback``.
+    """
+    out = []
+    for cat in gt["categories"]:
+        scores, tp, n_gt = match(gt, detections, cat["id"], iou_threshold)
+        if n_gt == 0 or not tp.any():
+            out.append(float(fallback))
+            continue
+        f1 = 2 * np.cumsum(tp) / (np.arange(1, len(tp) + 1) + n_gt)
+        f1[:-1][scores[1:] == scores[:-1]] = -1.0  # cut only after the last of equal scores
+        out.append(float(scores[int(np.argmax(f1))]))
+    return out
+
+
+def choose_thresholds(gt: dict, per_image: Iterable[dict[str, torch.Tensor]], fallback: float,
+                      iou_threshold: float = 0.5) -> list[float]:
+    """:func:`operating_thresholds` for a detector's output on a split: ``per_image`` yields the detections
+    (``{"boxes" [M, 4] xyxy, "scores" [M], "labels" [M] 1..C}``) of each image of ``gt``, in manifest order."""
+    results: list[dict] = []
+    for image_id, dets in enumerate(per_image, 1):
+        results += coco_results(image_id, dets["boxes"], dets["scores"], dets["labels"])
+    return operating_thresholds(gt, results, fallback, iou_threshold)
+
+
+def passes(dets: dict[str, torch.Tensor], cut: float | list[float]) -> torch.Tensor:
+    """``bool [M]``: which detections score at least ``cut`` (one value, or one per class, labels 1..C)."""
+    if isinstance(cut, (int, float)):
+        return dets["scores"] >= cut
+    return dets["scores"] >= torch.tensor(cut, dtype=dets["scores"].dtype)[dets["labels"] - 1]
+
+
+def describe_cut(cut: float | list[float], classes: list[str]) -> str:
+    if isinstance(cut, (int, float)):
+        return f"score {cut:g}"
+    return "per-class scores chosen on val (" + ", ".join(f"{c} {t:.3g}" for c, t in zip(classes, cut, strict=True)) + ")"
+
+
+def evaluate_detections(gt: dict, detections: list[dict], score_threshold: float | list[float],
+                        iou_threshold: float = 0.5) -> DetEvaluation:
+    """Score ``detections`` against ``gt`` (both COCO dicts/lists, DESIGN.md ids).
+
+    Precision and recall are counted at ``score_threshold``: one value for every class, or one per class in
+    ``gt["categories"]`` order (the operating thresholds stored with a model, see
+    :func:`operating_thresholds`). The summary has ``score_threshold`` for one value, ``score_thresholds``
+    (class -> value) for per-class ones; the per-class table has the threshold of each class.
+    """
+    per_class_cut = not isinstance(score_threshold, (int, float))
+    cuts = list(score_threshold) if per_class_cut else [float(score_threshold)] * len(gt["categories"])
+    if len(cuts) != len(gt["categories"]):
+        raise ValueError(f"{len(cuts)} score thresholds for {len(gt['categories'])} classes")
     rows, curves = [], {}
     total_tp = total_det = total_gt = 0
-    for cat in gt["categories"]:
+    for cat, cut in zip(gt["categories"], cuts, strict=True):
         scores, tp, n_gt = match(gt, detections, cat["id"], iou_threshold)
         ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
         recall = ctp / max(n_gt, 1)
         precision = ctp / np.maximum(ctp + cfp, 1)
         ap = voc_ap(recall, precision) if n_gt else float("nan")
-        keep = scores >= score_threshold
+        keep = scores >= cut
         k_tp, k_det = int(tp[keep].sum()), int(keep.sum())
         rows.append({"class": cat["name"], "gt": n_gt, "detections": k_det, "ap50": ap,
-                     "precision": k_tp / k_det if k_det else 0.0, "recall": k_tp / n_gt if n_gt else float("nan")})
+                     "precision": k_tp / k_det if k_det else 0.0, "recall": k_tp / n_gt if n_gt else float("nan"),
+                     "score_threshold": cut})
         curves[cat["name"]] = (recall, precision)
         total_tp, total_det, total_gt = total_tp + k_tp, total_det + k_det, total_gt + n_gt
-    per_class = pd.DataFrame(rows, columns=["class", "gt", "detections", "ap50", "precision", "recall"])
+    per_class = pd.DataFrame(rows, columns=["class", "gt", "detections", "ap50", "precision", "recall",
+                                            "score_threshold"])
+    threshold = ({"score_thresholds": {c["name"]: t for c, t in zip(gt["categories"], cuts, strict=True)}}
+                 if per_class_cut else {"score_threshold": float(score_threshold)})
     summary = {
         "map50": float(per_class["ap50"].mean(skipna=True)) if per_class["gt"].sum() else 0.0,
         **coco_metrics(gt, detections),
         "precision": total_tp / total_det if total_det else 0.0,
         "recall": total_tp / total_gt if total_gt else 0.0,
-        "score_threshold": score_threshold,
+        **threshold,
         "images": len(gt["images"]),
         "ground_truth_boxes": total_gt,
         "detections": len(detections),

@@ -428,6 +428,18 @@ class RCNNDetector:
         return dets, {"warp_cnn": t1 - t0, "svm_regression": t2 - t1, "nms": t3 - t2}
 
 
+#: the operating threshold (SVM margin) of a class the validation split cannot set: the SVM's own boundary
+FALLBACK_SCORE = 0.0
+
+
+def score_thresholds(svm: dict[str, np.ndarray]) -> list[float]:
+    """The per-class operating thresholds stored in ``rcnn_svm.npz`` (``FALLBACK_SCORE`` for a file written
+    before they were)."""
+    if "score_threshold" in svm:
+        return [float(t) for t in svm["score_threshold"]]
+    return [FALLBACK_SCORE] * len(svm["classes"])
+
+
 def save_svm(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """``models/rcnn_svm.npz``: plain arrays (class names as a unicode array), loadable without pickle."""
     from segdet.io import atomic_file

@@ -8,9 +8,19 @@ import torch
 from torchvision import tv_tensors
 
 from segdet.detection.decode import decode
+from segdet.detection.evaluate import choose_thresholds
 from segdet.detection.yolo_train import yolo_preprocess
 from segdet.nets.weights import CheckpointError
 from segdet.nets.yolo import YOLOv1
+
+#: the operating threshold of a class the validation split cannot set (no ground truth, or not one hit)
+FALLBACK_SCORE = 0.2
+
+
+def score_thresholds(ckpt: dict) -> list[float]:
+    """The per-class operating thresholds stored in a ``yolo_train`` checkpoint (``FALLBACK_SCORE`` for a
+    checkpoint written before they were)."""
+    return [float(t) for t in ckpt.get("score_thresholds", [FALLBACK_SCORE] * len(ckpt["classes"]))]
 
 
 def load_yolo(ckpt: dict, path: str = "checkpoint") -> YOLOv1:
@@ -54,3 +64,9 @@ class YoloDetector:
         dets["boxes"] = dets["boxes"] * scale
         dets = {k: v.cpu() for k, v in dets.items()}
         return dets, time.perf_counter() - t0, t2 - t1
+
+
+def choose_yolo_thresholds(detector: YoloDetector, dataset, gt: dict) -> list[float]:
+    """Per-class best-F1 score thresholds of ``detector`` on ``dataset`` (a :class:`DetectionDataset` of the
+    validation split, whose COCO ground truth is ``gt``); see :func:`segdet.detection.evaluate.operating_thresholds`."""
+    return choose_thresholds(gt, (detector.detect(dataset[i][0])[0] for i in range(len(dataset))), FALLBACK_SCORE)

@@ -56,6 +56,11 @@ def save_checkpoint(
         if isinstance(value, dict):
             value = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in value.items()}
         ckpt[key] = value
+    save_checkpoint_dict(ckpt, path)
+
+
+def save_checkpoint_dict(ckpt: dict, path: str | Path) -> None:
+    """``torch.save`` a checkpoint dict atomically (a crash mid-write never leaves a truncated file)."""
     with atomic_file(path, "wb") as fh:
         torch.save(ckpt, fh)
 
