@@ -148,7 +148,8 @@ def passes(dets: dict[str, torch.Tensor], cut: float | list[float]) -> torch.Ten
     """``bool [M]``: which detections score at least ``cut`` (one value, or one per class, labels 1..C)."""
     if isinstance(cut, (int, float)):
         return dets["scores"] >= cut
-    return dets["scores"] >= torch.tensor(cut, dtype=dets["scores"].dtype)[dets["labels"] - 1]
+    scores = dets["scores"]
+    return scores >= torch.tensor(cut, dtype=scores.dtype, device=scores.device)[dets["labels"] - 1]
 
 
 def describe_cut(cut: float | list[float], classes: list[str]) -> str:
