@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 import torch
 
+from segdet.config import ProposalsConfig
 from segdet.data.datasets import DetectionDataset, read_classes
-from segdet.detection.proposals import ProposalSettings, selective_search
-from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm
-from segdet.detection.yolo_detect import YoloDetector, load_yolo
-from segdet.nets.weights import load_checkpoint
+from segdet.detection.detector import run_detector
+from segdet.detection.proposals import selective_search
+from segdet.detection.rcnn.detect import load_rcnn
+from segdet.detection.yolo.detect import load_yolo_detector
 from segdet.runtime import hardware, resolve_device
 
 
@@ -38,46 +39,32 @@ def main() -> None:
     ds = DetectionDataset(args.manifests / "det_test.txt", classes)
     images = [ds[i][0].as_subclass(torch.Tensor) for i in range(min(args.images, len(ds)))]
 
-    ck = load_checkpoint("models/yolo.pt")
-    tc = ck["config"]
-    yolo = YoloDetector(load_yolo(ck, "models/yolo.pt"), device=device, score_threshold=0.01, nms_iou=0.5)
-
-    def run_yolo(img):
-        return yolo.detect(img)[1:]
-
-    for img in images[: args.warmup]:
-        run_yolo(img)
-    yolo_times = np.array([run_yolo(img) for img in images])
-
-    rc = load_checkpoint("models/rcnn_cnn.pt")
-    cnn = RegionCNN(rc["config"]["backbone"], len(classes))
-    cnn.load_state_dict(rc["model"])
-    det = RCNNDetector(cnn, load_svm(Path("models/rcnn_svm.npz")), crop_size=rc["config"]["crop_size"],
-                       context=rc["config"]["context"], device=device)
-    settings = ProposalSettings("fast", max_side=256)
+    yolo = load_yolo_detector("models/yolo.pt", device=device, min_score=0.01, nms_iou=0.5)
+    rcnn = load_rcnn("models/rcnn_cnn.pt", "models/rcnn_svm.npz", device=device, min_score=-1.0)
+    settings = ProposalsConfig("fast", max_side=256)
     cv2.setNumThreads(1)
-
-    def run_rcnn(img):
+    yolo_run = run_detector(yolo, [(img, None, torch.zeros(0, 4)) for img in images], cut=0.0, warmup=args.warmup,
+                            desc="YOLOv1")
+    proposals, proposal_seconds = [], []
+    for img in images:  # selective search, timed apart (the rcnn_eval stage reads it from the proposals stage)
         t0 = time.perf_counter()
-        bgr = cv2.cvtColor(img.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
-        props = torch.from_numpy(selective_search(bgr, settings))
-        t1 = time.perf_counter()
-        _, parts = det.detect(img, props, min_score=-1.0)
-        return [t1 - t0, parts["warp_cnn"], parts["svm_regression"], parts["nms"], time.perf_counter() - t0, len(props)]
+        proposals.append(torch.from_numpy(selective_search(cv2.cvtColor(img.permute(1, 2, 0).numpy(),
+                                                                        cv2.COLOR_RGB2BGR), settings)))
+        proposal_seconds.append(time.perf_counter() - t0)
+    rcnn_run = run_detector(rcnn, [(img, p, torch.zeros(0, 4)) for img, p in zip(images, proposals, strict=True)],
+                            cut=0.0, warmup=args.warmup, desc="R-CNN")
 
-    for img in images[: args.warmup]:
-        run_rcnn(img)
-    rcnn = np.array([run_rcnn(img) for img in images])
-
-    yolo_fps, yolo_fwd_fps = 1 / yolo_times[:, 0].mean(), 1 / yolo_times[:, 1].mean()
-    rcnn_s = rcnn[:, 4].mean()
+    yolo_s = sum(yolo_run.seconds.values())
+    parts = {"proposals": float(np.mean(proposal_seconds)), **rcnn_run.seconds}
+    rcnn_s = sum(parts.values())
+    yolo_fps, yolo_fwd_fps = 1 / yolo_s, 1 / yolo_run.seconds["forward"]
     print(f"hardware: {hardware(device)}")
     print(f"images: {len(images)} test images of {args.manifests}, batch size 1")
-    print(f"YOLOv1 ({tc['backbone']}, {tc['input_size']} px): {yolo_fps:8.1f} FPS end to end, "
+    print(f"YOLOv1 ({yolo.model.backbone_name}, {yolo.size} px): {yolo_fps:8.1f} FPS end to end, "
           f"{yolo_fwd_fps:.1f} FPS forward only")
-    print(f"R-CNN ({rc['config']['backbone']}, crop {rc['config']['crop_size']}): {rcnn_s:8.3f} s/image = "
-          f"{rcnn[:, 0].mean():.3f} proposals + {rcnn[:, 1].mean():.3f} warp+CNN + {rcnn[:, 2].mean():.4f} SVM+regression"
-          f" + {rcnn[:, 3].mean():.4f} NMS ({rcnn[:, 5].mean():.0f} proposals/image)")
+    print(f"R-CNN ({rcnn.model.backbone_name}, crop {rcnn.crop_size}): {rcnn_s:8.3f} s/image = "
+          f"{parts['proposals']:.3f} proposals + {parts['warp_cnn']:.3f} warp+CNN + {parts['svm_regression']:.4f} "
+          f"SVM+regression + {parts['nms']:.4f} NMS ({np.mean([len(p) for p in proposals]):.0f} proposals/image)")
     print(f"ratio: YOLOv1 is {rcnn_s * yolo_fps:.0f}x faster per image "
           "(paper, Titan X GPU: 45 FPS against ~47 s/image, about 2100x)")
 

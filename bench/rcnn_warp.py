@@ -21,11 +21,12 @@ import cv2
 import numpy as np
 import torch
 
+from segdet.config import ProposalsConfig
 from segdet.data.formats import read_rgb
-from segdet.data.synthetic import generate_voc
+from segdet.data.synthetic.voc import generate_voc
 from segdet.detection.boxes import dilate
-from segdet.detection.proposals import ProposalSettings, propose_many
-from segdet.detection.rcnn import _MEAN, _STD, normalise, warp
+from segdet.detection.proposals import propose_many
+from segdet.detection.rcnn.model import _MEAN, _STD, normalise, warp
 from segdet.runtime import hardware
 
 
@@ -84,7 +85,7 @@ def main() -> None:
                 batched = best_of(lambda c=crop, x=context, r=sr: warp(normalise(tensor), boxes, c, x, r), 3)
                 print(f"  {crop}x{crop} batched roi_align, sampling {sr}: {batched * 1000:8.1f} ms "
                       f"(loop / batched = {looped / batched:.2f})")
-        settings = ProposalSettings("fast", max_side=256)
+        settings = ProposalsConfig("fast", max_side=256)
         cores = os.cpu_count() or 1
         for workers in sorted({1, cores}):
             t0 = time.perf_counter()

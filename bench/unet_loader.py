@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from segdet.data.datasets import SegmentationDataset
-from segdet.data.formats import find_isic_pairs
-from segdet.data.manifest import Pair
-from segdet.data.synthetic import generate_isic
+from segdet.data.pairs import Pair
+from segdet.data.sources import find_isic_pairs
+from segdet.data.synthetic.isic import generate_isic
 from segdet.data.transforms import seg_transforms
 from segdet.nets.unet import build_unet
 from segdet.runtime import hardware, resolve_device

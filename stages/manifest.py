@@ -1,4 +1,4 @@
-"""DVC stage ``manifest``: pair, split and validate the data; write data/manifests/ (DESIGN.md contracts).
+"""DVC stage ``manifest``: pair, split and validate the data; write data/manifests/ (file contracts: docs/architecture.md).
 
 Reads ``data/raw/`` (or the user's manifests) and params ``data``; writes
 ``data/manifests/{seg,det}_{train,val,test}.txt``, ``det_classes.txt`` and ``det_{split}_coco.json``.
@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_section
-from segdet.data.formats import parse_voc_xml
-from segdet.data.manifest import read_manifest, resolve
-from segdet.data.pipeline import SPLITS, build_manifests
+from segdet.config import load_section
+from segdet.data.formats import SPLITS, parse_voc_xml
+from segdet.data.manifest import build_manifests
+from segdet.data.pairs import read_manifest, resolve
 from segdet.data.preview import det_sheet, seg_sheet
 from segdet.runtime import repo_root
+from segdet.schema import flatten
+from segdet.stage import run_stage
 
 
 def main(argv=None):

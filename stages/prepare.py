@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_section
+from segdet.config import load_section
 from segdet.data.formats import parse_voc_xml
-from segdet.data.manifest import resolve
-from segdet.data.pipeline import det_sources, prepare_data, seg_sources
+from segdet.data.manifest import det_sources, seg_sources
+from segdet.data.pairs import resolve
+from segdet.data.prepare import prepare_data
 from segdet.data.preview import det_sheet, seg_sheet
 from segdet.runtime import repo_root
+from segdet.schema import flatten
+from segdet.stage import run_stage
 
 
 def main(argv=None):

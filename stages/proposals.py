@@ -15,11 +15,12 @@ import numpy as np
 from tqdm import tqdm
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.data.datasets import DetectionDataset
-from segdet.detection.proposals import ProposalSettings, proposal_table, propose_many, recall
+from segdet.detection.proposals import proposal_table, propose_many, recall
 from segdet.io import atomic_dir, write_json
+from segdet.schema import flatten
+from segdet.stage import run_stage
 
 SPLITS = ("train", "val", "test")
 
@@ -32,7 +33,7 @@ def main(argv=None):
     ap.add_argument("--report", default="reports/proposals.json", type=Path)
     args = ap.parse_args(argv)
     cfg = load_section("proposals", load_params(args.params))
-    settings = ProposalSettings(cfg.mode, cfg.max_side, cfg.min_size, cfg.max_proposals)
+    settings = cfg
     workers = cfg.workers or os.cpu_count() or 1
     classes = args.manifests / "det_classes.txt"
     report = {"mode": cfg.mode, "max_side": cfg.max_side, "workers": workers}

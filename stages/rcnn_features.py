@@ -11,14 +11,16 @@ import sys
 from pathlib import Path
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.data.datasets import read_classes
-from segdet.detection.data import iter_split
-from segdet.detection.rcnn import RegionCNN, extract_features
+from segdet.detection.rcnn.features import extract_features
+from segdet.detection.rcnn.model import RegionCNN
+from segdet.detection.rcnn.regions import iter_split
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
 from segdet.runtime import device_name, resolve_device
+from segdet.schema import flatten
+from segdet.stage import run_stage
 
 
 def main(argv=None):
@@ -33,11 +35,8 @@ def main(argv=None):
     base = load_section("base", params)
     use_difficult = load_section("data", params).det.use_difficult
     device = resolve_device(base.device)
-    ckpt = load_checkpoint(args.model)
-    cfg = ckpt["config"]
+    model, cfg = RegionCNN.from_checkpoint(load_checkpoint(args.model), str(args.model))
     classes = read_classes(args.manifests / "det_classes.txt")
-    model = RegionCNN(cfg["backbone"], len(classes))
-    model.load_state_dict(ckpt["model"])
     items = (item for _, item in iter_split(args.manifests / "det_train.txt", classes, Path.cwd(), args.proposals,
                                             use_difficult))
     logged = {**flatten(base, "base."), "data.det.use_difficult": use_difficult,

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.data.datasets import read_classes
-from segdet.detection.data import load_split
-from segdet.detection.rcnn_train import finetune_rcnn
+from segdet.detection.rcnn.regions import load_split
+from segdet.detection.rcnn.train import finetune_rcnn
 from segdet.io import atomic_copy
 from segdet.runtime import device_name, resolve_device, seed_everything
+from segdet.schema import flatten
+from segdet.stage import run_stage
 
 
 def main(argv=None):

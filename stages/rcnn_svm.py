@@ -9,7 +9,6 @@ point of ``rcnn_eval`` and ``segdet predict``), loadable with ``numpy.load(allow
 """
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,14 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.data.datasets import read_classes
-from segdet.detection.data import iter_split
 from segdet.detection.evaluate import choose_thresholds
-from segdet.detection.rcnn import FALLBACK_SCORE, RCNNDetector, RegionCNN, SvmSettings, save_svm, train_svms
-from segdet.nets.weights import load_checkpoint
+from segdet.detection.rcnn.detect import load_rcnn
+from segdet.detection.rcnn.regions import iter_split
+from segdet.detection.rcnn.svm import FALLBACK_SCORE, save_svm, train_svms
 from segdet.runtime import resolve_device
+from segdet.schema import flatten
+from segdet.stage import run_stage
 
 
 def main(argv=None):
@@ -41,18 +41,13 @@ def main(argv=None):
     base, cfg = load_section("base", params), load_section("rcnn_svm", params)
     ev = load_section("rcnn_eval", params)
     classes = read_classes(args.classes)
-    settings = SvmSettings(**dataclasses.asdict(cfg))
     with tracking.stage_run("rcnn_svm", {**flatten(base, "base."), **flatten(cfg, "rcnn_svm.")}) as run:
-        arrays = train_svms(args.features, classes, settings, seed=base.seed)
-        ckpt = load_checkpoint(args.cnn)
-        cnn = RegionCNN(ckpt["config"]["backbone"], len(classes))
-        cnn.load_state_dict(ckpt["model"])
-        detector = RCNNDetector(cnn, arrays, crop_size=ckpt["config"]["crop_size"], context=ckpt["config"]["context"],
-                                device=resolve_device(base.device))
+        arrays = train_svms(args.features, classes, cfg, seed=base.seed)
+        detector = load_rcnn(args.cnn, arrays, device=resolve_device(base.device), min_score=ev.min_score,
+                             nms_iou=ev.nms_iou, max_detections=ev.max_detections)
         val_gt = json.loads((args.manifests / "det_val_coco.json").read_text())
         val = iter_split(args.manifests / "det_val.txt", classes, Path.cwd(), args.val_proposals)
-        dets = (detector.detect(image, props, min_score=ev.min_score, nms_iou=ev.nms_iou,
-                                max_detections=ev.max_detections)[0] for _, (image, props, _, _) in val)
+        dets = (detector.detect(image, props)[0] for _, (image, props, _, _) in val)
         thresholds = choose_thresholds(val_gt, dets, FALLBACK_SCORE)
         arrays["score_threshold"] = np.asarray(thresholds, np.float32)
         save_svm(args.out, arrays)

@@ -11,10 +11,10 @@ from pathlib import Path
 import cv2
 
 from segdet import tracking
-from segdet.cli import run_stage
 from segdet.config import load_params, load_section
 from segdet.io import atomic_dir, atomic_file
 from segdet.report import build_summary, read_reports
+from segdet.stage import run_stage
 
 
 def _describe(cfg) -> str:

@@ -10,15 +10,16 @@ import sys
 from pathlib import Path
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.data.formats import read_gray, read_rgb
-from segdet.data.manifest import resolve
+from segdet.data.pairs import resolve
+from segdet.draw import overlay
 from segdet.io import atomic_dir, atomic_file, write_json
-from segdet.nets.unet import build_unet
 from segdet.nets.weights import load_checkpoint
 from segdet.runtime import device_name, hardware, resolve_device
-from segdet.segmentation.evaluate import evaluate_unet, overlay
+from segdet.schema import flatten
+from segdet.segmentation.evaluate import evaluate_unet, load_unet
+from segdet.stage import run_stage
 
 
 def main(argv=None):
@@ -34,9 +35,7 @@ def main(argv=None):
     base, cfg = load_section("base", params), load_section("unet_eval", params)
     device = resolve_device(base.device)
     ckpt = load_checkpoint(args.model, map_location=device)
-    train_cfg = ckpt["config"]
-    model = build_unet(train_cfg["variant"], num_classes=len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
+    model, train_cfg = load_unet(ckpt, str(args.model))
     root = Path.cwd()
     logged = {**flatten(base, "base."), **flatten(cfg, "unet_eval."), "unet_train.variant": train_cfg["variant"],
               "unet_train.input_size": train_cfg["input_size"]}

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.io import atomic_copy
 from segdet.runtime import device_name, resolve_device, seed_everything
+from segdet.schema import flatten
 from segdet.segmentation.train import train_unet
+from segdet.stage import run_stage
 
 
 def main(argv=None):

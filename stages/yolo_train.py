@@ -3,7 +3,8 @@
 Reads ``data/manifests/det_{train,val}.txt``, ``models/rcnn_cnn.pt`` (backbone transfer, when the backbones
 match and ``init_from_rcnn`` is on) and params ``base``, ``yolo_train``, ``data.det.use_difficult``; writes
 ``models/yolo.pt`` (best validation mAP@0.5, with ``score_thresholds``: each class's best-F1 score on the val
-split, the operating point of ``yolo_eval`` and ``segdet predict``) and ``reports/yolo_train.csv``.
+split with the detection settings of ``yolo_eval``, its operating point and that of ``segdet predict``) and
+``reports/yolo_train.csv``.
 ``models/yolo_run/last.pt`` is the resume point.
 """
 
@@ -15,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from segdet import tracking
-from segdet.cli import run_stage
-from segdet.config import flatten, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.data.datasets import DetectionDataset, read_classes
-from segdet.detection.yolo_detect import YoloDetector, choose_yolo_thresholds
-from segdet.detection.yolo_train import train_yolo
+from segdet.detection.yolo.detect import YoloDetector, choose_yolo_thresholds
+from segdet.detection.yolo.train import train_yolo
 from segdet.nets.weights import load_checkpoint, save_checkpoint_dict
 from segdet.runtime import device_name, resolve_device, seed_everything
+from segdet.schema import flatten
+from segdet.stage import run_stage
 
 
 def main(argv=None):
@@ -35,6 +37,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("yolo_train", params)
+    ev = load_section("yolo_eval", params)  # the detection settings the operating thresholds are chosen with
     use_difficult = load_section("data", params).det.use_difficult
     device = resolve_device(base.device)
     seed_everything(base.seed)
@@ -47,7 +50,8 @@ def main(argv=None):
                                    on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer,
                                    use_difficult=use_difficult)
         val_gt = json.loads((args.manifests / "det_val_coco.json").read_text())
-        detector = YoloDetector(model, device=device, score_threshold=cfg.val_score_threshold, nms_iou=0.5)
+        detector = YoloDetector(model, device=device, min_score=ev.min_score, nms_iou=ev.nms_iou,
+                                max_detections=ev.max_detections)
         thresholds = choose_yolo_thresholds(detector, DetectionDataset(args.manifests / "det_val.txt", classes),
                                             val_gt)
         best = load_checkpoint(result.best_checkpoint)

@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from segdet.config import SECTIONS, ConfigError, DataConfig, flatten, load_params, load_section
+from segdet.config import SECTIONS, DataConfig, load_params, load_section
+from segdet.schema import ConfigError, flatten
 from tests.conftest import REPO
 
 

@@ -1,6 +1,12 @@
-"""Every stage lists, as DVC deps, the segdet modules it runs: a change to one of them reruns the stage."""
+"""Every stage lists, as DVC deps, the segdet modules it runs: a change to one of them reruns the stage, and a
+change to anything else (the CLI, ``segdet predict``, the README) reruns none."""
 
 import ast
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,31 +24,14 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(tree: ast.Module, everywhere: bool):
-    """Import statements of a module: all of them, or those run on import (not inside functions or classes)."""
-    if everywhere:
-        yield from ast.walk(tree)
-        return
-    todo = list(tree.body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        yield node
-        todo.extend(ast.iter_child_nodes(node))
-
-
 def _segdet_imports(script: Path) -> set[Path]:
-    """segdet modules a stage script imports (anywhere in it), then what those import when loaded, transitively.
-
-    Imports inside library functions are not followed: the CLI, for one, imports every command's module
-    lazily, and a stage runs only its own."""
+    """segdet modules a stage script imports, then what those import, transitively, including the imports
+    inside functions (a module imported lazily still runs in the stage)."""
     seen: set[Path] = set()
     todo = [script]
     while todo:
         path = todo.pop()
-        tree = ast.parse(path.read_text())
-        for node in _imports(tree, everywhere=path == script):
+        for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -67,3 +56,67 @@ def test_stage_deps_list_every_segdet_module_it_imports(stage):
     needed = {str(f.relative_to(ROOT)) for f in _segdet_imports(script) if f.name != "__init__.py"}
     missing = sorted(needed - deps)
     assert not missing, f"dvc.yaml stage {stage!r} imports but does not list: {missing}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_list_no_module_it_does_not_run(stage):
+    spec = STAGES[stage]
+    script = ROOT / spec["cmd"].split()[1]
+    deps = {d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])}
+    needed = {str(f.relative_to(ROOT)) for f in _segdet_imports(script)}
+    extra = sorted(d for d in deps if d.startswith("src/segdet/") and d not in needed)
+    assert not extra, f"dvc.yaml stage {stage!r} lists modules it never imports (reruns for nothing): {extra}"
+
+
+def _changed_code(repo: Path) -> dict[str, set[str]]:
+    """``dvc status``: per stage, the ``src/``, ``stages/`` and README deps that differ from ``dvc.lock``."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True,
+                         text=True, check=True).stdout
+    changed: dict[str, set[str]] = {}
+    for stage, changes in json.loads(out or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            for path, what in change.get("changed deps", {}).items() if isinstance(change, dict) else []:
+                if what == "modified" and path.startswith(("src/", "stages/", "README")):
+                    changed.setdefault(stage.split(":")[-1], set()).add(path)
+    return changed
+
+
+def _lock_code_as_is(repo: Path) -> None:
+    """Rewrite the copy's ``dvc.lock`` so its code deps are the files as they are now (md5 and size, as DVC 3
+    records them), as after a ``dvc repro`` of this checkout; data deps keep their recorded hashes."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for name, spec in STAGES.items():
+        old = {d["path"]: d for d in lock["stages"].get(name, {}).get("deps", [])}
+        deps = []
+        for dep in (d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])):
+            f = repo / dep
+            if f.is_file() and dep.startswith(("src/", "stages/")):
+                deps.append({"path": dep, "hash": "md5", "md5": hashlib.md5(f.read_bytes()).hexdigest(),
+                             "size": f.stat().st_size})
+            elif dep in old:
+                deps.append(old[dep])
+        lock["stages"].setdefault(name, {"cmd": spec["cmd"]})["deps"] = deps
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def test_dvc_reruns_only_the_stages_that_import_an_edited_module(tmp_path):
+    """In a copy of the repository: editing the README, the CLI or ``segdet predict`` changes no stage's deps;
+    editing the YOLOv1 decoder changes exactly the deps of the stages that run it."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout
+    repo = tmp_path / "repo"
+    for name in filter(None, files.decode().split("\0")):
+        if (ROOT / name).is_file() and name.split("/")[0] in {".dvc", "src", "stages", "dvc.yaml", "dvc.lock",
+                                                               "params.yaml", "README.md"}:
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    _lock_code_as_is(repo)
+    assert _changed_code(repo) == {}
+    for name in ("README.md", "src/segdet/cli.py", "src/segdet/predict.py", "src/segdet/presets.py"):
+        with open(repo / name, "a") as fh:
+            fh.write("\n# edited\n")
+    assert _changed_code(repo) == {}
+    with open(repo / "src/segdet/detection/yolo/decode.py", "a") as fh:
+        fh.write("\n# edited\n")
+    assert _changed_code(repo) == {s: {"src/segdet/detection/yolo/decode.py"} for s in ("yolo_train", "yolo_eval")}

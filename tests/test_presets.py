@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from segdet.cli import main
-from segdet.config import ConfigError, load_params, load_section
+from segdet.config import load_params, load_section
 from segdet.presets import flatten, load_preset, preset_command, resolve, targets
+from segdet.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "presets"

@@ -1,46 +1,17 @@
-"""``segdet`` console entry: commands a user runs outside DVC, and the error handling of the stages."""
+"""``segdet`` console entry: the commands a user runs outside DVC (check, predict, preset)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by the user's input: reported as one clear message, without a traceback.
-
-    Imported when an error is raised, so that a stage loads only the modules it runs (its DVC deps)."""
-    from segdet.config import ConfigError
-    from segdet.data.formats import FormatError
-    from segdet.data.manifest import ManifestError
-    from segdet.engine import NonFiniteLossError
-    from segdet.nets.weights import CheckpointError
-    from segdet.predict import PredictError
-    from segdet.report import ReportError
-
-    return ConfigError, ManifestError, FormatError, CheckpointError, NonFiniteLossError, ReportError, PredictError
-
-
-def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
-    """Run a stage's ``main``; a user error prints ``ERROR: ...`` and exits with status 1."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        main(argv)
-    except Exception as exc:
-        if not isinstance(exc, user_errors()):
-            raise
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
-    return 0
+from segdet.stage import UserError
 
 
 def _check(args: argparse.Namespace) -> int:
-    from segdet.data.manifest import ManifestError, read_manifest, validate_det, validate_seg
+    from segdet.data.pairs import ManifestError, read_manifest, validate_det, validate_seg
 
     root = Path(args.root)
     problems: list[str] = []
@@ -68,7 +39,6 @@ def _predict(args: argparse.Namespace) -> int:
     import tempfile
 
     from segdet.config import load_params, load_section
-    from segdet.detection.proposals import ProposalSettings
     from segdet.predict import (
         PredictSettings,
         download_run_checkpoint,
@@ -90,7 +60,7 @@ def _predict(args: argparse.Namespace) -> int:
         proposals = None
         if args.kind == "rcnn":
             p = load_section("proposals", params)
-            proposals = ProposalSettings(p.mode, p.max_side, p.min_size, p.max_proposals)
+            proposals = p
         threshold = ev.score_threshold if args.score_threshold is None else args.score_threshold
         settings = PredictSettings(threshold, ev.nms_iou, ev.max_detections, proposals)
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
             return _predict(args) if args.command == "predict" else _preset(args)
-        except Exception as exc:
-            if not isinstance(exc, user_errors()):
-                raise
+        except UserError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             return 1
     return 2  # pragma: no cover - argparse rejects unknown commands

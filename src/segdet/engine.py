@@ -1,7 +1,7 @@
 """The one training loop for UNet, the R-CNN CNN and YOLOv1 (torchvision ``references/detection`` style).
 
 ``fit`` runs epochs of :func:`train_one_epoch`, steps the LR scheduler once per epoch, evaluates, and
-writes two checkpoints into ``run_dir`` (DESIGN.md contract): ``last.pt`` after every epoch (what a
+writes two checkpoints into ``run_dir`` (file contract: docs/architecture.md): ``last.pt`` after every epoch (what a
 killed run resumes from) and ``best.pt`` whenever the monitored metric improves. Each epoch re-seeds
 PyTorch and the loader's generator from ``(seed, epoch)``, so a run resumed from ``last.pt`` after epoch
 k ends with the same weights as a run that was never interrupted. A non-finite loss stops training
@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segdet.nets.weights import CheckpointError, load_checkpoint, save_checkpoint
+from segdet.nets.weights import CheckpointError, TransferReport, load_checkpoint, save_checkpoint
+from segdet.stage import UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN or infinite loss; the message says where and what to try."""
 
 
@@ -231,3 +233,34 @@ def fit(
         checkpoint(best_path, max(start - 1, epochs))
     return FitResult(history, best_epoch, best_value if best_value is not None else float("nan"), best_path,
                      last_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the three training functions share around fit()
+# ----------------------------------------------------------------------------------------------------------
+
+
+def announce_transfer(report: TransferReport | None, on_transfer: Callable[[TransferReport], None] | None) -> None:
+    """Log what a weight transfer loaded and skipped, and hand the report to ``on_transfer`` (MLflow)."""
+    if report is None:
+        return
+    log.info("%s", report.summary())
+    if on_transfer is not None:
+        on_transfer(report)
+
+
+def loaders(train_ds, val_ds, *, batch_size: int, workers: int, device: torch.device, generator: torch.Generator,
+            collate_fn: Callable | None = None) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training and ordered validation loaders (pinned memory on CUDA, shuffling from ``generator``)."""
+    pin = device.type == "cuda"
+    train = DataLoader(train_ds, batch_size, shuffle=True, generator=generator, num_workers=workers,
+                       collate_fn=collate_fn, pin_memory=pin)
+    val = DataLoader(val_ds, batch_size, num_workers=workers, collate_fn=collate_fn, pin_memory=pin)
+    return train, val
+
+
+def load_best(model: nn.Module, result: FitResult, device: torch.device) -> nn.Module:
+    """``model`` with the weights of the run's best checkpoint (the epoch the monitored metric chose)."""
+    best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    return model

@@ -18,8 +18,10 @@ import torch
 from tqdm import tqdm
 
 from segdet.data.formats import FormatError, read_rgb
+from segdet.draw import draw_detections, tint
 from segdet.io import atomic_dir
-from segdet.nets.weights import CheckpointError, load_checkpoint
+from segdet.nets.weights import load_checkpoint
+from segdet.stage import UserError
 
 KINDS = ("unet", "rcnn", "yolo")
 #: the files a kind needs, as the pipeline writes them (``models/``) and as its MLflow run logs them (``checkpoint/``)
@@ -27,7 +29,7 @@ MODEL_FILES = {"unet": ("unet.pt",), "rcnn": ("rcnn_cnn.pt", "rcnn_svm.npz"), "y
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """Bad ``segdet predict`` input: unknown kind, no images, a missing model."""
 
 
@@ -37,7 +39,7 @@ class PredictSettings:
     # the per-class thresholds stored with the model (chosen on the val split)
     nms_iou: float
     max_detections: int = 100
-    proposals: Any = None  # ProposalSettings, R-CNN only
+    proposals: Any = None  # the proposals section (ProposalsConfig), R-CNN only
     tta: bool = False  # UNet: flip test-time augmentation (unet_eval.tta)
     postprocess: bool = False  # UNet: largest blob, holes filled (unet_eval.postprocess)
 
@@ -83,14 +85,10 @@ class UnetPredictor(Predictor):
     kind = "unet"
 
     def __init__(self, ckpt: dict, device: torch.device, path: str, tta: bool = False, postprocess: bool = False):
-        from segdet.nets.unet import build_unet
+        from segdet.segmentation.evaluate import load_unet
 
-        cfg = ckpt.get("config", {})
-        if "variant" not in cfg:
-            raise CheckpointError(f"{path}: not a UNet checkpoint (its config has no variant)")
-        self.model = build_unet(cfg["variant"], num_classes=len(ckpt["classes"]))
-        self.model.load_state_dict(ckpt["model"])
-        self.model.eval().to(device)
+        self.model, cfg = load_unet(ckpt, path)
+        self.model.to(device)
         self.input_size, self.device = cfg["input_size"], device
         self.tta, self.postprocess = tta, postprocess
 
@@ -107,8 +105,6 @@ class UnetPredictor(Predictor):
         return {"mask": mask, "lesion_fraction": float(mask.mean())}
 
     def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
-        from segdet.segmentation.evaluate import tint
-
         return tint(image, pred["mask"], (255, 0, 0), max(1, round(max(image.shape[:2]) / 300)))
 
 
@@ -126,13 +122,7 @@ class DetPredictor(Predictor):
         return {k: v[keep].numpy() for k, v in dets.items()}
 
     def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
-        from segdet.detection.visualize import draw_detections
-
         return draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], self.classes)
-
-
-def _lowest(cut: float | list[float]) -> float:
-    return cut if isinstance(cut, (int, float)) else min(cut)
 
 
 def load_predictor(kind: str, files: list[Path], device: torch.device, settings: PredictSettings) -> Predictor:
@@ -140,40 +130,18 @@ def load_predictor(kind: str, files: list[Path], device: torch.device, settings:
     if kind == "unet":
         return UnetPredictor(load_checkpoint(files[0], map_location=device), device, str(files[0]),
                              tta=settings.tta, postprocess=settings.postprocess)
-    if kind == "yolo":
-        from segdet.detection.yolo_detect import YoloDetector, load_yolo, score_thresholds
+    if kind in ("yolo", "rcnn"):
+        from segdet.detection.rcnn.detect import load_rcnn
+        from segdet.detection.yolo.detect import load_yolo_detector
 
-        ckpt = load_checkpoint(files[0], map_location=device)
-        model = load_yolo(ckpt, str(files[0]))
-        cut = settings.score_threshold if settings.score_threshold is not None else score_thresholds(ckpt)
-        detector = YoloDetector(model, device=device, score_threshold=_lowest(cut), nms_iou=settings.nms_iou,
-                                max_detections=settings.max_detections)
-        return DetPredictor(kind, lambda img: detector.detect(img)[0], list(ckpt["classes"]), cut)
-    if kind == "rcnn":
-        from segdet.detection.proposals import selective_search
-        from segdet.detection.rcnn import RCNNDetector, RegionCNN, load_svm, score_thresholds
-
-        ckpt = load_checkpoint(files[0], map_location="cpu")
-        cfg = ckpt.get("config", {})
-        if "crop_size" not in cfg:
-            raise CheckpointError(f"{files[0]}: not an R-CNN region CNN checkpoint (its config has no crop_size)")
-        try:
-            svm = load_svm(files[1])
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{files[1]}: not an R-CNN SVM file ({exc})") from None
-        model = RegionCNN(cfg["backbone"], len(ckpt["classes"]))
-        model.load_state_dict(ckpt["model"])
-        detector = RCNNDetector(model, svm, crop_size=cfg["crop_size"], context=cfg["context"], device=device)
-        cut = settings.score_threshold if settings.score_threshold is not None else score_thresholds(svm)
-
-        def detect(img: torch.Tensor) -> dict[str, torch.Tensor]:
-            bgr = cv2.cvtColor(img.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
-            props = torch.from_numpy(selective_search(bgr, settings.proposals))
-            dets, _ = detector.detect(img, props, min_score=_lowest(cut), nms_iou=settings.nms_iou,
-                                      max_detections=settings.max_detections)
-            return {k: v.cpu() for k, v in dets.items()}
-
-        return DetPredictor(kind, detect, detector.classes, cut)
+        common = {"nms_iou": settings.nms_iou, "max_detections": settings.max_detections}
+        if kind == "yolo":
+            detector = load_yolo_detector(files[0], device=device, min_score=0.0, **common)
+        else:
+            detector = load_rcnn(files[0], files[1], device=device, proposals=settings.proposals, **common)
+        cut = settings.score_threshold if settings.score_threshold is not None else detector.thresholds
+        detector.min_score = min(cut) if isinstance(cut, list) else cut  # nothing below the operating point
+        return DetPredictor(kind, lambda img: detector.detect(img)[0], detector.classes, cut)
     raise PredictError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from segdet.config import SECTIONS, ConfigError, load_params, load_section
+from segdet.config import SECTIONS, load_params, load_section
+from segdet.schema import ConfigError
 
 PRESETS_DIR = Path("presets")
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from segdet.detection.visualize import figure_image
+from segdet.draw import figure_image
+from segdet.stage import UserError
 
 #: published figures the measured ones are shown beside (Pascal VOC 2007 test; GPU timings)
 PAPERS: list[dict[str, Any]] = [
@@ -50,7 +51,7 @@ def _cut(ev: dict) -> str:
     return f"{ev.get('score_threshold')}"
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A report input is missing or unreadable (names the file)."""
 
 

@@ -32,7 +32,7 @@ def resolve_device(name: str = "auto"):
     """
     import torch
 
-    from segdet.config import ConfigError
+    from segdet.schema import ConfigError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow (DESIGN.md).
+"""MLflow tracking: the only module that imports mlflow (docs/architecture.md).
 
 Every stage run is one MLflow run in the experiment ``segdet`` (``MLFLOW_EXPERIMENT_NAME`` overrides)
 with its params section flattened, its metrics, artifacts and these tags:

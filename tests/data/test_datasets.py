@@ -6,7 +6,7 @@ from PIL import Image
 
 from segdet.data.datasets import DetectionDataset, SegmentationDataset, detection_collate
 from segdet.data.formats import write_voc_xml
-from segdet.data.manifest import Pair
+from segdet.data.pairs import Pair
 from segdet.data.transforms import det_transforms, seg_transforms
 
 H, W = 24, 40

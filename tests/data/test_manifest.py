@@ -20,8 +20,8 @@ from PIL import Image
 
 from segdet.config import load_section
 from segdet.data.formats import write_voc_xml
-from segdet.data.manifest import ManifestError, Pair, coco_ground_truth, read_manifest, validate_det, write_manifest
-from segdet.data.pipeline import build_manifests
+from segdet.data.manifest import build_manifests
+from segdet.data.pairs import ManifestError, Pair, coco_ground_truth, read_manifest, validate_det, write_manifest
 
 SPLITS = ("train", "val", "test")
 N = 6

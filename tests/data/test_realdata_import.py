@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from segdet.config import load_section
-from segdet.data.manifest import ManifestError
-from segdet.data.pipeline import build_manifests, prepare_data
+from segdet.data.manifest import build_manifests
+from segdet.data.pairs import ManifestError
+from segdet.data.prepare import prepare_data
 from tests.conftest import REALDATA
 
 ISIC_SAMPLE = REALDATA / "isic-sample"

@@ -19,18 +19,10 @@ from PIL import Image
 
 from segdet.config import load_section
 from segdet.data.datasets import SegmentationDataset
-from segdet.data.formats import (
-    find_isic_pairs,
-    import_coco,
-    import_isic,
-    import_voc,
-    parse_voc_xml,
-    resolve_trainval,
-    voc_split_lists,
-    write_voc_xml,
-)
-from segdet.data.manifest import read_manifest
-from segdet.data.pipeline import build_manifests
+from segdet.data.formats import parse_voc_xml, write_voc_xml
+from segdet.data.manifest import build_manifests
+from segdet.data.pairs import read_manifest
+from segdet.data.sources import find_isic_pairs, import_coco, import_isic, import_voc, resolve_trainval, voc_split_lists
 
 SPLITS = ("train", "val", "test")
 W, H = 20, 16

@@ -11,14 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdet.data.synthetic import (
-    _VOC_TAG,
-    DET_CLASSES,
-    _image_rng,
-    _render_voc_scene,
-    generate_isic,
-    generate_voc,
-)
+from segdet.data.synthetic.common import _image_rng
+from segdet.data.synthetic.isic import generate_isic
+from segdet.data.synthetic.shapes import DET_CLASSES
+from segdet.data.synthetic.voc import _VOC_TAG, _render_voc_scene, generate_voc
 
 ISIC_SIZE = 64
 VOC_SIZE = 96
@@ -290,7 +286,8 @@ try:
 except ImportError:  # NumPy 1.x
     from numpy.core import _multiarray_umath as mu
 
-from segdet.data.synthetic import _VOC_TAG, _image_rng, _render_voc_scene, generate_voc
+from segdet.data.synthetic.common import _image_rng
+from segdet.data.synthetic.voc import _VOC_TAG, _render_voc_scene, generate_voc
 
 out, num, size, seed = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 sha = lambda b: hashlib.sha256(b).hexdigest()

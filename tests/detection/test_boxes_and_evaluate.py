@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from segdet.detection.boxes import decode, dilate, encode, xyxy_to_xywh
+from segdet.data.formats import coco_annotation, coco_box, coco_to_xyxy
+from segdet.detection.boxes import decode, dilate, encode
 from segdet.detection.evaluate import (
     choose_thresholds,
     coco_metrics,
@@ -32,7 +33,13 @@ def test_dilate_leaves_context_pixels_after_warping():
     assert d == pytest.approx([10 - 40 * 4 / 56, 10 - 20 * 4 / 56, 50 + 40 * 4 / 56, 30 + 20 * 4 / 56])
     with pytest.raises(ValueError, match="context"):
         dilate(box, 64, 32)
-    assert xyxy_to_xywh(box).tolist() == [[10.0, 10.0, 40.0, 20.0]]
+
+
+def test_coco_box_conventions_hand_computed():
+    assert coco_box([10.0, 10.0, 50.0, 30.0]) == [10.0, 10.0, 40.0, 20.0]
+    assert coco_to_xyxy([10.0, 10.0, 40.0, 20.0]) == [10.0, 10.0, 50.0, 30.0]
+    assert coco_annotation(3, 2, 1, (10.0, 10.0, 50.0, 30.0), crowd=True) == {
+        "id": 3, "image_id": 2, "category_id": 1, "bbox": [10.0, 10.0, 40.0, 20.0], "area": 800.0, "iscrowd": 1}
 
 
 def test_voc_ap_all_point_interpolation_hand_computed():

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdet.detection.proposals import ProposalSettings, proposal_table, propose_many, recall, selective_search
+from segdet.config import ProposalsConfig
+from segdet.detection.proposals import proposal_table, propose_many, recall, selective_search
 
 
 def _scene(h=120, w=160):
@@ -15,7 +16,7 @@ def _scene(h=120, w=160):
 
 def test_selective_search_boxes_are_valid_and_find_the_objects():
     img = _scene()
-    boxes = selective_search(img, ProposalSettings("fast", max_side=200, min_size=4, max_proposals=500))
+    boxes = selective_search(img, ProposalsConfig("fast", max_side=200, min_size=4, max_proposals=500))
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 0 < len(boxes) <= 500
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 120).all()
     assert ((boxes[:, 2] - boxes[:, 0]) >= 4).all() and ((boxes[:, 3] - boxes[:, 1]) >= 4).all()
@@ -26,16 +27,16 @@ def test_selective_search_boxes_are_valid_and_find_the_objects():
 
 def test_cap_and_minimum_size():
     img = _scene()
-    assert len(selective_search(img, ProposalSettings("fast", 200, 4, max_proposals=7))) == 7
-    big = selective_search(img, ProposalSettings("fast", 200, min_size=50))
+    assert len(selective_search(img, ProposalsConfig("fast", 200, 4, max_proposals=7))) == 7
+    big = selective_search(img, ProposalsConfig("fast", 200, min_size=50))
     assert ((big[:, 2] - big[:, 0]) >= 50).all() and ((big[:, 3] - big[:, 1]) >= 50).all()
     with pytest.raises(ValueError, match="Available options are: fast, quality"):
-        ProposalSettings("slow")
+        selective_search(img, ProposalsConfig("slow"))
 
 
 def test_boxes_map_back_to_original_pixels_when_resized():
     img = _scene()
-    boxes = selective_search(img, ProposalSettings("fast", max_side=80, min_size=2))
+    boxes = selective_search(img, ProposalsConfig("fast", max_side=80, min_size=2))
     assert boxes[:, 2].max() > 100  # found in the 80-px image, reported in the 160-px one
 
 
@@ -44,7 +45,7 @@ def test_pool_gives_the_same_boxes_as_one_process(tmp_path):
     for i in range(3):
         Image.fromarray(np.roll(_scene(), 10 * i, axis=1)).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    s = ProposalSettings("fast", 160, 4, 300)
+    s = ProposalsConfig("fast", 160, 4, 300)
     one = list(propose_many(paths, s, workers=1))
     two = list(propose_many(paths, s, workers=2))
     assert [p for p, _, _ in one] == [str(p) for p in paths] == [p for p, _, _ in two]

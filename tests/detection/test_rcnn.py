@@ -3,19 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segdet.detection.rcnn import (
-    RCNNDetector,
-    RegionBatches,
-    RegionCNN,
-    SvmSettings,
-    extract_features,
-    iter_chunks,
-    label_regions,
-    load_svm,
-    save_svm,
-    train_svms,
-    warp,
-)
+from segdet.config import RcnnSvmConfig
+from segdet.detection.rcnn.detect import RCNNDetector
+from segdet.detection.rcnn.features import extract_features, iter_chunks
+from segdet.detection.rcnn.model import RegionCNN, warp
+from segdet.detection.rcnn.regions import RegionBatches, label_regions
+from segdet.detection.rcnn.svm import load_svm, save_svm, train_svms
 from segdet.nets.weights import transfer_weights
 
 
@@ -110,7 +103,7 @@ def test_features_svms_and_detector_find_coloured_squares(tmp_path):
     chunk = next(iter_chunks(tmp_path / "f"))
     assert chunk["features"].dtype == np.float16 and chunk["is_gt"].sum() == 10  # 5 images x 2 boxes
 
-    settings = SvmSettings(C=1.0, rounds=1, init_negatives=50, max_negatives=200, reg_alpha=1.0)
+    settings = RcnnSvmConfig(C=1.0, rounds=1, init_negatives=50, max_negatives=200, reg_alpha=1.0)
     arrays = train_svms(tmp_path / "f", ["red", "blue"], settings, progress=False)
     assert arrays["svm_weight"].shape == (2, 3) and arrays["reg_weight"].shape == (2, 4, 3)
     assert list(arrays["positives"]) == [12, 12] and (arrays["regression_samples"] > 0).all()
@@ -118,9 +111,10 @@ def test_features_svms_and_detector_find_coloured_squares(tmp_path):
     loaded = load_svm(tmp_path / "svm.npz")  # allow_pickle=False
     assert [str(c) for c in loaded["classes"]] == ["red", "blue"]
 
-    detector = RCNNDetector(model, loaded, crop_size=16, context=0, device=torch.device("cpu"))
+    detector = RCNNDetector(model, loaded, crop_size=16, context=0, device=torch.device("cpu"), min_score=0.0,
+                            nms_iou=0.3)
     image, props, gt, labels = _scene(np.random.default_rng(99), colours)
-    dets, secs = detector.detect(image, props, min_score=0.0, nms_iou=0.3)
+    dets, secs = detector.detect(image, props)
     assert set(secs) == {"warp_cnn", "svm_regression", "nms"}
     assert sorted(dets["labels"].tolist()) == [1, 2]  # one detection per square after NMS
     from torchvision.ops import box_iou

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from segdet.detection.decode import decode
-from segdet.detection.yolo_loss import YoloLoss
+from segdet.detection.yolo.decode import decode
+from segdet.detection.yolo.loss import YoloLoss
 from segdet.nets.yolo import YOLOv1
 
 

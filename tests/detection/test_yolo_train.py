@@ -10,24 +10,19 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from segdet.config import ConfigError, YoloTrainConfig
+from segdet.config import YoloTrainConfig
 from segdet.data.datasets import DetectionDataset
 from segdet.data.formats import write_voc_xml
-from segdet.data.manifest import Pair, write_manifest
-from segdet.data.synthetic import DET_CLASSES, generate_voc
-from segdet.detection import yolo_train
-from segdet.detection.rcnn import RegionCNN
-from segdet.detection.yolo_train import (
-    build_model,
-    collate,
-    schedule,
-    train_yolo,
-    transfer_from_rcnn,
-    validate,
-    yolo_transforms,
-)
+from segdet.data.pairs import Pair, write_manifest
+from segdet.data.synthetic.shapes import DET_CLASSES
+from segdet.data.synthetic.voc import generate_voc
+from segdet.data.transforms import yolo_transforms
+from segdet.detection.rcnn.model import RegionCNN
+from segdet.detection.yolo import train as yolo_train
+from segdet.detection.yolo.train import build_model, collate, schedule, train_yolo, transfer_from_rcnn, validate
 from segdet.nets.weights import load_checkpoint, save_checkpoint
 from segdet.nets.yolo import YOLOv1
+from segdet.schema import ConfigError
 
 CPU = torch.device("cpu")
 

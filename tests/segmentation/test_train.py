@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from segdet.config import UnetTrainConfig
-from segdet.data.manifest import Pair, write_manifest
-from segdet.data.synthetic import generate_isic
+from segdet.data.pairs import Pair, write_manifest
+from segdet.data.synthetic.isic import generate_isic
 from segdet.engine import NonFiniteLossError, fit
 from segdet.nets.weights import load_checkpoint
 from segdet.segmentation.evaluate import evaluate_unet

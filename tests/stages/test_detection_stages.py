@@ -1,4 +1,4 @@
-"""The R-CNN and YOLOv1 stages run through DVC on tiny synthetic scenes, and write the DESIGN.md files."""
+"""The R-CNN and YOLOv1 stages run through DVC on tiny synthetic scenes, and write the files of docs/architecture.md."""
 
 import json
 import re

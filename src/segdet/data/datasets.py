@@ -1,4 +1,4 @@
-"""``torch.utils.data.Dataset`` classes that read a manifest (DESIGN.md)."""
+"""``torch.utils.data.Dataset`` classes that read a manifest (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from segdet.data.formats import parse_voc_xml, read_gray, read_rgb
-from segdet.data.manifest import Pair, read_manifest, resolve
+from segdet.data.pairs import Pair, read_manifest, resolve
 
 
 def _pairs(manifest: str | Path | Sequence[Pair]) -> list[Pair]:
@@ -66,9 +66,9 @@ class DetectionDataset(Dataset):
     """Images and Pascal VOC boxes of a detection manifest.
 
     Item ``i``: ``(image, target)`` with ``image`` a ``tv_tensors.Image[3, H, W]`` and ``target`` a dict:
-    ``boxes`` ``tv_tensors.BoundingBoxes[N, 4]`` in XYXY pixels (``x1 = xmin - 1``, DESIGN.md),
+    ``boxes`` ``tv_tensors.BoundingBoxes[N, 4]`` in XYXY pixels (``x1 = xmin - 1``, docs/architecture.md),
     ``labels`` ``Tensor[N]`` int64 with ``1..C`` = line of ``det_classes.txt`` (0 is background),
-    ``image_id`` = ``i + 1`` (the COCO id of DESIGN.md) and ``orig_size`` ``(H, W)``.
+    ``image_id`` = ``i + 1`` (the COCO id of docs/architecture.md) and ``orig_size`` ``(H, W)``.
     Annotations are parsed once, up front; zero-area boxes are skipped as in the manifest stage.
 
     VOC ``difficult`` objects (and COCO crowd regions, imported as difficult): with ``use_difficult``

@@ -1,54 +1,28 @@
-"""Dataset formats: ISIC 2018 Task 1 folders, Pascal VOC folders and COCO json.
+"""File formats and box conventions: image reading, Pascal VOC XML (read and write) and COCO boxes.
 
-Box convention (DESIGN.md): in code a box is float ``(x1, y1, x2, y2)`` in pixels with
+Box convention: in code a box is float ``(x1, y1, x2, y2)`` in pixels with
 ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``, where ``xmin..xmax`` are Pascal VOC's 1-based
 inclusive pixel indices. So a VOC box ``xmin=1, xmax=10`` covers pixels 0..9 and is 10 pixels wide.
-
-The ``import_*`` functions copy a user's folder into the canonical layout under ``data/raw/``
-(``isic/[split/]{images,masks}``, ``voc/{JPEGImages,Annotations,ImageSets/Main}``), so every later
-stage reads one layout whatever the source was.
+COCO boxes are ``[x, y, w, h]`` of the same float pixels.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import shutil
 import xml.etree.ElementTree as ET
-from collections import Counter
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import cv2
 import numpy as np
 
+from segdet.stage import UserError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
-#: split list / split folder names a source may carry, mapped to segdet's names
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "trainval": "trainval",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
-ISIC_MASK_SUFFIX = "_segmentation"
-_LABEL_SUFFIXES = ("_segmentation", "_mask", "_gt", "_label")
-#: folder names (any case) whose files are masks; a folder ending in ``_GroundTruth`` (ISIC's own) is one too
-MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "ground_truth", "groundtruth", "gt")
 
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class FormatError(ValueError):
+class FormatError(UserError):
     """A file is not in the format it claims to be; the message starts with the file's path."""
 
 
@@ -80,7 +54,7 @@ def read_gray(path: str | Path) -> np.ndarray:
 @dataclass(frozen=True)
 class VocObject:
     name: str
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 (DESIGN.md convention)
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 (docs/architecture.md convention)
     voc: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax as written in the XML
     difficult: bool = False
     truncated: bool = False
@@ -103,6 +77,27 @@ def voc_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[flo
 def xyxy_to_voc(x1: float, y1: float, x2: float, y2: float) -> tuple[int, int, int, int]:
     """Float ``(x1, y1, x2, y2)`` -> VOC integer corners (rounded outwards to whole pixels)."""
     return (math.floor(x1) + 1, math.floor(y1) + 1, math.ceil(x2), math.ceil(y2))
+
+
+def coco_box(box: tuple[float, float, float, float] | list[float]) -> list[float]:
+    """Float ``(x1, y1, x2, y2)`` -> COCO ``[x, y, w, h]``."""
+    x1, y1, x2, y2 = box
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def coco_to_xyxy(bbox: list[float]) -> list[float]:
+    """COCO ``[x, y, w, h]`` -> float ``[x1, y1, x2, y2]``."""
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]
+
+
+def coco_annotation(ann_id: int, image_id: int, category_id: int, box: tuple[float, float, float, float] | list[float],
+                    crowd: bool = False) -> dict:
+    """One COCO ground-truth annotation of the float ``(x1, y1, x2, y2)`` box: ``bbox = [x, y, w, h]``, its area,
+    and ``iscrowd`` (a VOC difficult object or a COCO crowd region: ignored by the evaluations)."""
+    bbox = coco_box(box)
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
+            "area": bbox[2] * bbox[3], "iscrowd": int(crowd)}
 
 
 def _text(node: ET.Element, tag: str) -> str | None:
@@ -161,11 +156,16 @@ def write_voc_xml(
     filename: str,
     width: int,
     height: int,
-    objects: list[tuple[str, tuple[int, int, int, int]]] | list[tuple[str, tuple[int, int, int, int], bool]],
+    objects: list[tuple],
     depth: int = 3,
+    xml_declaration: bool = False,
 ) -> None:
-    """Write a Pascal VOC annotation; ``objects`` are ``(name, (xmin, ymin, xmax, ymax))``, 1-based, or
-    ``(name, box, difficult)`` to mark an object ``<difficult>1</difficult>`` (default 0)."""
+    """Write a Pascal VOC annotation (the one VOC writer of segdet).
+
+    ``objects``: ``(name, (xmin, ymin, xmax, ymax))`` with 1-based corners, optionally followed by
+    ``difficult`` (default 0), ``truncated`` (default: the box touches the image border) and ``occluded``
+    (written only when given). ``xml_declaration``: start with ``<?xml ...?>`` (no trailing newline then,
+    as ``ElementTree.write`` does)."""
     ann = ET.Element("annotation")
     ET.SubElement(ann, "folder").text = "JPEGImages"
     ET.SubElement(ann, "filename").text = filename
@@ -173,299 +173,22 @@ def write_voc_xml(
     for tag, val in (("width", width), ("height", height), ("depth", depth)):
         ET.SubElement(size, tag).text = str(val)
     ET.SubElement(ann, "segmented").text = "0"
-    for name, (xmin, ymin, xmax, ymax), *flag in objects:
-        difficult = bool(flag and flag[0])
+    for name, (xmin, ymin, xmax, ymax), *flags in objects:
+        difficult, truncated, occluded = (list(flags) + [False, None, None][len(flags):])[:3]
+        if truncated is None:
+            truncated = xmin <= 1 or ymin <= 1 or xmax >= width or ymax >= height
         obj = ET.SubElement(ann, "object")
         ET.SubElement(obj, "name").text = name
         ET.SubElement(obj, "pose").text = "Unspecified"
-        trunc = xmin <= 1 or ymin <= 1 or xmax >= width or ymax >= height
-        ET.SubElement(obj, "truncated").text = "1" if trunc else "0"
+        ET.SubElement(obj, "truncated").text = "1" if truncated else "0"
+        if occluded is not None:
+            ET.SubElement(obj, "occluded").text = "1" if occluded else "0"
         ET.SubElement(obj, "difficult").text = "1" if difficult else "0"
         box = ET.SubElement(obj, "bndbox")
         for tag, val in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
             ET.SubElement(box, tag).text = str(val)
     ET.indent(ann, space="\t")
-    Path(path).write_text(ET.tostring(ann, encoding="unicode") + "\n")
-
-
-def read_split_list(path: Path) -> list[str]:
-    """Ids of a VOC ``ImageSets/Main/<split>.txt`` (first column; per-class ``id flag`` lists read too)."""
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-
-
-def voc_split_lists(folder: Path) -> dict[str, list[str]]:
-    """``{"train": ids, "val": ids, "test": ids, "trainval": ids}`` for the lists present in ``ImageSets/Main``.
-
-    Only these four main lists are read: the per-class lists of VOC 2007/2012 (``<class>_train.txt`` with
-    ``id  1`` / ``id -1`` lines) beside them are not split lists and are ignored. The lists are returned as
-    found; :func:`resolve_trainval` reconciles ``trainval`` with ``train`` and ``val``.
-    """
-    main = folder / "ImageSets" / "Main"
-    out: dict[str, list[str]] = {}
-    if main.is_dir():
-        for name in ("train", "val", "test", "trainval"):
-            f = main / f"{name}.txt"
-            if f.is_file():
-                out[name] = read_split_list(f)
-    return out
-
-
-def resolve_trainval(
-    lists: dict[str, list[T]], key: Callable[[T], Hashable] = lambda x: x, where: str = "trainval"
-) -> dict[str, list[T]]:
-    """Reconcile a source's ``trainval`` list with its ``train`` and ``val`` lists (trainval = train + val).
-
-    A Pascal VOC devkit ships ``ImageSets/Main/{train,val,trainval,test}.txt``; taking every list would
-    list each train and val image twice. The rule (``key`` identifies an item, ``where`` names the
-    trainval list in messages):
-
-    - ``train`` and ``val`` present: both are used and ``trainval`` is dropped. Ids of ``trainval`` that
-      are in neither are added to ``train``, in trainval order, with a logged warning naming ``where``
-      and how many (they are not dropped silently);
-    - only one of ``train`` / ``val`` present: the other one is ``trainval`` minus it (when not empty);
-    - neither present: ``trainval`` is kept as it is, and the split stage divides it by the ratios
-      (``data.split``): val carved from it, and test too when the source has no test list;
-    - ``test`` (and any other list) is returned unchanged.
-
-    Returns a new dict; ``lists`` is not modified.
-    """
-    out = dict(lists)
-    trainval = out.pop("trainval", None)
-    if trainval is None:
-        return out
-    if "train" not in out and "val" not in out:
-        out["trainval"] = trainval
-        return out
-    listed = {key(x) for part in ("train", "val") for x in out.get(part, [])}
-    rest = [x for x in trainval if key(x) not in listed]
-    if "train" in out and "val" in out:
-        if rest:
-            log.warning(
-                "%s: %d id(s) are in neither the train nor the val list (trainval should be their union); "
-                "added to train: %s", where, len(rest), ", ".join(str(key(x)) for x in rest[:5])
-                + (" ..." if len(rest) > 5 else ""),
-            )
-            out["train"] = list(out["train"]) + rest
-    elif rest:
-        out["val" if "train" in out else "train"] = rest
-    return out
-
-
-def find_voc_image(folder: Path, image_id: str) -> Path | None:
-    """``JPEGImages/<id>.<ext>`` for the first image extension present, else None."""
-    for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS):
-        p = folder / "JPEGImages" / f"{image_id}{ext}"
-        if p.is_file():
-            return p
-    return None
-
-
-def check_voc_folder(folder: Path) -> None:
-    missing = [d for d in ("JPEGImages", "Annotations") if not (folder / d).is_dir()]
-    if missing:
-        raise FormatError(
-            f"{folder}: not a Pascal VOC folder (missing {', '.join(missing)}/); expected "
-            "JPEGImages/, Annotations/*.xml and optionally ImageSets/Main/{train,val,test}.txt"
-        )
-
-
-def import_voc(src: Path, dst: Path) -> dict:
-    """Copy a Pascal VOC folder into ``dst`` (JPEGImages, Annotations, split lists, classes.txt)."""
-    src = Path(src)
-    check_voc_folder(src)
-    for sub in ("JPEGImages", "Annotations"):
-        shutil.copytree(src / sub, dst / sub)
-    (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
-    lists = voc_split_lists(src)
-    for name in lists:
-        shutil.copy2(src / "ImageSets" / "Main" / f"{name}.txt", dst / "ImageSets" / "Main" / f"{name}.txt")
-    if not lists:
-        ids = sorted(p.stem for p in (dst / "Annotations").glob("*.xml"))
-        (dst / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in ids))
-    if (src / "classes.txt").is_file():
-        shutil.copy2(src / "classes.txt", dst / "classes.txt")
-    return {
-        "images": sum(1 for _ in (dst / "JPEGImages").iterdir()),
-        "annotations": sum(1 for _ in (dst / "Annotations").glob("*.xml")),
-        "split_lists": sorted(lists),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# COCO json -> VOC layout
-# ----------------------------------------------------------------------------------------------------------
-
-
-def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> dict:
-    """Convert a COCO instances json and its images into the VOC layout under ``dst``.
-
-    Image files are looked up as ``images_dir/<file_name>`` (default: the json's folder, then its
-    ``images/`` sibling); a ``file_name`` in a sub-folder (``sub/a.jpg``, also ``sub\\a.jpg``) is found there
-    and copied as its base name (``JPEGImages/a.jpg``), so two images with one base name are an error.
-    Boxes ``[x, y, w, h]`` become VOC corners rounded outwards. ``iscrowd`` annotations become objects
-    marked ``<difficult>1</difficult>``: ignore regions, neither a hit nor a miss in evaluation (as COCO
-    scores crowd regions) and left out of training unless ``data.det.use_difficult``.
-    ``classes.txt`` lists the categories in id order (ids may have gaps: 1, 3, 7 become lines 1, 2, 3),
-    so COCO names keep their order.
-    """
-    json_path = Path(json_path)
-    try:
-        coco = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{json_path}: not a readable COCO json ({exc})") from None
-    for key in ("images", "annotations", "categories"):
-        if key not in coco:
-            raise FormatError(f"{json_path}: no '{key}' list; expected a COCO instances file")
-    cats = sorted(coco["categories"], key=lambda c: c["id"])
-    cat_name = {c["id"]: c["name"] for c in cats}
-    candidates = [images_dir] if images_dir else [json_path.parent, json_path.parent / "images"]
-    by_image: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
-    (dst / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (dst / "Annotations").mkdir(parents=True, exist_ok=True)
-    (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
-    problems: list[str] = []
-    ids: list[str] = []
-    names_seen: dict[str, int] = {}
-    crowd = written = 0
-    for img in coco["images"]:
-        fname = str(img.get("file_name", "")).replace("\\", "/")
-        found = next((Path(c) / fname for c in candidates if c and (Path(c) / fname).is_file()), None)
-        if found is None:
-            tried = ", ".join(str(Path(c) / fname) for c in candidates if c)
-            problems.append(f"{json_path}: image id {img.get('id')}: file {fname!r} not found (tried {tried})")
-            continue
-        base = Path(fname).name
-        stem = Path(base).stem
-        if stem in names_seen:  # a.jpg and a.png would share the id (annotation file) a
-            problems.append(f"{json_path}: two images share the file name {base!r} or its id {stem!r} "
-                            f"(image ids {names_seen[stem]}, {img['id']})")
-            continue
-        names_seen[stem] = img["id"]
-        shutil.copy2(found, dst / "JPEGImages" / base)
-        w, h = int(img["width"]), int(img["height"])
-        objects = []
-        for a in by_image.get(img["id"], []):
-            if a["category_id"] not in cat_name:
-                problems.append(f"{json_path}: annotation {a.get('id')} has unknown category_id {a['category_id']}")
-                continue
-            is_crowd = bool(a.get("iscrowd", 0))
-            crowd += is_crowd
-            x, y, bw, bh = a["bbox"]
-            xmin, ymin, xmax, ymax = xyxy_to_voc(x, y, x + bw, y + bh)
-            box = (max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h))
-            objects.append((cat_name[a["category_id"]], box, is_crowd))
-            written += 1
-        write_voc_xml(dst / "Annotations" / f"{stem}.xml", base, w, h, objects)
-        ids.append(stem)
-    if problems:
-        raise FormatError("\n".join(problems))
-    (dst / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
-    (dst / "classes.txt").write_text("".join(f"{c['name']}\n" for c in cats))
-    return {"images": len(ids), "annotations": written - crowd, "crowd_as_difficult": crowd}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ISIC 2018 Task 1 folders
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _label_id(stem: str) -> str:
-    """A label file's stem without its ``_segmentation``/``_mask``/``_gt``/``_label`` suffix."""
-    for suffix in _LABEL_SUFFIXES:
-        if stem.endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
-def label_pairs_with(image: str, label: str) -> bool:
-    """True when ``label``'s stem, minus a ``_segmentation``/``_mask``/``_gt``/``_label`` suffix, is ``image``'s stem."""
-    return _label_id(Path(label).stem) == Path(image).stem
-
-
-def is_mask_folder(name: str) -> bool:
-    """A folder of masks by its name: ``masks``, ``mask``, ``labels``, ``label``, ``ground_truth``,
-    ``groundtruth``, ``gt`` or ``..._GroundTruth`` (any case)."""
-    low = name.lower()
-    return low in MASK_FOLDER_NAMES or low.endswith("_groundtruth")
-
-
-def isic_split_folders(folder: Path) -> dict[str | None, Path]:
-    """Split sub-folders of an ISIC source (``train/``, ``val/``, ``test/``), or ``{None: folder}``."""
-    subs = {}
-    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-        name = SPLIT_ALIASES.get(p.name.lower())
-        if p.is_dir() and name in SPLITS:
-            subs[name] = p
-    return subs or {None: folder}
-
-
-def find_isic_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Pair every image under ``folder`` with its mask, anywhere below it.
-
-    A file is a mask when it lies in a mask folder (:func:`is_mask_folder`: ``masks/``, ``labels/``,
-    ``gt/``, ISIC's ``..._GroundTruth/`` ...; its id is its stem, minus a ``_segmentation``/``_mask``/
-    ``_gt``/``_label`` suffix if it has one), or when its stem carries one of those suffixes (ISIC's
-    ``<id>_segmentation.png``). Every other image file is an image, its stem the id. So these layouts all
-    work: one flat folder (``ISIC_1.jpg`` beside ``ISIC_1_segmentation.png``); ``images/`` and ``masks/``
-    with ``ISIC_1.jpg`` and ``ISIC_1_segmentation.png`` or the same stem ``ISIC_1.png``; ISIC's
-    ``..._Input`` and ``..._GroundTruth`` folders. Only folders below ``folder`` count as mask folders.
-
-    Returns ``(pairs sorted by id, problems)``; a problem is an image without a mask, a mask without an
-    image, or an id found twice.
-    """
-    images: dict[str, list[Path]] = {}
-    masks: dict[str, list[Path]] = {}
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
-            continue
-        key = _label_id(p.stem)
-        if key != p.stem or any(is_mask_folder(d) for d in p.relative_to(folder).parts[:-1]):
-            masks.setdefault(key, []).append(p)
-        else:
-            images.setdefault(p.stem, []).append(p)
-    problems = []
-    pairs = []
-    for key in sorted(set(images) | set(masks)):
-        imgs, msks = images.get(key, []), masks.get(key, [])
-        if len(imgs) > 1:
-            problems.append(f"{imgs[1]}: image id {key!r} found more than once (also {imgs[0]})")
-        elif len(msks) > 1:
-            problems.append(f"{msks[1]}: mask for {key!r} found more than once (also {msks[0]})")
-        elif not msks:
-            problems.append(
-                f"{imgs[0]}: no mask {key}{ISIC_MASK_SUFFIX}.png for this image (nor {key}.png in a masks/ folder)"
-            )
-        elif not imgs:
-            problems.append(f"{msks[0]}: no image {key}.* for this mask")
-        else:
-            pairs.append((imgs[0], msks[0]))
-    if not pairs and not problems:
-        problems.append(
-            f"{folder}: no images found (expected ISIC_xxxxxxx.jpg with ISIC_xxxxxxx_segmentation.png, or "
-            "images/ and masks/ folders)"
-        )
-    return pairs, problems
-
-
-def import_isic(src: Path, dst: Path) -> dict:
-    """Copy an ISIC folder into ``dst/[split/]{images,masks}``, keeping its train/val/test sub-folders."""
-    src = Path(src)
-    if not src.is_dir():
-        raise FormatError(f"{src}: no such folder (data.seg.path must name an ISIC folder)")
-    counts: Counter[str] = Counter()
-    problems: list[str] = []
-    for split, folder in isic_split_folders(src).items():
-        pairs, probs = find_isic_pairs(folder)
-        problems += probs
-        base = dst / split if split else dst
-        (base / "images").mkdir(parents=True, exist_ok=True)
-        (base / "masks").mkdir(parents=True, exist_ok=True)
-        for img, mask in pairs:
-            shutil.copy2(img, base / "images" / img.name)
-            shutil.copy2(mask, base / "masks" / mask.name)
-        counts[split or "all"] += len(pairs)
-    if problems:
-        raise FormatError("\n".join(problems))
-    return {"images": sum(counts.values()), "splits": dict(counts)}
+    if xml_declaration:
+        ET.ElementTree(ann).write(path, encoding="utf-8")
+    else:
+        Path(path).write_text(ET.tostring(ann, encoding="unicode") + "\n")

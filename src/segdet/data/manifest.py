@@ -1,317 +1,261 @@
-"""Manifests: one ``image_path label_path`` pair a line (DESIGN.md).
+"""The manifest stage as a library function: ``build_manifests`` pairs, splits and validates ``data/raw/``
+(or a user's manifests) and writes ``data/manifests/`` (file contracts: docs/architecture.md); nothing
+is written unless every check passes.
 
-Paths are relative to the repository root, or absolute; blank lines and ``#`` comments are skipped, so
-a manifest can be curated by hand. The pairing is explicit: it never comes from sorting two folder
-listings.
-
-Splitting a line into its two paths:
-
-- a line that contains a TAB is split on tabs (runs of tabs count as one), so each path may contain
-  spaces: ``my images/a 1.jpg<TAB>my masks/a 1_segmentation.png``;
-- any other line is split on whitespace, where a path in double quotes may contain spaces:
-  ``"my images/a 1.jpg" "my masks/a 1_segmentation.png"`` (a quoted path holds no double quote, tab
-  or newline; quotes around a tab-separated path are removed too).
-
-:func:`write_manifest` writes ``image label`` with one space, as always, when neither path holds
-whitespace, and ``image<TAB>label`` when one does, so written manifests read back unchanged.
-
-Validation collects every problem before anything is written and names where each one is: the
-manifest file and line for a manifest, or the file itself for a folder source::
-
-    my_seg.txt:12: mask size 64x64 differs from image size 128x128 (masks/ISIC_0000003_segmentation.png)
+Splits: a seeded shuffle with ``data.split`` ratios, or the source's own split lists where it has them
+(VOC ``ImageSets/Main/{train,val,trainval,test}.txt``, ISIC ``train/ val/ test/`` folders, manifest files
+``train.txt`` ...). A source split that is missing is made from the source's train part: with train and
+test given, val is carved from train; with train and val given (ISIC 2018, VOC 2012), the source's
+held-out val becomes ``test`` and a new val is carved from train, so the reported test numbers are
+always on data the source held out. ``trainval`` is the union of train and val
+(:func:`segdet.data.sources.resolve_trainval`): it is used only where train and val lists are absent
+(then split by the ratios); ids it lists beyond them go to train with a warning. With
+``data.use_source_splits: false`` every listed image is pooled once and split by the ratios.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from segdet.data.formats import FormatError, VocAnnotation, label_pairs_with, parse_voc_xml
+from segdet.config import DataConfig, SplitConfig
+from segdet.data.formats import SPLITS
+from segdet.data.pairs import (
+    ManifestError,
+    Pair,
+    class_counts,
+    coco_ground_truth,
+    read_manifest,
+    resolve,
+    validate_det,
+    validate_seg,
+    write_manifest,
+)
+from segdet.data.sources import (
+    find_isic_pairs,
+    find_voc_image,
+    isic_split_folders,
+    resolve_trainval,
+    voc_split_lists,
+)
+from segdet.io import atomic_dir, write_json
 
-MAX_LISTED_PROBLEMS = 50
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One manifest line: an image, its label, and where the pair came from (``file:line`` or a file)."""
-
-    image: str
-    label: str
-    where: str
-
-
-class ManifestError(ValueError):
-    """Validation failed. ``problems`` holds one located message per problem."""
-
-    def __init__(self, what: str, problems: list[str]):
-        self.problems = list(problems)
-        shown = self.problems[:MAX_LISTED_PROBLEMS]
-        more = len(self.problems) - len(shown)
-        text = "\n  ".join(shown) + (f"\n  ... and {more} more" if more else "")
-        super().__init__(f"{what}: {len(self.problems)} problem(s); nothing was written\n  {text}")
+log = logging.getLogger(__name__)
 
 
-def resolve(path: str, root: Path) -> Path:
-    """A manifest path as a filesystem path: absolute as is, relative against the repository root."""
-    p = Path(path)
-    return p if p.is_absolute() else root / p
+
+# ----------------------------------------------------------------------------------------------------------
+# splits
+# ----------------------------------------------------------------------------------------------------------
 
 
-# a double-quoted path (may hold spaces), or a bare one
-_FIELD = re.compile(r'"([^"\t\n]*)"(?=\s|$)|([^\s"]\S*)')
+def _counts(n: int, fractions: list[float]) -> list[int]:
+    """Split ``n`` items by ``fractions`` (sum 1): every non-zero fraction gets at least one item."""
+    sizes = [int(round(n * f)) for f in fractions]
+    for i, f in enumerate(fractions[1:], 1):
+        if f > 0 and sizes[i] == 0 and n >= len(fractions):
+            sizes[i] = 1
+    sizes[0] = n - sum(sizes[1:])
+    if sizes[0] < 1:
+        raise ManifestError("splits", [f"{n} item(s) are too few to split by fractions {fractions}"])
+    return sizes
 
 
-def split_line(line: str) -> list[str] | None:
-    """The fields of one manifest line (module docstring); None when a double quote is unbalanced or misplaced."""
-    if "\t" in line:
-        fields = [f.strip() for f in re.split(r"\t+", line.strip())]
-        return [f[1:-1] if len(f) >= 2 and f[0] == f[-1] == '"' else f for f in fields if f]
-    fields, pos = [], 0
-    while True:
-        while pos < len(line) and line[pos].isspace():
-            pos += 1
-        if pos == len(line):
-            return fields
-        m = _FIELD.match(line, pos)
-        if m is None:
-            return None
-        fields.append(m.group(1) if m.group(1) is not None else m.group(2))
-        pos = m.end()
+def _shuffle_split(items: list[Pair], fractions: list[float], rng: np.random.Generator) -> list[list[Pair]]:
+    items = sorted(items, key=lambda p: p.image)
+    order = rng.permutation(len(items))
+    parts, start = [], 0
+    for size in _counts(len(items), fractions):
+        parts.append(sorted((items[i] for i in order[start : start + size]), key=lambda p: p.image))
+        start += size
+    return parts
 
 
-def read_manifest(path: str | Path) -> list[Pair]:
-    """Read a manifest. Each malformed line is reported as ``path:line``; all of them in one error."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ManifestError(str(path), [f"{path}: cannot read manifest ({exc.strerror or exc})"]) from None
-    pairs, problems = [], []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = split_line(line)
-        if fields is None:
-            problems.append(
-                f"{path}:{lineno}: unbalanced or misplaced double quote (a quoted path must end with a quote "
-                f"followed by a space or the line's end): {line[:120]!r}"
-            )
-            continue
-        if len(fields) != 2:
-            problems.append(
-                f"{path}:{lineno}: expected 'image_path label_path' (2 fields separated by a space, or by a tab "
-                f"or in double quotes when a path holds spaces), got {len(fields)} field(s): {line[:120]!r}"
-            )
-            continue
-        pairs.append(Pair(fields[0], fields[1], f"{path}:{lineno}"))
-    if problems:
-        raise ManifestError(str(path), problems)
-    return pairs
+def assign_splits(
+    sources: dict[str | None, list[Pair]], ratios: SplitConfig, seed: int, use_source_splits: bool = True
+) -> tuple[dict[str, list[Pair]], str]:
+    """Map a source's pairs to train/val/test; returns the splits and a sentence saying how.
 
-
-def format_line(image: str, label: str) -> str | None:
-    """One manifest line (no newline): ``image label``, or ``image<TAB>label`` when a path holds whitespace;
-    None when the pair cannot be written so that it reads back unchanged (a tab or newline in a path,
-    whitespace at its ends, quotes at its ends, a leading ``#``)."""
-    spaced = any(ch.isspace() for ch in image + label)
-    line = f"{image}\t{label}" if spaced else f"{image} {label}"
-    readable = line.splitlines() == [line] and not line.startswith("#")  # one line (no newline in a path)
-    return line if readable and split_line(line) == [image, label] else None
-
-
-def write_manifest(path: str | Path, pairs: list[Pair], header: str | None = None) -> None:
-    """Write ``image label`` lines (plus an optional ``#`` header); a pair whose path holds spaces is written
-    with a tab between the paths. Raises ManifestError for a path that cannot be written (:func:`format_line`)."""
-    lines = [f"# {h}\n" for h in header.splitlines()] if header else []
-    problems = []
-    for p in pairs:
-        line = format_line(p.image, p.label)
-        if line is None:
-            problems.append(f"{p.where}: path cannot be written to a manifest line: {p.image!r} {p.label!r}")
-        else:
-            lines.append(line + "\n")
-    if problems:
-        raise ManifestError(str(path), problems)
-    Path(path).write_text("".join(lines))
-
-
-def _open_image(path: Path) -> tuple[Image.Image | None, str | None]:
-    if not path.is_file():
-        return None, f"file not found: {path}"
-    try:
-        img = Image.open(path)
-        img.load()
-        return img, None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        return None, f"cannot open image {path} ({exc})"
-
-
-def _duplicates(pairs: list[Pair], root: Path) -> list[str]:
-    first: dict[Path, str] = {}
-    problems = []
-    for p in pairs:
-        key = resolve(p.image, root).resolve()
-        if key in first:
-            problems.append(f"{p.where}: duplicate image {p.image} (already listed at {first[key]})")
-        else:
-            first[key] = p.where
-    return problems
-
-
-def validate_seg(pairs: list[Pair], root: Path, progress: bool = False) -> list[str]:
-    """Check segmentation pairs; returns located problems (empty when all is well).
-
-    Checks: both files exist and decode; image and mask pair by name (``ISIC_1.jpg`` with
-    ``ISIC_1_segmentation.png``); no image listed twice; the mask is single-channel, the size of the
-    image, and holds only 0/255 (or 0/1).
+    ``sources`` is ``{None: pool}`` for a source without split lists, else ``{"train"|"trainval"|"val"|
+    "test": pairs}``.
     """
-    problems = _duplicates(pairs, root)
-    for p in tqdm(pairs, desc="validate seg", unit="img", disable=not progress, leave=False):
-        if not label_pairs_with(p.image, p.label):
-            problems.append(
-                f"{p.where}: image {Path(p.image).name} and mask {Path(p.label).name} do not pair by name "
-                f"(expected {Path(p.image).stem}_segmentation.png)"
-            )
-            continue
-        img, err = _open_image(resolve(p.image, root))
-        if err:
-            problems.append(f"{p.where}: {err}")
-            continue
-        mask, err = _open_image(resolve(p.label, root))
-        if err:
-            problems.append(f"{p.where}: {err}")
-            continue
-        if len(mask.getbands()) != 1:
-            problems.append(
-                f"{p.where}: mask {p.label} has {len(mask.getbands())} channels ({mask.mode}); "
-                "expected a single-channel PNG with 0 = background, 255 = lesion"
-            )
-            continue
-        if mask.size != img.size:
-            problems.append(
-                f"{p.where}: mask size {mask.size[0]}x{mask.size[1]} differs from image size "
-                f"{img.size[0]}x{img.size[1]} ({p.label})"
-            )
-            continue
-        values = set(np.unique(np.asarray(mask)).tolist())
-        if not (values <= {0, 255} or values <= {0, 1}):
-            shown = sorted(values)[:8]
-            problems.append(
-                f"{p.where}: mask {p.label} has values {shown}{'...' if len(values) > 8 else ''}; "
-                "expected only 0 and 255 (or 0 and 1)"
-            )
-    return problems
+    rng = np.random.default_rng(seed)
+    named = {k: v for k, v in sources.items() if k is not None}
+    if not use_source_splits or not named or set(named) == {"trainval"}:
+        pool = [p for v in sources.values() for p in v]
+        train, val, test = _shuffle_split(pool, [ratios.train, ratios.val, ratios.test], rng)
+        how = f"seeded shuffle of {len(pool)} by ratios {ratios.train:g}/{ratios.val:g}/{ratios.test:g}"
+        return {"train": train, "val": val, "test": test}, how
+    train = named.get("train", named.get("trainval", []))
+    if not train:
+        raise ManifestError("splits", [f"the source has split lists {sorted(named)} but no train list"])
+    carve = ratios.val / (ratios.train + ratios.val)
+    if "test" in named:
+        test = named["test"]
+        if "val" in named:
+            val, how = named["val"], "the source's train/val/test lists"
+        else:
+            train, val = _shuffle_split(train, [1 - carve, carve], rng)
+            how = f"the source's train/test lists; val = {carve:.1%} of train (seeded)"
+    elif "val" in named:
+        test = named["val"]
+        train, val = _shuffle_split(train, [1 - carve, carve], rng)
+        how = f"the source's held-out val list became test; val = {carve:.1%} of train (seeded)"
+    else:
+        train, val, test = _shuffle_split(train, [ratios.train, ratios.val, ratios.test], rng)
+        how = f"seeded shuffle of the source's train list by ratios {ratios.train:g}/{ratios.val:g}/{ratios.test:g}"
+    return {"train": train, "val": val, "test": test}, how
 
 
-@dataclass(frozen=True)
-class DetCheck:
-    """Result of :func:`validate_det`: problems (fatal), dropped degenerate boxes, parsed annotations."""
-
-    problems: list[str]
-    degenerate: int
-    annotations: list[VocAnnotation | None]
+# ----------------------------------------------------------------------------------------------------------
+# sources -> pairs
+# ----------------------------------------------------------------------------------------------------------
 
 
-def validate_det(
-    pairs: list[Pair], root: Path, classes: list[str] | None = None, progress: bool = False,
-    check_filename: bool = True,
-) -> DetCheck:
-    """Check detection pairs (image, Pascal VOC XML); returns problems and the usable annotations.
+def _rel(path: Path, root: Path) -> str:
+    """A path as written in a manifest: relative to the repository root when inside it."""
+    p, r = path.resolve(), root.resolve()
+    return str(p.relative_to(r)) if p.is_relative_to(r) else str(p)
 
-    Checks: both files exist, the image decodes and the XML parses; the XML ``<filename>`` is the
-    image's file name (when ``check_filename``: a user's manifest pairs files by hand, so a mismatch is
-    likely a mistake; a VOC folder pairs them by id, ``<id>.xml`` with ``<id>.jpg``, and its
-    ``<filename>`` is informative only); its ``<size>`` (when given) is the image's size; every box
-    lies inside the image
-    (``1 <= xmin``, ``xmax <= width``, same for y) and is not inverted; every class is in ``classes``
-    (when given). A zero-area box (``xmax == xmin`` or ``ymax == ymin``), as found in real data, is
-    dropped from the returned annotation and counted in ``degenerate``.
+
+def _manifest_sources(path: Path, kind: str, root: Path) -> dict[str | None, list[Pair]]:
+    """A user's manifest file (one pool) or folder of ``{train,val,test,trainval}.txt`` / ``<kind>_<split>.txt``
+    (a ``trainval`` beside ``train`` / ``val`` is reconciled with them: :func:`resolve_trainval`)."""
+    if path.is_file():
+        return {None: read_manifest(path)}
+    if not path.is_dir():
+        raise ManifestError(str(path), [f"{path}: no such manifest file or folder"])
+    found: dict[str | None, list[Pair]] = {}
+    for split in ("train", "val", "test", "trainval"):
+        for name in (f"{split}.txt", f"{kind}_{split}.txt"):
+            if (path / name).is_file():
+                found[split] = read_manifest(path / name)
+                break
+    if not found:
+        raise ManifestError(
+            str(path), [f"{path}: no manifests found (expected train.txt, val.txt, test.txt or {kind}_train.txt ...)"]
+        )
+    trainval = next((path / n for n in ("trainval.txt", f"{kind}_trainval.txt") if (path / n).is_file()), path)
+    return resolve_trainval(found, key=lambda p: resolve(p.image, root).resolve(), where=str(trainval))
+
+
+def seg_sources(
+    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None
+) -> dict[str | None, list[Pair]]:
+    """Segmentation pairs by source split (``{None: pool}`` without split lists)."""
+    if cfg.seg.source == "manifest":
+        return _manifest_sources(resolve(cfg.seg.path, source_root or root), "seg", root)
+    out: dict[str | None, list[Pair]] = {}
+    problems: list[str] = []
+    for split, folder in isic_split_folders(raw / "isic").items():
+        pairs, probs = find_isic_pairs(folder)
+        problems += probs
+        out[split] = [Pair(_rel(i, root), _rel(m, root), _rel(i, root)) for i, m in pairs]
+    if problems:
+        raise ManifestError(str(raw / "isic"), problems)
+    return out
+
+
+def det_sources(
+    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None
+) -> dict[str | None, list[Pair]]:
+    """Detection pairs (image, VOC XML) by source split (``{None: pool}`` without split lists).
+
+    An image is found by its id, the annotation's file stem (``Annotations/<id>.xml`` with
+    ``JPEGImages/<id>.jpg``, ``.png`` ...), as the VOC devkit does; the XML's ``<filename>`` is not used.
+    Split lists: :func:`segdet.data.formats.voc_split_lists` then :func:`resolve_trainval`.
     """
-    problems = _duplicates(pairs, root)
-    known = set(classes) if classes is not None else None
-    annotations: list[VocAnnotation | None] = []
-    degenerate = 0
-    for p in tqdm(pairs, desc="validate det", unit="img", disable=not progress, leave=False):
-        annotations.append(None)
-        img, err = _open_image(resolve(p.image, root))
-        if err:
-            problems.append(f"{p.where}: {err}")
-            continue
-        xml = resolve(p.label, root)
-        if not xml.is_file():
-            problems.append(f"{p.where}: file not found: {xml}")
-            continue
-        try:
-            ann = parse_voc_xml(xml)
-        except FormatError as exc:
-            problems.append(f"{p.where}: {exc}")
-            continue
-        name = Path(p.image).name
-        if check_filename and ann.filename is not None and ann.filename != name:
-            problems.append(f"{p.where}: {p.label} is for <filename>{ann.filename}</filename>, not for image {name}")
-            continue
-        w, h = img.size
-        if (ann.width, ann.height) != (None, None) and (ann.width, ann.height) != (w, h):
-            problems.append(
-                f"{p.where}: {p.label} gives size {ann.width}x{ann.height} but image {name} is {w}x{h}"
-            )
-            continue
-        kept = []
-        for k, obj in enumerate(ann.objects, 1):
-            xmin, ymin, xmax, ymax = obj.voc
-            what = f"{p.where}: {p.label} object {k} ({obj.name}, box {xmin:g},{ymin:g},{xmax:g},{ymax:g})"
-            if known is not None and obj.name not in known:
-                problems.append(f"{what}: unknown class {obj.name!r}; known classes: {', '.join(classes or [])}")
-            elif xmax < xmin or ymax < ymin:
-                problems.append(f"{what}: inverted box (xmax < xmin or ymax < ymin)")
-            elif xmin < 1 or ymin < 1 or xmax > w or ymax > h:
-                problems.append(f"{what}: box outside the {w}x{h} image (VOC corners are 1..width, 1..height)")
-            elif xmax == xmin or ymax == ymin:
-                degenerate += 1
+    if cfg.det.source == "manifest":
+        return _manifest_sources(resolve(cfg.det.path, source_root or root), "det", root)
+    folder = raw / "voc"
+    lists: dict = resolve_trainval(voc_split_lists(folder), where=_rel(folder / "ImageSets/Main/trainval.txt", root))
+    if not lists:
+        lists = {None: sorted(p.stem for p in (folder / "Annotations").glob("*.xml"))}
+    out: dict[str | None, list[Pair]] = {}
+    problems = []
+    for split, ids in lists.items():
+        pairs = []
+        for image_id in ids:
+            xml = folder / "Annotations" / f"{image_id}.xml"
+            where = _rel(xml, root)
+            image = find_voc_image(folder, image_id)
+            if image is None:
+                problems.append(f"{where}: no image {image_id}.jpg (or .png ...) in {_rel(folder / 'JPEGImages', root)}")
+            elif not xml.is_file():
+                problems.append(f"{where}: annotation missing for id {image_id!r} listed in ImageSets/Main/{split}.txt")
             else:
-                kept.append(obj)
-        annotations[-1] = VocAnnotation(ann.path, ann.filename, w, h, tuple(kept))
-    return DetCheck(problems, degenerate, annotations)
+                pairs.append(Pair(_rel(image, root), where, where))
+        out[split] = pairs
+    if problems:
+        raise ManifestError(str(folder), problems)
+    return out
 
 
-def class_counts(annotations: list[VocAnnotation | None]) -> Counter[str]:
-    return Counter(o.name for a in annotations if a for o in a.objects)
+def _known_classes(cfg: DataConfig, raw: Path) -> list[str] | None:
+    if cfg.det.classes is not None:
+        return list(cfg.det.classes)
+    listed = raw / "voc" / "classes.txt"
+    if cfg.det.source != "manifest" and listed.is_file():
+        return [c.strip() for c in listed.read_text().splitlines() if c.strip()]
+    return None
 
 
-def coco_ground_truth(pairs: list[Pair], annotations: list[VocAnnotation], classes: list[str]) -> dict:
-    """COCO ground truth for one split (DESIGN.md): ``image_id`` = 1-based manifest position,
-    ``category_id`` = 1-based line of ``det_classes.txt``, ``bbox = [x1, y1, x2 - x1, y2 - y1]``.
+# ----------------------------------------------------------------------------------------------------------
+# manifest
+# ----------------------------------------------------------------------------------------------------------
 
-    A VOC ``difficult`` object (also a COCO crowd region imported as one) is written with
-    ``"iscrowd": 1``: pycocotools then ignores it (``gt["ignore"]``) and so does
-    :func:`segdet.detection.evaluate.match`, as the VOC devkit does: neither a hit nor a miss."""
-    cat = {c: i for i, c in enumerate(classes, 1)}
-    images, anns = [], []
-    for image_id, (p, a) in enumerate(zip(pairs, annotations, strict=True), 1):
-        images.append({"id": image_id, "file_name": p.image, "width": a.width, "height": a.height})
-        for o in a.objects:
-            x1, y1, x2, y2 = o.box
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": cat[o.name],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": int(o.difficult),
-                }
-            )
-    return {
-        "info": {"description": "segdet ground truth", "version": "1"},
-        "licenses": [],
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": i, "name": c, "supercategory": "object"} for c, i in cat.items()],
+
+def build_manifests(
+    cfg: DataConfig, raw: Path, out: Path, root: Path, progress: bool = True, source_root: Path | None = None
+) -> dict:
+    """Pair, split and validate both datasets, then write ``out`` (replaced atomically).
+
+    Manifest paths are relative to ``root``; a user's manifest file named in ``data.*.path`` is found
+    from ``source_root`` (default ``root``), see :func:`prepare_data`.
+
+    Raises:
+        ManifestError: listing every problem with its manifest line or file; ``out`` is left untouched.
+    """
+    # validated in source order (so a duplicate is reported at its later line), then split
+    seg_src = seg_sources(cfg, raw, root, source_root)
+    problems = validate_seg([p for ps in seg_src.values() for p in ps], root, progress=progress)
+    if problems:
+        raise ManifestError("segmentation data", problems)
+    seg_splits, seg_how = assign_splits(seg_src, cfg.split, cfg.seed, cfg.use_source_splits)
+    log.info("seg splits: %s", seg_how)
+
+    classes = _known_classes(cfg, raw)
+    det_src = det_sources(cfg, raw, root, source_root)
+    det_all = [p for ps in det_src.values() for p in ps]
+    # a VOC / COCO folder pairs image and XML by id: its <filename> may be stale (renamed, converted)
+    check = validate_det(det_all, root, classes, progress=progress, check_filename=cfg.det.source == "manifest")
+    if check.problems:
+        raise ManifestError("detection data", check.problems)
+    if check.degenerate:
+        log.warning("dropped %d degenerate (zero-area) box(es) from the detection labels", check.degenerate)
+    if classes is None:
+        classes = sorted(class_counts(check.annotations))
+    if not classes:
+        raise ManifestError("detection data", ["no objects found in any annotation; cannot derive classes"])
+
+    det_splits, det_how = assign_splits(det_src, cfg.split, cfg.seed + 1, cfg.use_source_splits)
+    log.info("det splits: %s", det_how)
+    anns = dict(zip([p.image for p in det_all], check.annotations, strict=True))
+    summary: dict = {
+        "seg": {"how": seg_how, **{s: len(seg_splits[s]) for s in SPLITS}},
+        "det": {"how": det_how, "classes": classes, "degenerate_boxes_dropped": check.degenerate,
+                **{s: len(det_splits[s]) for s in SPLITS}},
     }
+    with atomic_dir(out) as d:
+        for s in SPLITS:
+            write_manifest(d / f"seg_{s}.txt", seg_splits[s])
+            write_manifest(d / f"det_{s}.txt", det_splits[s])
+            split_anns = [anns[p.image] for p in det_splits[s]]
+            write_json(d / f"det_{s}_coco.json", coco_ground_truth(det_splits[s], split_anns, classes))
+            counts = class_counts(split_anns)
+            summary["det"][f"{s}_objects"] = {c: counts.get(c, 0) for c in classes}
+            summary["det"][f"{s}_difficult"] = sum(o.difficult for a in split_anns for o in a.objects)
+        (d / "det_classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    return summary

@@ -8,10 +8,8 @@ import cv2
 import numpy as np
 
 from segdet.data.formats import VocAnnotation, read_gray, read_rgb
-from segdet.data.manifest import Pair, resolve
-
-_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+from segdet.data.pairs import Pair, resolve
+from segdet.draw import WHITE, class_colour, labelled_box, outline
 
 
 def _fit(img: np.ndarray, tile: int) -> tuple[np.ndarray, float]:
@@ -39,8 +37,7 @@ def seg_sheet(pairs: list[Pair], root: Path, n: int = 16, tile: int = 160, cols:
     for p in pairs[:n]:
         img = read_rgb(resolve(p.image, root))
         mask = read_gray(resolve(p.label, root))
-        contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(img, contours, -1, (0, 255, 0), max(1, max(img.shape[:2]) // 128), cv2.LINE_AA)
+        outline(img, mask > 0, (0, 255, 0), max(1, max(img.shape[:2]) // 128))
         tiles.append(_fit(img, tile)[0])
     return _grid(tiles or [np.zeros((tile, tile, 3), np.uint8)], cols)
 
@@ -54,10 +51,7 @@ def det_sheet(
     for p, ann in list(zip(pairs, annotations, strict=True))[:n]:
         img, scale = _fit(read_rgb(resolve(p.image, root)), tile)
         for o in ann.objects:
-            colour = _COLOURS[classes.index(o.name) % len(_COLOURS)] if o.name in classes else (255, 255, 255)
-            x1, y1, x2, y2 = (round(v * scale) for v in o.box)
-            cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), colour, 1)
-            cv2.putText(img, o.name, (x1 + 1, max(8, y1 + 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, colour, 1,
-                        cv2.LINE_AA)
+            colour = class_colour(classes.index(o.name) + 1) if o.name in classes else WHITE
+            labelled_box(img, [round(v * scale) for v in o.box], colour, o.name, font_scale=0.3, text_offset=(1, 8))
         tiles.append(img)
     return _grid(tiles or [np.zeros((tile, tile, 3), np.uint8)], cols)

@@ -12,6 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from segdet.data.datasets import box_labels
+from segdet.nets.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 _IMAGE_TO_FLOAT = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
 
@@ -62,4 +63,31 @@ def det_transforms(size: int | tuple[int, int], train: bool, hflip: float = 0.5)
     if train:
         ops.append(v2.RandomHorizontalFlip(hflip))
     ops += [_IMAGE_TO_FLOAT, v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=box_labels)]
+    return v2.Compose(ops)
+
+
+def yolo_preprocess(size: int) -> v2.Compose:
+    """An image alone (``tv_tensors.Image`` uint8 ``[3, H, W]``) -> the network's float input ``[3, size, size]``."""
+    return v2.Compose([v2.Resize((size, size), antialias=True),
+                       v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def yolo_transforms(size: int, train: bool, hflip: float = 0.0, vflip: float = 0.0) -> v2.Compose:
+    """Image and boxes: resize to ``size`` x ``size``; when ``train``, the paper's augmentation: random scaling
+    and translation up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5, a
+    horizontal flip with probability ``hflip`` (Darknet's YOLOv1 training flips half the images) and a vertical
+    one with probability ``vflip`` (only for data whose labels do not depend on up and down);
+    ImageNet normalisation. Boxes move with the image; boxes pushed out of it are dropped (with their
+    ``difficult`` flags, when the target has them)."""
+    ops: list = [v2.Resize((size, size), antialias=True)]
+    if train:
+        ops += [v2.RandomAffine(degrees=0.0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
+                v2.ColorJitter(brightness=(1 / 1.5, 1.5), saturation=(1 / 1.5, 1.5))]
+        if hflip:
+            ops.append(v2.RandomHorizontalFlip(hflip))
+        if vflip:
+            ops.append(v2.RandomVerticalFlip(vflip))
+    ops += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=box_labels)]
     return v2.Compose(ops)

@@ -1,4 +1,4 @@
-"""Box helpers. Boxes are ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` pixels (DESIGN.md), unless named ``xywh``.
+"""Box helpers. Boxes are ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` pixels (docs/architecture.md), unless named ``xywh``.
 
 IoU and NMS come from ``torchvision.ops``; this module adds the R-CNN regression parameterisation
 (Girshick et al. 2014, appendix C) and context dilation.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-__all__ = ["box_iou", "clip_boxes_to_image", "encode", "decode", "dilate", "xyxy_to_xywh"]
+__all__ = ["box_iou", "clip_boxes_to_image", "encode", "decode", "dilate"]
 
 
 def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -55,8 +55,3 @@ def dilate(boxes: torch.Tensor, crop_size: int, context: float) -> torch.Tensor:
     w = (boxes[:, 2] - boxes[:, 0]) * scale
     h = (boxes[:, 3] - boxes[:, 1]) * scale
     return torch.stack([boxes[:, 0] - w, boxes[:, 1] - h, boxes[:, 2] + w, boxes[:, 3] + h], dim=1)
-
-
-def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    """``[N, 4]`` xyxy -> COCO ``[x, y, w, h]``."""
-    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)

@@ -1,4 +1,4 @@
-"""One detection evaluator for R-CNN and YOLOv1, working on the DESIGN.md files.
+"""One detection evaluator for R-CNN and YOLOv1, working on the files of docs/architecture.md.
 
 Inputs are the split's COCO ground truth (``det_{split}_coco.json``) and a COCO results list
 (``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``). Outputs:
@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
+from segdet.data.formats import coco_box, coco_to_xyxy
+
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """Area under the precision envelope (all-point interpolation, VOC 2010+).
@@ -35,11 +37,6 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
         mpre[i] = max(mpre[i], mpre[i + 1])
     idx = np.where(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
-
-
-def _xyxy(bbox: list[float]) -> list[float]:
-    x, y, w, h = bbox
-    return [x, y, x + w, y + h]
 
 
 @dataclass
@@ -69,7 +66,7 @@ def match(gt: dict, detections: list[dict], category_id: int, iou_threshold: flo
     gts: dict[int, list] = {}
     for a in gt["annotations"]:
         if a["category_id"] == category_id:
-            gts.setdefault(a["image_id"], []).append((_xyxy(a["bbox"]), _ignored(a)))
+            gts.setdefault(a["image_id"], []).append((coco_to_xyxy(a["bbox"]), _ignored(a)))
     boxes_of = {k: torch.tensor([b for b, _ in v], dtype=torch.float64) for k, v in gts.items()}
     ignored_of = {k: np.array([i for _, i in v], bool) for k, v in gts.items()}
     used = {k: np.zeros(len(v), bool) for k, v in gts.items()}
@@ -80,7 +77,7 @@ def match(gt: dict, detections: list[dict], category_id: int, iou_threshold: flo
         boxes = boxes_of.get(d["image_id"])
         if boxes is None:
             continue
-        ious = box_iou(torch.tensor([_xyxy(d["bbox"])], dtype=torch.float64), boxes)[0].numpy()
+        ious = box_iou(torch.tensor([coco_to_xyxy(d["bbox"])], dtype=torch.float64), boxes)[0].numpy()
         j = int(ious.argmax())
         if ious[j] < iou_threshold:
             continue
@@ -160,7 +157,7 @@ def describe_cut(cut: float | list[float], classes: list[str]) -> str:
 
 def evaluate_detections(gt: dict, detections: list[dict], score_threshold: float | list[float],
                         iou_threshold: float = 0.5) -> DetEvaluation:
-    """Score ``detections`` against ``gt`` (both COCO dicts/lists, DESIGN.md ids).
+    """Score ``detections`` against ``gt`` (both COCO dicts/lists, docs/architecture.md ids).
 
     Precision and recall are counted at ``score_threshold``: one value for every class, or one per class in
     ``gt["categories"]`` order (the operating thresholds stored with a model, see
@@ -207,8 +204,7 @@ def coco_results(image_id: int, boxes: torch.Tensor, scores: torch.Tensor, label
     """Detections of one image as COCO results (``bbox = [x, y, w, h]``, ``category_id`` = label 1..N)."""
     out = []
     for b, s, c in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
-        out.append({"image_id": image_id, "category_id": int(c),
-                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+        out.append({"image_id": image_id, "category_id": int(c), "bbox": [round(v, 2) for v in coco_box(b)],
                     "score": round(float(s), 5)})
     return out
 
@@ -230,7 +226,7 @@ def pr_table(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: int = 101
 
 
 def save_report(out_dir, metrics_path, ev: DetEvaluation, results: list[dict], summary: dict) -> None:
-    """The files every detector's eval stage writes (DESIGN.md): ``<out_dir>/detections_test.json`` (COCO
+    """The files every detector's eval stage writes (docs/architecture.md): ``<out_dir>/detections_test.json`` (COCO
     results), ``per_class_ap.csv``, ``pr_curves.csv`` (for ``dvc plots``) and the metrics JSON."""
     from pathlib import Path
 

@@ -13,26 +13,15 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from segdet.config import ProposalsConfig
+
 MODES = ("fast", "quality")
-
-
-@dataclass(frozen=True)
-class ProposalSettings:
-    mode: str = "fast"
-    max_side: int = 500
-    min_size: int = 8
-    max_proposals: int = 2000
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"Wrong selective search mode {self.mode!r}. Available options are: {', '.join(MODES)}")
 
 
 def _seed_c_rand(seed: int) -> None:
@@ -43,8 +32,10 @@ def _seed_c_rand(seed: int) -> None:
         pass
 
 
-def selective_search(image_bgr: np.ndarray, settings: ProposalSettings) -> np.ndarray:
+def selective_search(image_bgr: np.ndarray, settings: ProposalsConfig) -> np.ndarray:
     """Proposals ``float32[K, 4]`` xyxy in the pixels of ``image_bgr`` (``uint8[H, W, 3]``), K <= max_proposals."""
+    if settings.mode not in MODES:
+        raise ValueError(f"Wrong selective search mode {settings.mode!r}. Available options are: {', '.join(MODES)}")
     h, w = image_bgr.shape[:2]
     scale = settings.max_side / max(h, w)
     small = cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
@@ -69,7 +60,7 @@ def selective_search(image_bgr: np.ndarray, settings: ProposalSettings) -> np.nd
     return boxes[np.sort(first)][: settings.max_proposals]
 
 
-def _work(args: tuple[str, ProposalSettings]) -> tuple[str, np.ndarray, float]:
+def _work(args: tuple[str, ProposalsConfig]) -> tuple[str, np.ndarray, float]:
     path, settings = args
     cv2.setNumThreads(1)  # one image per process: no nested threading
     t0 = time.perf_counter()
@@ -80,7 +71,7 @@ def _work(args: tuple[str, ProposalSettings]) -> tuple[str, np.ndarray, float]:
     return path, boxes, time.perf_counter() - t0
 
 
-def propose_many(paths: list[str | Path], settings: ProposalSettings, workers: int = 0
+def propose_many(paths: list[str | Path], settings: ProposalsConfig, workers: int = 0
                  ) -> Iterator[tuple[str, np.ndarray, float]]:
     """``(path, boxes, seconds)`` for each image, in input order, computed by ``workers`` processes
     (0: all cores; 1: in this process)."""
@@ -94,7 +85,7 @@ def propose_many(paths: list[str | Path], settings: ProposalSettings, workers: i
 
 
 def proposal_table(images: list[str], boxes: list[np.ndarray]) -> pd.DataFrame:
-    """DESIGN.md proposals table: columns ``image, x1, y1, x2, y2`` (float pixels of the original image)."""
+    """Proposals table (docs/architecture.md): columns ``image, x1, y1, x2, y2`` (float pixels of the original image)."""
     counts = [len(b) for b in boxes]
     stacked = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
     frame = pd.DataFrame(stacked.astype(np.float32), columns=["x1", "y1", "x2", "y2"])

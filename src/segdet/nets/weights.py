@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md contract) and weight transfer between networks.
+"""Checkpoints (file contract: docs/architecture.md) and weight transfer between networks.
 
 A checkpoint is ``torch.save`` of a dict of plain types and tensors only::
 
@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from segdet.io import atomic_file
+from segdet.stage import UserError
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "classes", "metrics")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file is missing, is not a checkpoint, or does not fit the model; the message names the file."""
 
 

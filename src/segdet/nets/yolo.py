@@ -52,11 +52,13 @@ class YOLOv1(nn.Module):
         head_channels: channels of the four head convolutions (1024 in the paper).
         hidden: width of the first fully connected layer (4096 in the paper).
         head: ``fc`` (the paper's fully connected layers) or ``conv`` (the same per cell, as 1x1 convolutions).
+
+    The defaults are those of the ``yolo_train`` section of ``params.yaml`` (a test keeps them equal).
     """
 
-    def __init__(self, backbone: str = "small", num_classes: int = 20, boxes_per_cell: int = 2,
-                 input_size: int = 224, head_channels: int = 256, hidden: int = 512, dropout: float = 0.5,
-                 head: str = "fc"):
+    def __init__(self, backbone: str = "small", num_classes: int = 20, *, boxes_per_cell: int = 2,
+                 input_size: int = 256, head_channels: int = 128, hidden: int = 1024, dropout: float = 0.0,
+                 head: str = "conv"):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"Wrong YOLOv1 head {head!r}. Available options are: {', '.join(HEADS)}")

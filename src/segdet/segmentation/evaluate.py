@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
-from segdet.nets.unet import UNet
+from segdet.nets.unet import UNet, build_unet
+from segdet.nets.weights import CheckpointError
 from segdet.segmentation.metrics import scores
 
 METRICS = ("dice", "iou", "thresholded_jaccard", "pixel_accuracy", "sensitivity", "specificity")
@@ -27,6 +28,20 @@ METRICS = ("dice", "iou", "thresholded_jaccard", "pixel_accuracy", "sensitivity"
 class SegEvaluation:
     per_image: pd.DataFrame  # one row per test image: image, label, METRICS
     summary: dict            # means over images, throughput, device
+
+
+def load_unet(ckpt: dict, path: str = "checkpoint") -> tuple[UNet, dict]:
+    """The trained UNet of a ``unet_train`` checkpoint (in eval mode) and its training config (variant, input size).
+
+    Raises:
+        CheckpointError: the checkpoint is not a UNet's (named by ``path``).
+    """
+    cfg = ckpt.get("config", {})
+    if "variant" not in cfg or "classes" not in ckpt:
+        raise CheckpointError(f"{path}: not a UNet checkpoint (its config has no variant)")
+    model = build_unet(cfg["variant"], num_classes=len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
 
 
 def _batches(ds: SegmentationDataset, batch_size: int) -> Iterator[list[int]]:
@@ -124,17 +139,3 @@ def evaluate_unet(
     summary.update({"images": len(df), "batch_size": batch_size,
                     "images_per_second": len(df) / seconds if seconds else float("nan")})
     return SegEvaluation(df, summary)
-
-
-def tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 1) -> np.ndarray:
-    """A copy of RGB ``image`` with boolean ``mask`` blended half-way to ``colour`` and outlined in it."""
-    out = image.copy()
-    out[mask] = (0.5 * out[mask] + 0.5 * np.array(colour)).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, colour, thickness)
-    return out
-
-
-def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """``[H, 3W, 3]`` uint8: the image, the truth (green) and the prediction (red) side by side."""
-    return np.concatenate([image, tint(image, truth, (0, 255, 0)), tint(image, pred, (255, 0, 0))], axis=1)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from segdet.config import UnetTrainConfig
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
-from segdet.engine import FitResult, fit
+from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders
 from segdet.nets.unet import UNet, build_unet
 from segdet.nets.weights import CheckpointError, TransferReport, init_from, load_checkpoint
 from segdet.segmentation.losses import SegLoss
@@ -77,17 +77,12 @@ def train_unet(
             )
     torch.manual_seed(seed)  # model initialisation
     model = build_unet(cfg.variant, num_classes=len(CLASSES))
-    if cfg.init_from:
-        report = init_from(model, cfg.init_from)
-        log.info("%s", report.summary())
-        if on_transfer is not None:
-            on_transfer(report)
+    announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     generator = torch.Generator()
-    pin = device.type == "cuda"
     augment = seg_transforms(cfg.input_size, train=cfg.augment, rotate=cfg.rotate, scale=cfg.scale,
                              color_jitter=cfg.color_jitter)
     train_ds = SegmentationDataset(train_manifest, root, augment)
@@ -95,9 +90,8 @@ def train_unet(
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"unet_train needs images in both {train_manifest} ({len(train_ds)}) and "
                          f"{val_manifest} ({len(val_ds)})")
-    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator,
-                              num_workers=cfg.workers, pin_memory=pin)
-    val_loader = DataLoader(val_ds, cfg.batch_size, num_workers=cfg.workers, pin_memory=pin)
+    train_loader, val_loader = loaders(train_ds, val_ds, batch_size=cfg.batch_size, workers=cfg.workers,
+                                       device=device, generator=generator)
 
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -115,6 +109,4 @@ def train_unet(
         generator=generator, amp=cfg.amp, resume=cfg.weights, config=dataclasses.asdict(cfg),
         classes=CLASSES, on_epoch=on_epoch, progress=progress, desc=cfg.variant,
     )
-    best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
-    model.load_state_dict(best["model"])
-    return model, result
+    return load_best(model, result, device), result

@@ -9,47 +9,24 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
-from segdet.config import ConfigError, YoloTrainConfig
-from segdet.data.datasets import DetectionDataset, box_labels, detection_collate
-from segdet.detection.decode import decode
-from segdet.detection.evaluate import evaluate_detections
-from segdet.detection.yolo_loss import YoloLoss
-from segdet.engine import FitResult, fit
-from segdet.nets.backbones import IMAGENET_MEAN, IMAGENET_STD
+from segdet.config import YoloTrainConfig
+from segdet.data.datasets import DetectionDataset, detection_collate
+from segdet.data.formats import coco_annotation
+from segdet.data.transforms import yolo_transforms
+from segdet.detection.evaluate import coco_results, evaluate_detections
+from segdet.detection.yolo.decode import decode
+from segdet.detection.yolo.detect import FALLBACK_SCORE
+from segdet.detection.yolo.loss import YoloLoss
+from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders
 from segdet.nets.weights import TransferReport, init_from, load_checkpoint, transfer_weights
 from segdet.nets.yolo import YOLOv1
+from segdet.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
-
-def yolo_preprocess(size: int) -> v2.Compose:
-    """An image alone (``tv_tensors.Image`` uint8 ``[3, H, W]``) -> the network's float input ``[3, size, size]``."""
-    return v2.Compose([v2.Resize((size, size), antialias=True),
-                       v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def yolo_transforms(size: int, train: bool, hflip: float = 0.0, vflip: float = 0.0) -> v2.Compose:
-    """Image and boxes: resize to ``size`` x ``size``; when ``train``, the paper's augmentation: random scaling
-    and translation up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5, a
-    horizontal flip with probability ``hflip`` (Darknet's YOLOv1 training flips half the images) and a vertical
-    one with probability ``vflip`` (only for data whose labels do not depend on up and down);
-    ImageNet normalisation. Boxes move with the image; boxes pushed out of it are dropped (with their
-    ``difficult`` flags, when the target has them)."""
-    ops: list = [v2.Resize((size, size), antialias=True)]
-    if train:
-        ops += [v2.RandomAffine(degrees=0.0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
-                v2.ColorJitter(brightness=(1 / 1.5, 1.5), saturation=(1 / 1.5, 1.5))]
-        if hflip:
-            ops.append(v2.RandomHorizontalFlip(hflip))
-        if vflip:
-            ops.append(v2.RandomVerticalFlip(vflip))
-    ops += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=box_labels)]
-    return v2.Compose(ops)
+#: NMS IoU of the per-epoch validation mAP (yolo_eval's default; it only ranks the epochs)
+VAL_NMS_IOU = 0.5
 
 
 def collate(batch):
@@ -62,8 +39,8 @@ def collate(batch):
 
 def build_model(cfg: YoloTrainConfig, num_classes: int) -> YOLOv1:
     try:
-        return YOLOv1(cfg.backbone, num_classes, cfg.boxes_per_cell, cfg.input_size, cfg.head_channels, cfg.hidden,
-                      cfg.dropout, cfg.head)
+        return YOLOv1(cfg.backbone, num_classes, boxes_per_cell=cfg.boxes_per_cell, input_size=cfg.input_size,
+                      head_channels=cfg.head_channels, hidden=cfg.hidden, dropout=cfg.dropout, head=cfg.head)
     except ValueError as exc:
         raise ConfigError(f"yolo_train.input_size = {cfg.input_size}: {exc}") from None
 
@@ -120,18 +97,14 @@ def validate(model: YOLOv1, loader: DataLoader, loss_fn: YoloLoss, device: torch
         loss, _ = loss_fn(pred, targets if use_difficult else [_without_difficult(t) for t in targets])
         total += float(loss) * len(images)
         for dets, t in zip(decode(pred, B=model.B, input_size=model.input_size, score_threshold=score_threshold,
-                                  nms_iou=0.5), targets, strict=True):
+                                  nms_iou=VAL_NMS_IOU), targets, strict=True):
             n += 1
             gt["images"].append({"id": n})
             difficult = t["difficult"].tolist() if "difficult" in t else [False] * len(t["labels"])
             for b, c, d in zip(t["boxes"].tolist(), t["labels"].tolist(), difficult, strict=True):
-                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": n, "category_id": c,
-                                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": int(d),
-                                          "area": (b[2] - b[0]) * (b[3] - b[1])})
-            for b, s, c in zip(dets["boxes"].tolist(), dets["scores"].tolist(), dets["labels"].tolist(), strict=True):
-                results.append({"image_id": n, "category_id": c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                                "score": s})
-    ev = evaluate_detections(gt, results, score_threshold=0.2)
+                gt["annotations"].append(coco_annotation(len(gt["annotations"]) + 1, n, c, b, d))
+            results += coco_results(n, dets["boxes"], dets["scores"], dets["labels"])
+    ev = evaluate_detections(gt, results, score_threshold=FALLBACK_SCORE)  # only its mAP is used
     return {"val_loss": total / max(n, 1), "val_map50": ev.summary["map50"]}
 
 
@@ -162,10 +135,7 @@ def train_yolo(
         report = init_from(model, cfg.init_from, prefixes=("", "features."))
     elif cfg.init_from_rcnn and not cfg.weights and rcnn_checkpoint and Path(rcnn_checkpoint).is_file():
         report = transfer_from_rcnn(model, rcnn_checkpoint)
-    if report is not None:
-        log.info("%s", report.summary())
-        if on_transfer is not None:
-            on_transfer(report)
+    announce_transfer(report, on_transfer)
     frozen = 0
     if cfg.weights:  # a resumed run freezes what the interrupted one froze
         frozen = int(load_checkpoint(cfg.weights).get("config", {}).get("frozen_layers", 0))
@@ -185,7 +155,6 @@ def train_yolo(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     generator = torch.Generator()
-    pin = device.type == "cuda"
     augment = yolo_transforms(cfg.input_size, cfg.augment, cfg.hflip, cfg.vflip)
     train_ds = DetectionDataset(train_manifest, classes, root, augment, use_difficult=use_difficult)
     # difficult objects kept and flagged: validate() ignores them in the mAP
@@ -193,9 +162,8 @@ def train_yolo(
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"yolo_train needs images in {train_manifest} ({len(train_ds)}) and {val_manifest} "
                          f"({len(val_ds)})")
-    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.workers,
-                              collate_fn=collate, pin_memory=pin)
-    val_loader = DataLoader(val_ds, cfg.batch_size, num_workers=cfg.workers, collate_fn=collate, pin_memory=pin)
+    train_loader, val_loader = loaders(train_ds, val_ds, batch_size=cfg.batch_size, workers=cfg.workers,
+                                       device=device, generator=generator, collate_fn=collate)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -215,6 +183,4 @@ def train_yolo(
                  generator=generator, amp=cfg.amp, resume=cfg.weights, config=config, classes=classes,
                  on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}", grad_clip=cfg.grad_clip,
                  ema_decay=cfg.ema_decay)
-    best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
-    model.load_state_dict(best["model"])
-    return model, result
+    return load_best(model, result, device), result

@@ -20,17 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segdet.detection.yolo.decode import cell_boxes_to_xyxy
+
 
 def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.sqrt(x.abs() + 1e-9)
-
-
-def cell_boxes_to_xyxy(boxes: torch.Tensor, i: torch.Tensor, j: torch.Tensor, S: int, size: float) -> torch.Tensor:
-    """``[..., 4]`` ``(x, y, w, h)`` of cell (row ``i``, column ``j``) -> pixel ``(x1, y1, x2, y2)``."""
-    cx = (j + boxes[..., 0]) * size / S
-    cy = (i + boxes[..., 1]) * size / S
-    w, h = boxes[..., 2] * size, boxes[..., 3] * size
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
 class YoloLoss(nn.Module):

@@ -1,16 +1,18 @@
-"""YOLOv1 inference on one image, shared by the ``yolo_eval`` stage and ``segdet predict``."""
+"""YOLOv1 inference on one image (a :class:`segdet.detection.detector.Detector`), and the one way to build the
+detector from a ``yolo_train`` checkpoint: :func:`load_yolo_detector`."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from torchvision import tv_tensors
 
-from segdet.detection.decode import decode
+from segdet.data.transforms import yolo_preprocess
 from segdet.detection.evaluate import choose_thresholds
-from segdet.detection.yolo_train import yolo_preprocess
-from segdet.nets.weights import CheckpointError
+from segdet.detection.yolo.decode import decode
+from segdet.nets.weights import CheckpointError, load_checkpoint
 from segdet.nets.yolo import YOLOv1
 
 #: the operating threshold of a class the validation split cannot set (no ground truth, or not one hit)
@@ -28,28 +30,35 @@ def load_yolo(ckpt: dict, path: str = "checkpoint") -> YOLOv1:
     tc = ckpt.get("config", {})
     if "boxes_per_cell" not in tc or "classes" not in ckpt:
         raise CheckpointError(f"{path}: not a YOLOv1 checkpoint (its config has no boxes_per_cell)")
-    model = YOLOv1(tc["backbone"], len(ckpt["classes"]), tc["boxes_per_cell"], tc["input_size"], tc["head_channels"],
-                   tc["hidden"], tc["dropout"], tc.get("head", "fc"))
+    model = YOLOv1(tc["backbone"], len(ckpt["classes"]), boxes_per_cell=tc["boxes_per_cell"],
+                   input_size=tc["input_size"], head_channels=tc["head_channels"], hidden=tc["hidden"],
+                   dropout=tc["dropout"], head=tc.get("head", "fc"))  # checkpoints from before ``head`` are fc
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
 
 class YoloDetector:
     """Resize and normalise, one forward pass, decode (class-specific scores, per-class NMS), boxes back in
-    the image's pixels. :meth:`detect` times the whole and the forward pass alone."""
+    the image's pixels; class-specific scores below ``min_score`` are dropped. :meth:`detect` times each part. ``thresholds``: the per-class operating thresholds
+    stored with the model (``FALLBACK_SCORE`` each when not given)."""
 
-    def __init__(self, model: YOLOv1, *, device: torch.device, score_threshold: float, nms_iou: float,
-                 max_detections: int = 100):
+    needs_proposals = False
+
+    def __init__(self, model: YOLOv1, *, device: torch.device, min_score: float, nms_iou: float,
+                 max_detections: int = 100, classes: list[str] | None = None, thresholds: list[float] | None = None):
         self.model = model.eval().to(device, memory_format=torch.channels_last)  # ~25% faster on CPU
         self.device, self.size = device, model.input_size
         self.preprocess = yolo_preprocess(self.size)
-        self.score_threshold, self.nms_iou, self.max_detections = score_threshold, nms_iou, max_detections
+        self.min_score, self.nms_iou, self.max_detections = min_score, nms_iou, max_detections
+        self.classes = list(classes) if classes is not None else [str(c) for c in range(1, model.C + 1)]
+        self.thresholds = list(thresholds) if thresholds is not None else [FALLBACK_SCORE] * len(self.classes)
         self._sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     @torch.no_grad()
-    def detect(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], float, float]:
+    def detect(self, image: torch.Tensor, proposals: torch.Tensor | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """``image`` uint8 ``[3, H, W]`` -> ``({"boxes" [M, 4] xyxy image pixels, "scores" [M], "labels" [M] 1..C},
-        seconds in all, seconds of the forward pass)``."""
+        seconds of ``preprocess``, ``forward`` and ``decode``)``; ``proposals`` are not used (one pass)."""
         t0 = time.perf_counter()
         x = self.preprocess(tv_tensors.Image(image))[None].to(self.device, memory_format=torch.channels_last)
         self._sync()
@@ -57,13 +66,25 @@ class YoloDetector:
         pred = self.model(x)
         self._sync()
         t2 = time.perf_counter()
-        dets = decode(pred, B=self.model.B, input_size=self.size, score_threshold=self.score_threshold,
+        dets = decode(pred, B=self.model.B, input_size=self.size, score_threshold=self.min_score,
                       nms_iou=self.nms_iou, max_detections=self.max_detections)[0]
         h, w = image.shape[-2:]
         scale = torch.tensor([w / self.size, h / self.size, w / self.size, h / self.size], device=self.device)
         dets["boxes"] = dets["boxes"] * scale
         dets = {k: v.cpu() for k, v in dets.items()}
-        return dets, time.perf_counter() - t0, t2 - t1
+        return dets, {"preprocess": t1 - t0, "forward": t2 - t1, "decode": time.perf_counter() - t2}
+
+
+def load_yolo_detector(path: str | Path, *, device: torch.device, **settings) -> YoloDetector:
+    """The YOLOv1 detector of a ``yolo_train`` checkpoint, with its classes and operating thresholds;
+    ``settings``: the keyword arguments of :class:`YoloDetector` (``min_score``, ``nms_iou``, ...).
+
+    Raises:
+        CheckpointError: the file is missing or is not a YOLOv1 checkpoint (named).
+    """
+    ckpt = load_checkpoint(path, map_location=device)
+    return YoloDetector(load_yolo(ckpt, str(path)), device=device, classes=list(ckpt["classes"]),
+                        thresholds=score_thresholds(ckpt), **settings)
 
 
 def choose_yolo_thresholds(detector: YoloDetector, dataset, gt: dict) -> list[float]:

@@ -1,11 +1,18 @@
-"""Decoding YOLOv1 output into detections (Redmon et al. 2016, section 2: class-specific confidence)."""
+"""YOLOv1's grid geometry and the decoding of its output into detections (Redmon et al. 2016, section 2:
+class-specific confidence). The loss takes the cell geometry from here."""
 
 from __future__ import annotations
 
 import torch
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from segdet.detection.yolo_loss import cell_boxes_to_xyxy
+
+def cell_boxes_to_xyxy(boxes: torch.Tensor, i: torch.Tensor, j: torch.Tensor, S: int, size: float) -> torch.Tensor:
+    """``[..., 4]`` ``(x, y, w, h)`` of cell (row ``i``, column ``j``) -> pixel ``(x1, y1, x2, y2)``."""
+    cx = (j + boxes[..., 0]) * size / S
+    cy = (i + boxes[..., 1]) * size / S
+    w, h = boxes[..., 2] * size, boxes[..., 3] * size
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
 def decode(pred: torch.Tensor, *, B: int, input_size: int, score_threshold: float, nms_iou: float,

@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from segdet.config import RcnnFinetuneConfig
-from segdet.detection.rcnn import RegionBatches, RegionCNN, label_regions
-from segdet.engine import FitResult, fit
+from segdet.detection.rcnn.model import RegionCNN
+from segdet.detection.rcnn.regions import Item, RegionBatches, label_regions
+from segdet.engine import FitResult, announce_transfer, fit, load_best
 from segdet.nets.weights import TransferReport, init_from
 
 log = logging.getLogger(__name__)
-
-Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def region_batches(items: list[Item], num_classes: int, cfg: RcnnFinetuneConfig, batches: int) -> RegionBatches:
@@ -68,11 +67,7 @@ def finetune_rcnn(
     """Fine-tune a :class:`RegionCNN`; ``run_dir`` gets ``last.pt`` and ``best.pt`` (lowest val loss)."""
     torch.manual_seed(seed)
     model = RegionCNN(cfg.backbone, len(classes))
-    if cfg.init_from:
-        report = init_from(model, cfg.init_from)
-        log.info("%s", report.summary())
-        if on_transfer is not None:
-            on_transfer(report)
+    announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
     model.to(device)
     train = region_batches(train_items, len(classes), cfg, cfg.batches_per_epoch)
     torch.manual_seed(seed + 1)  # a fixed validation sample
@@ -92,6 +87,4 @@ def finetune_rcnn(
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_loss", mode="min", seed=seed,
                  amp=cfg.amp, config=config, classes=classes, on_epoch=on_epoch, progress=progress,
                  desc=f"rcnn {cfg.backbone}")
-    best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
-    model.load_state_dict(best["model"])
-    return model, result
+    return load_best(model, result, device), result
