@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from segdet.config import ProposalsConfig
 from segdet.data.formats import parse_voc_xml
 from segdet.data.sources import find_voc_image
 from segdet.data.synthetic.voc import generate_voc
 from segdet.detection.proposals import propose_many, recall
 from segdet.runtime import hardware
+from segdet.sections import ProposalsConfig
 
 SMALL = 32  # px: an object is "small" when its shorter box side is under this (COCO's small is area < 32^2)
 

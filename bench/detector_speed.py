@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import torch
 
-from segdet.config import ProposalsConfig
 from segdet.data.datasets import DetectionDataset, read_classes
 from segdet.detection.detector import run_detector
 from segdet.detection.proposals import selective_search
 from segdet.detection.rcnn.detect import load_rcnn
 from segdet.detection.yolo.detect import load_yolo_detector
 from segdet.runtime import hardware, resolve_device
+from segdet.sections import ProposalsConfig
 
 
 def main() -> None:

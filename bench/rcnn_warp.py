@@ -21,13 +21,13 @@ import cv2
 import numpy as np
 import torch
 
-from segdet.config import ProposalsConfig
 from segdet.data.formats import read_rgb
 from segdet.data.synthetic.voc import generate_voc
 from segdet.detection.boxes import dilate
 from segdet.detection.proposals import propose_many
 from segdet.detection.rcnn.model import _MEAN, _STD, normalise, warp
 from segdet.runtime import hardware
+from segdet.sections import ProposalsConfig
 
 
 def warp_loop(image: np.ndarray, boxes: torch.Tensor, crop: int, context: float) -> torch.Tensor:

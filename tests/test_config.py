@@ -3,8 +3,9 @@ import re
 
 import pytest
 
-from segdet.config import SECTIONS, DataConfig, load_params, load_section
+from segdet.config import SECTIONS, load_params, load_section
 from segdet.schema import ConfigError, flatten
+from segdet.sections import DataConfig
 from tests.conftest import REPO
 
 

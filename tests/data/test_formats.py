@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdet.config import SplitConfig
 from segdet.data.formats import FormatError, parse_voc_xml, voc_to_xyxy, write_voc_xml, xyxy_to_voc
 from segdet.data.manifest import assign_splits
 from segdet.data.pairs import ManifestError, Pair
 from segdet.data.sources import find_isic_pairs, import_coco, isic_split_folders, label_pairs_with
+from segdet.sections import SplitConfig
 
 
 def _image(path: Path, w: int = 8, h: int = 6, mode: str = "RGB") -> Path:

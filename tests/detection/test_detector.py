@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from segdet.config import YoloTrainConfig
 from segdet.detection.detector import run_detector
 from segdet.detection.rcnn.detect import load_rcnn
 from segdet.detection.rcnn.model import RegionCNN
@@ -14,6 +13,7 @@ from segdet.detection.yolo.detect import load_yolo_detector
 from segdet.nets.unet import build_unet
 from segdet.nets.weights import CheckpointError, save_checkpoint
 from segdet.nets.yolo import YOLOv1
+from segdet.sections import YoloTrainConfig
 from segdet.segmentation.evaluate import load_unet
 
 

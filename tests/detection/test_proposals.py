@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdet.config import ProposalsConfig
 from segdet.detection.proposals import proposal_table, propose_many, recall, selective_search
+from segdet.sections import ProposalsConfig
 
 
 def _scene(h=120, w=160):

@@ -3,13 +3,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segdet.config import RcnnSvmConfig
 from segdet.detection.rcnn.detect import RCNNDetector
 from segdet.detection.rcnn.features import extract_features, iter_chunks
 from segdet.detection.rcnn.model import RegionCNN, warp
 from segdet.detection.rcnn.regions import RegionBatches, label_regions
 from segdet.detection.rcnn.svm import load_svm, save_svm, train_svms
 from segdet.nets.weights import transfer_weights
+from segdet.sections import RcnnSvmConfig
 
 
 def test_region_cnn_shapes_and_torchvision_names():

@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from segdet.config import YoloTrainConfig
 from segdet.data.datasets import DetectionDataset
 from segdet.data.formats import write_voc_xml
 from segdet.data.pairs import Pair, write_manifest
@@ -23,6 +22,7 @@ from segdet.detection.yolo.train import build_model, collate, schedule, train_yo
 from segdet.nets.weights import load_checkpoint, save_checkpoint
 from segdet.nets.yolo import YOLOv1
 from segdet.schema import ConfigError
+from segdet.sections import YoloTrainConfig
 
 CPU = torch.device("cpu")
 

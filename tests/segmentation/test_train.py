@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from segdet.config import UnetTrainConfig
 from segdet.data.pairs import Pair, write_manifest
 from segdet.data.synthetic.isic import generate_isic
 from segdet.engine import NonFiniteLossError, fit
 from segdet.nets.weights import load_checkpoint
+from segdet.sections import UnetTrainConfig
 from segdet.segmentation.evaluate import evaluate_unet
 from segdet.segmentation.train import train_unet
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from segdet.config import DataConfig, SplitConfig
 from segdet.data.formats import SPLITS
 from segdet.data.pairs import (
     ManifestError,
@@ -41,6 +40,7 @@ from segdet.data.sources import (
     voc_split_lists,
 )
 from segdet.io import atomic_dir, write_json
+from segdet.sections import DataConfig, SplitConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segdet.config import DataConfig
 from segdet.data.pairs import (
     resolve,
 )
@@ -16,6 +15,7 @@ from segdet.data.sources import (
     import_voc,
 )
 from segdet.io import atomic_dir, write_json
+from segdet.sections import DataConfig
 
 # ----------------------------------------------------------------------------------------------------------
 # prepare

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segdet.config import ProposalsConfig
+from segdet.sections import ProposalsConfig
 
 MODES = ("fast", "quality")
 

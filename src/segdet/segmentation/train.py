@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from segdet.config import UnetTrainConfig
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
 from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders
 from segdet.nets.unet import UNet, build_unet
 from segdet.nets.weights import CheckpointError, TransferReport, init_from, load_checkpoint
+from segdet.sections import UnetTrainConfig
 from segdet.segmentation.losses import SegLoss
 from segdet.segmentation.metrics import scores
 

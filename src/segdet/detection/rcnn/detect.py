@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from segdet.config import ProposalsConfig
 from segdet.detection.boxes import decode
 from segdet.detection.proposals import selective_search
 from segdet.detection.rcnn.features import embed_regions
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.rcnn.svm import load_svm, score_thresholds
 from segdet.nets.weights import CheckpointError, load_checkpoint
+from segdet.sections import ProposalsConfig
 
 
 class RCNNDetector:

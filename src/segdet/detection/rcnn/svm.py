@@ -12,10 +12,10 @@ from sklearn.linear_model import Ridge
 from sklearn.svm import LinearSVC
 from tqdm import tqdm
 
-from segdet.config import RcnnSvmConfig
 from segdet.detection.boxes import encode
 from segdet.detection.rcnn.features import iter_chunks
 from segdet.io import atomic_file
+from segdet.sections import RcnnSvmConfig
 
 log = logging.getLogger(__name__)
 

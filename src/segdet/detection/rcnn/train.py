@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from segdet.config import RcnnFinetuneConfig
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.rcnn.regions import Item, RegionBatches, label_regions
 from segdet.engine import FitResult, announce_transfer, fit, load_best
 from segdet.nets.weights import TransferReport, init_from
+from segdet.sections import RcnnFinetuneConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from segdet.config import YoloTrainConfig
 from segdet.data.datasets import DetectionDataset, detection_collate
 from segdet.data.formats import coco_annotation
 from segdet.data.transforms import yolo_transforms
@@ -22,6 +21,7 @@ from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders
 from segdet.nets.weights import TransferReport, init_from, load_checkpoint, transfer_weights
 from segdet.nets.yolo import YOLOv1
 from segdet.schema import ConfigError
+from segdet.sections import YoloTrainConfig
 
 log = logging.getLogger(__name__)
 
