@@ -120,3 +120,33 @@ def test_dvc_reruns_only_the_stages_that_import_an_edited_module(tmp_path):
     with open(repo / "src/segdet/detection/yolo/decode.py", "a") as fh:
         fh.write("\n# edited\n")
     assert _changed_code(repo) == {s: {"src/segdet/detection/yolo/decode.py"} for s in ("yolo_train", "yolo_eval")}
+
+
+def _default_paths(script: Path) -> set[str]:
+    """The path defaults of a stage script's ``ap.add_argument("--name", default="...")`` calls (not --params)."""
+    out = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            flag = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else ""
+            for kw in node.keywords:
+                if kw.arg == "default" and isinstance(kw.value, ast.Constant) and flag != "--params":
+                    out.add(str(kw.value.value))
+    return out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_paths_in_dvc_yaml_are_the_scripts_defaults(stage):
+    """A stage runs with its script's default paths (``cmd`` passes none), so every data dep and out in
+    dvc.yaml must lie under one of them and every default must be a dep, an out or a run folder."""
+    spec = STAGES[stage]
+    script = ROOT / spec["cmd"].split()[1]
+    assert spec["cmd"].split()[2:] == [], f"{stage}: cmd passes arguments; the defaults are the contract"
+    defaults = _default_paths(script)
+    files = {d if isinstance(d, str) else next(iter(d)) for key in ("deps", "outs", "metrics", "plots")
+             for d in spec.get(key, [])}
+    data = {f for f in files if not f.startswith(("src/", "stages/"))}
+    under = lambda path, root: path == root or path.startswith(root.rstrip("/") + "/")  # noqa: E731
+    stray = sorted(f for f in data if not any(under(f, d) for d in defaults) and not f.startswith("data/raw/"))
+    assert not stray, f"{stage}: dvc.yaml paths that {script.name} does not default to: {stray}"
+    unused = sorted(d for d in defaults if not any(under(f, d) for f in data) and not d.endswith("_run"))
+    assert not unused, f"{stage}: {script.name} defaults that dvc.yaml does not track: {unused}"
