@@ -1,11 +1,8 @@
 """DVC stage ``yolo_train``: train YOLOv1 on the detection manifests.
 
-Reads ``data/manifests/det_{train,val}.txt``, ``models/rcnn_cnn.pt`` (backbone transfer, when the backbones
-match and ``init_from_rcnn`` is on) and params ``base``, ``yolo_train``, ``data.det.use_difficult``; writes
-``models/yolo.pt`` (best validation mAP@0.5, with ``score_thresholds``: each class's best-F1 score on the val
-split with the detection settings of ``yolo_eval``, its operating point and that of ``segdet predict``) and
-``reports/yolo_train.csv``.
-``models/yolo_run/last.pt`` is the resume point.
+Reads the det manifests, ``models/rcnn_cnn.pt`` (backbone transfer when the backbones match); writes
+``models/yolo.pt`` (best val mAP@0.5, with each class's best-F1 score on val under ``yolo_eval``'s detection
+settings: the operating point) and ``reports/yolo_train.csv``; ``models/yolo_run/last.pt`` resumes.
 """
 
 import argparse
@@ -18,9 +15,8 @@ import numpy as np
 from segdet import tracking
 from segdet.config import load_params, load_section
 from segdet.data.datasets import DetectionDataset, read_classes
-from segdet.detection.yolo.detect import YoloDetector, choose_yolo_thresholds
+from segdet.detection.yolo.detect import save_with_thresholds
 from segdet.detection.yolo.train import train_yolo
-from segdet.nets.weights import load_checkpoint, save_checkpoint_dict
 from segdet.runtime import device_name, resolve_device, seed_everything
 from segdet.schema import flatten
 from segdet.stage import run_stage
@@ -49,13 +45,11 @@ def main(argv=None):
                                    device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
                                    on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer,
                                    use_difficult=use_difficult)
-        val_gt = json.loads((args.manifests / "det_val_coco.json").read_text())
-        detector = YoloDetector(model, device=device, min_score=ev.min_score, nms_iou=ev.nms_iou,
-                                max_detections=ev.max_detections)
-        thresholds = choose_yolo_thresholds(detector, DetectionDataset(args.manifests / "det_val.txt", classes),
-                                            val_gt)
-        best = load_checkpoint(result.best_checkpoint)
-        save_checkpoint_dict({**best, "score_thresholds": thresholds}, args.model)
+        thresholds = save_with_thresholds(model, result.best_checkpoint, args.model,
+                                          DetectionDataset(args.manifests / "det_val.txt", classes),
+                                          json.loads((args.manifests / "det_val_coco.json").read_text()),
+                                          device=device, min_score=ev.min_score, nms_iou=ev.nms_iou,
+                                          max_detections=ev.max_detections)
         run.log_metrics({f"score_threshold_{c}": t for c, t in zip(classes, thresholds, strict=True)})
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)

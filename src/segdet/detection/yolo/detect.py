@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from segdet.data.transforms import yolo_preprocess
 from segdet.detection.evaluate import choose_thresholds
 from segdet.detection.yolo.decode import decode
-from segdet.nets.weights import CheckpointError, load_checkpoint
+from segdet.nets.weights import CheckpointError, load_checkpoint, save_checkpoint_dict
 from segdet.nets.yolo import YOLOv1
 
 #: the operating threshold of a class the validation split cannot set (no ground truth, or not one hit)
@@ -91,3 +91,14 @@ def choose_yolo_thresholds(detector: YoloDetector, dataset, gt: dict) -> list[fl
     """Per-class best-F1 score thresholds of ``detector`` on ``dataset`` (a :class:`DetectionDataset` of the
     validation split, whose COCO ground truth is ``gt``); see :func:`segdet.detection.evaluate.operating_thresholds`."""
     return choose_thresholds(gt, (detector.detect(dataset[i][0])[0] for i in range(len(dataset))), FALLBACK_SCORE)
+
+
+def save_with_thresholds(model: YOLOv1, best_checkpoint: str | Path, out: str | Path, dataset, gt: dict, *,
+                         device: torch.device, min_score: float, nms_iou: float, max_detections: int) -> list[float]:
+    """Choose ``model``'s per-class operating thresholds on the validation ``dataset`` (COCO ground truth
+    ``gt``) with the eval stage's detection settings, and write ``best_checkpoint`` with them to ``out``."""
+    detector = YoloDetector(model, device=device, min_score=min_score, nms_iou=nms_iou,
+                            max_detections=max_detections)
+    thresholds = choose_yolo_thresholds(detector, dataset, gt)
+    save_checkpoint_dict({**load_checkpoint(best_checkpoint), "score_thresholds": thresholds}, out)
+    return thresholds
