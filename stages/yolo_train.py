@@ -54,7 +54,7 @@ def main(argv=None):
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         run.log_checkpoint(args.model)  # for segdet predict --run
-        example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)
+        example = np.zeros((2, 3, model.input_size, model.input_size), np.float32)
         run.log_model(model.cpu().eval(), "model", example)
         print(f"yolo_train: best val mAP@0.5 {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}; "
               "operating thresholds (best F1 on val): "

@@ -105,3 +105,12 @@ def test_params_yaml_values_are_the_dataclass_defaults():
         assert load_section(name, params) == cls(), f"params.yaml section {name} differs from {cls.__name__}()"
         # every parameter is listed (and so documented), not only left to its default
         assert set(params[name]) == {f.name for f in dataclasses.fields(cls)}, f"params.yaml section {name}"
+
+
+def test_a_key_with_two_kinds_of_value_takes_either_and_names_both():
+    assert load_section("yolo_train", {"yolo_train": {"input_size": "auto"}}).input_size == "auto"
+    assert load_section("yolo_train", {"yolo_train": {"input_size": 384}}).input_size == 384
+    with pytest.raises(ConfigError, match=r"yolo_train.input_size = 16 is out of range"):
+        load_section("yolo_train", {"yolo_train": {"input_size": 16}})
+    with pytest.raises(ConfigError, match=r"yolo_train.input_size = 'big' is not allowed: expected an integer or 'auto'"):
+        load_section("yolo_train", {"yolo_train": {"input_size": "big"}})

@@ -75,7 +75,17 @@ def _convert(value: Any, tp: Any, key: str, spec: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _convert(value, inner[0], key, spec)
-        raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - programming error
+        errors = []  # several alternatives (``int | Literal["auto"]``): the first that takes the value
+        for alt in inner:
+            try:
+                return _convert(value, alt, key, spec)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        in_range = [e for e in errors if "out of range" in e]  # the value has the right type but not the range
+        if in_range:
+            raise ConfigError(in_range[0])
+        words = [_type_name(a) if get_origin(a) is not Literal else " or ".join(map(repr, get_args(a))) for a in inner]
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected {' or '.join(words)}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, key)
     if origin is Literal:

@@ -227,7 +227,7 @@ class YoloTrainConfig:
     """``yolo_train``: YOLOv1 training."""
 
     backbone: Literal["small", "darknet24", "vgg16", "resnet18", "alexnet"] = "small"
-    input_size: int = param(256, ge=32, le=2048)
+    input_size: int | Literal["auto"] = param(256, ge=32, le=2048)
     boxes_per_cell: int = param(2, ge=1, le=10)
     head: Literal["fc", "conv"] = "conv"
     head_channels: int = param(128, ge=8)

@@ -212,3 +212,33 @@ def test_validation_ignores_difficult_objects(tmp_path, monkeypatch):
     assert losses == [[[2]]]
     validate(model, loader, loss_fn, CPU, classes, 0.2, use_difficult=True)
     assert losses[-1] == [[2, 1]]
+
+
+def _centres_manifest(tmp_path, images):
+    """A det manifest of 100x100 images whose objects are 4x4 boxes centred on the given points."""
+    from segdet.data.formats import write_voc_xml
+
+    lines = []
+    for k, centres in enumerate(images):
+        xml = tmp_path / f"{k}.xml"
+        boxes = [("square", (round(x - 2) + 1, round(y - 2) + 1, round(x + 2), round(y + 2))) for x, y in centres]
+        write_voc_xml(xml, f"{k}.jpg", 100, 100, boxes)
+        lines.append(f"{tmp_path / f'{k}.jpg'} {xml}\n")
+    (tmp_path / "m.txt").write_text("".join(lines))
+    return tmp_path / "m.txt"
+
+
+def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
+    from segdet.detection.yolo.train import auto_input_size, lost_to_grid
+
+    # cells of 100 px: 12.5 px at S=8, 10 at S=10, 8.3 at S=12, 7.1 at S=14. Centres 10 and 15 straddle the
+    # 12.5 px boundary (apart at S=8), share cell 1 at S=10 and S=12, and fall in cells 1 and 2 at S=14.
+    manifest = _centres_manifest(tmp_path, [[(10, 10), (15, 15)], [(60, 60)]])
+    lost = lost_to_grid(manifest, tmp_path, (8, 10, 12, 14))
+    assert lost == {8: 0.0, 10: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
+    cfg = YoloTrainConfig(backbone="small", input_size="auto")
+    assert auto_input_size(cfg, manifest, tmp_path) == 8 * 32  # S=8 loses none: the smallest grid
+    # centres 2 and 8 share cell 0 until S=14 (7.1 px cells): a third of the objects lost, then none
+    dense = _centres_manifest(tmp_path, [[(2, 2), (8, 8)], [(60, 60)]])
+    assert lost_to_grid(dense, tmp_path, (8, 12, 14)) == {8: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
+    assert auto_input_size(cfg, dense, tmp_path) == 14 * 32  # small backbone: 32 px of input a cell step

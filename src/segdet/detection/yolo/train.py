@@ -8,22 +8,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from segdet.data.datasets import DetectionDataset, detection_collate
-from segdet.data.formats import coco_annotation
+from segdet.data.formats import coco_annotation, parse_voc_xml
+from segdet.data.pairs import read_manifest, resolve
 from segdet.data.transforms import yolo_transforms
 from segdet.detection.evaluate import coco_results, evaluate_detections
 from segdet.detection.yolo.decode import decode
 from segdet.detection.yolo.detect import FALLBACK_SCORE
 from segdet.detection.yolo.loss import YoloLoss
 from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders
+from segdet.nets.backbones import build_backbone
 from segdet.nets.weights import TransferReport, init_from, load_checkpoint, transfer_weights
 from segdet.nets.yolo import YOLOv1
 from segdet.schema import ConfigError
 from segdet.sections import YoloTrainConfig
 
 log = logging.getLogger(__name__)
+
+#: ``input_size: auto`` tries these grids (S), smallest first: 256 to 448 px with the small backbone
+AUTO_GRIDS = (8, 10, 12, 14)
+#: ... and takes the first on which at most this share of the training objects shares its cell with another
+#: object's centre: YOLOv1 trains one object per cell, so those are lost (dense scenes: 15 % at S = 8)
+AUTO_MAX_LOST = 0.07
 
 #: NMS IoU of the per-epoch validation mAP (yolo_eval's default; it only ranks the epochs)
 VAL_NMS_IOU = 0.5
@@ -35,6 +44,39 @@ def collate(batch):
     return torch.stack([img.as_subclass(torch.Tensor) for img in images]), [
         {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"],
          **({"difficult": t["difficult"]} if "difficult" in t else {})} for t in targets]
+
+
+def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...], use_difficult: bool = False
+                 ) -> dict[int, float]:
+    """For each grid S, the share of the objects of ``manifest`` whose centre falls in a cell that already
+    holds another object's centre (YOLOv1's one object per cell: these cannot be trained)."""
+    centres = []
+    for pair in read_manifest(manifest):
+        ann = parse_voc_xml(resolve(pair.label, Path(root)))
+        w, h = ann.width, ann.height
+        if not w or not h:
+            with Image.open(resolve(pair.image, Path(root))) as im:
+                w, h = im.size
+        centres.append([((o.box[0] + o.box[2]) / 2 / w, (o.box[1] + o.box[3]) / 2 / h) for o in ann.objects
+                        if use_difficult or not o.difficult])
+    total = sum(map(len, centres))
+    lost = {}
+    for S in grids:
+        taken = sum(len({(min(int(y * S), S - 1), min(int(x * S), S - 1)) for x, y in image}) for image in centres)
+        lost[S] = (total - taken) / total if total else 0.0
+    return lost
+
+
+def auto_input_size(cfg: YoloTrainConfig, train_manifest: str | Path, root: str | Path,
+                    use_difficult: bool = False) -> int:
+    """``input_size: auto``: the smallest input whose grid (of :data:`AUTO_GRIDS`) loses at most
+    :data:`AUTO_MAX_LOST` of the training objects to shared cells, else the largest; logged with the shares."""
+    step = 2 * build_backbone(cfg.backbone).stride
+    lost = lost_to_grid(train_manifest, root, AUTO_GRIDS, use_difficult)
+    S = next((g for g in AUTO_GRIDS if lost[g] <= AUTO_MAX_LOST), AUTO_GRIDS[-1])
+    log.info("yolo_train.input_size = auto: %d px (S = %d); training objects sharing a cell: %s", S * step, S,
+             ", ".join(f"S={g} {100 * v:.1f}%" for g, v in lost.items()))
+    return S * step
 
 
 def build_model(cfg: YoloTrainConfig, num_classes: int) -> YOLOv1:
@@ -128,6 +170,8 @@ def train_yolo(
 
     ``use_difficult`` (``data.det.use_difficult``): train on VOC difficult objects too; validation mAP
     ignores them either way (:func:`validate`)."""
+    if cfg.input_size == "auto":
+        cfg = dataclasses.replace(cfg, input_size=auto_input_size(cfg, train_manifest, root, use_difficult))
     torch.manual_seed(seed)
     model = build_model(cfg, len(classes))
     report = None
