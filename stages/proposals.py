@@ -17,12 +17,11 @@ from tqdm import tqdm
 from segdet import tracking
 from segdet.config import load_params, load_section
 from segdet.data.datasets import DetectionDataset
+from segdet.data.formats import SPLITS
 from segdet.detection.proposals import proposal_table, propose_many, recall
 from segdet.io import atomic_dir, write_json
 from segdet.schema import flatten
 from segdet.stage import run_stage
-
-SPLITS = ("train", "val", "test")
 
 
 def main(argv=None):

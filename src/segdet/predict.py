@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segdet.data.formats import FormatError, read_rgb
+from segdet.data.formats import IMAGE_EXTS, FormatError, read_rgb
 from segdet.draw import draw_detections, tint
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
@@ -26,7 +26,6 @@ from segdet.stage import UserError
 KINDS = ("unet", "rcnn", "yolo")
 #: the files a kind needs, as the pipeline writes them (``models/``) and as its MLflow run logs them (``checkpoint/``)
 MODEL_FILES = {"unet": ("unet.pt",), "rcnn": ("rcnn_cnn.pt", "rcnn_svm.npz"), "yolo": ("yolo.pt",)}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class PredictError(UserError):
@@ -49,9 +48,9 @@ def find_images(inputs: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
             if not found:
-                raise PredictError(f"{item}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise PredictError(f"{item}: no images in this folder (looked for {', '.join(IMAGE_EXTS)})")
             out += found
         elif item.is_file():
             out.append(item)

@@ -26,7 +26,6 @@ from segdet.draw import draw_detections, pr_figure
 class Detector(Protocol):
     classes: list[str]
     thresholds: list[float]  # per-class operating thresholds stored with the model (chosen on val)
-    needs_proposals: bool
 
     def detect(self, image: torch.Tensor, proposals: torch.Tensor | None = None
                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]: ...

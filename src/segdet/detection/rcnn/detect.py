@@ -26,8 +26,6 @@ class RCNNDetector:
     operating thresholds stored with the SVMs. Without proposals, ``detect`` runs selective search with
     ``proposals`` (``segdet predict``)."""
 
-    needs_proposals = True
-
     def __init__(self, model: RegionCNN, svm: dict[str, np.ndarray], *, crop_size: int, context: float,
                  device: torch.device, min_score: float = 0.0, nms_iou: float = 0.3, max_detections: int = 100,
                  proposals: ProposalsConfig | None = None):

@@ -39,10 +39,9 @@ def load_yolo(ckpt: dict, path: str = "checkpoint") -> YOLOv1:
 
 class YoloDetector:
     """Resize and normalise, one forward pass, decode (class-specific scores, per-class NMS), boxes back in
-    the image's pixels; class-specific scores below ``min_score`` are dropped. :meth:`detect` times each part. ``thresholds``: the per-class operating thresholds
-    stored with the model (``FALLBACK_SCORE`` each when not given)."""
-
-    needs_proposals = False
+    the image's pixels; class-specific scores below ``min_score`` are dropped. :meth:`detect` times each
+    part. ``thresholds``: the per-class operating thresholds stored with the model (``FALLBACK_SCORE`` each
+    when not given)."""
 
     def __init__(self, model: YOLOv1, *, device: torch.device, min_score: float, nms_iou: float,
                  max_detections: int = 100, classes: list[str] | None = None, thresholds: list[float] | None = None):
