@@ -17,7 +17,7 @@ from segdet.data.pairs import read_manifest, resolve
 from segdet.data.preview import det_sheet, seg_sheet
 from segdet.runtime import repo_root
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--raw", default="data/raw", type=Path)
     ap.add_argument("--out", default="data/manifests", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.out)
     cfg = load_section("data", args.params)
     root, source_root = Path.cwd(), repo_root()
     with tracking.stage_run("manifest", flatten(cfg, "data.")) as run:

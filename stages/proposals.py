@@ -21,7 +21,7 @@ from segdet.data.formats import SPLITS
 from segdet.detection.proposals import proposal_table, propose_many, recall
 from segdet.io import atomic_dir, write_json
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -31,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--out", default="data/proposals", type=Path)
     ap.add_argument("--report", default="reports/proposals.json", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.out, args.report)
     cfg = load_section("proposals", load_params(args.params))
     settings = cfg
     workers = cfg.workers or os.cpu_count() or 1

@@ -22,7 +22,7 @@ from segdet.detection.rcnn.regions import iter_split
 from segdet.io import atomic_dir
 from segdet.runtime import device_name, hardware, resolve_device
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -36,6 +36,7 @@ def main(argv=None):
     ap.add_argument("--metrics", default="reports/rcnn_eval.json", type=Path)
     ap.add_argument("--out", default="reports/rcnn", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.metrics, args.out)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_eval", params)
     device = resolve_device(base.device)

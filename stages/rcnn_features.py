@@ -20,7 +20,7 @@ from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
 from segdet.runtime import device_name, resolve_device
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -31,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--proposals", default="data/proposals/train.parquet", type=Path)
     ap.add_argument("--out", default="data/features/train", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.out)
     params = load_params(args.params)
     base = load_section("base", params)
     use_difficult = load_section("data", params).det.use_difficult

@@ -17,7 +17,7 @@ from segdet.detection.rcnn.train import finetune_rcnn
 from segdet.io import atomic_copy
 from segdet.runtime import device_name, resolve_device, seed_everything
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -29,6 +29,7 @@ def main(argv=None):
     ap.add_argument("--run-dir", default="models/rcnn_run", type=Path)
     ap.add_argument("--plots", default="reports/rcnn_finetune.csv", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.model, args.run_dir, args.plots)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_finetune", params)
     use_difficult = load_section("data", params).det.use_difficult

@@ -24,7 +24,7 @@ from segdet.detection.rcnn.regions import iter_split
 from segdet.detection.rcnn.svm import FALLBACK_SCORE, save_svm, train_svms
 from segdet.runtime import resolve_device
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -37,6 +37,7 @@ def main(argv=None):
     ap.add_argument("--val-proposals", default="data/proposals/val.parquet", type=Path)
     ap.add_argument("--out", default="models/rcnn_svm.npz", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.out)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_svm", params)
     ev = load_section("rcnn_eval", params)

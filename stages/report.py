@@ -14,7 +14,7 @@ from segdet import tracking
 from segdet.config import load_params, load_section
 from segdet.io import atomic_dir, atomic_file
 from segdet.report import build_summary, read_reports
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def _describe(cfg) -> str:
@@ -28,6 +28,7 @@ def main(argv=None):
     ap.add_argument("--summary", default="reports/summary.md", type=Path)
     ap.add_argument("--figures", default="reports/summary", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.summary, args.figures)
     data = load_section("data", load_params(args.params))
     summary = build_summary(read_reports(args.reports), det_data=_describe(data.det), seg_data=_describe(data.seg))
     with tracking.stage_run("report", {"data.det.source": data.det.source, "data.seg.source": data.seg.source}) as run:

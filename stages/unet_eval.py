@@ -19,7 +19,7 @@ from segdet.nets.weights import load_checkpoint
 from segdet.runtime import device_name, hardware, resolve_device
 from segdet.schema import flatten
 from segdet.segmentation.evaluate import evaluate_unet, load_unet
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -31,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--per-image", default="reports/unet_eval_per_image.csv", type=Path)
     ap.add_argument("--pred-dir", default="reports/unet/pred_test", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.metrics, args.per_image, args.pred_dir)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("unet_eval", params)
     device = resolve_device(base.device)

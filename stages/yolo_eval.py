@@ -22,7 +22,7 @@ from segdet.detection.yolo.detect import load_yolo_detector
 from segdet.io import atomic_dir
 from segdet.runtime import device_name, hardware, resolve_device
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -33,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--metrics", default="reports/yolo_eval.json", type=Path)
     ap.add_argument("--out", default="reports/yolo", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.metrics, args.out)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("yolo_eval", params)
     device = resolve_device(base.device)

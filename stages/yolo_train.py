@@ -19,7 +19,7 @@ from segdet.detection.yolo.detect import save_with_thresholds
 from segdet.detection.yolo.train import train_yolo
 from segdet.runtime import device_name, resolve_device, seed_everything
 from segdet.schema import flatten
-from segdet.stage import run_stage
+from segdet.stage import check_writable, run_stage
 
 
 def main(argv=None):
@@ -31,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--run-dir", default="models/yolo_run", type=Path)
     ap.add_argument("--plots", default="reports/yolo_train.csv", type=Path)
     args = ap.parse_args(argv)
+    check_writable(args.model, args.run_dir, args.plots)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("yolo_train", params)
     ev = load_section("yolo_eval", params)  # the detection settings the operating thresholds are chosen with

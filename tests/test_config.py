@@ -1,7 +1,9 @@
 import dataclasses
+import logging
 import re
 
 import pytest
+import yaml
 
 from segdet.config import SECTIONS, load_params, load_section
 from segdet.schema import ConfigError, flatten
@@ -86,8 +88,8 @@ def test_error_names_the_params_file(tmp_path):
 
 
 def test_ints_are_accepted_for_floats_and_configs_are_frozen():
-    cfg = data(split={"train": 1, "val": 0, "test": 0})
-    assert cfg.split.train == 1.0 and isinstance(cfg.split.train, float)
+    cfg = data(split={"train": 0.5, "val": 0.5, "test": 0})
+    assert cfg.split.test == 0.0 and isinstance(cfg.split.test, float)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 4  # type: ignore[misc]
 
@@ -114,3 +116,29 @@ def test_a_key_with_two_kinds_of_value_takes_either_and_names_both():
         load_section("yolo_train", {"yolo_train": {"input_size": 16}})
     with pytest.raises(ConfigError, match=r"yolo_train.input_size = 'big' is not allowed: expected an integer or 'auto'"):
         load_section("yolo_train", {"yolo_train": {"input_size": "big"}})
+
+
+def test_a_validation_split_of_zero_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"data\.split\.val = 0\.0 is out of range: expected a value > 0\.0 .*chosen on "
+                       r"the validation images"):
+        data(split={"train": 0.85, "val": 0, "test": 0.15})
+
+
+def test_yaml11_exponent_floats_read_as_strings_are_converted_and_said_once(tmp_path, caplog):
+    # PyYAML (YAML 1.1) reads 1e-3 as the string '1e-3'; 1.0e-3 is a float
+    params = tmp_path / "params.yaml"
+    params.write_text("unet_train:\n  lr: 1e-3\n")
+    raw = yaml.safe_load(params.read_text())
+    assert raw["unet_train"]["lr"] == "1e-3"
+    with caplog.at_level(logging.INFO, logger="segdet.schema"):
+        cfg = load_section("unet_train", params)
+    assert cfg.lr == 0.001
+    notes = [r.getMessage() for r in caplog.records if "YAML 1.1" in r.getMessage()]
+    assert notes == ["unet_train.lr = '1e-3' is a string in YAML 1.1 (a float needs a dot: 1.0e-3); read as 0.001"]
+
+
+def test_a_string_that_is_not_a_number_is_still_the_wrong_type(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("unet_train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"unet_train\.lr = 'fast' has the wrong type: expected a number"):
+        load_section("unet_train", params)

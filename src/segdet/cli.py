@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from segdet.stage import UserError
+from segdet.stage import UserError, write_fault
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -135,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args) if args.command == "predict" else _preset(args)
         except UserError as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # a full disk, a read-only --out folder
+            message = write_fault(exc)
+            if message is None:
+                raise
+            print(f"ERROR: {message}", file=sys.stderr)
             return 1
     return 2  # pragma: no cover - argparse rejects unknown commands
 

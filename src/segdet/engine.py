@@ -2,7 +2,8 @@
 
 ``fit`` runs epochs of :func:`train_one_epoch`, steps the LR scheduler once per epoch, evaluates, and
 writes two checkpoints into ``run_dir`` (file contract: docs/architecture.md): ``last.pt`` after every epoch (what a
-killed run resumes from) and ``best.pt`` whenever the monitored metric improves. Each epoch re-seeds
+killed run resumes from) and ``best.pt`` whenever the monitored metric improves. A fresh (not resumed) run first
+moves the checkpoints of the run before it to ``run_dir/previous/``, so that run can still be resumed. Each epoch re-seeds
 PyTorch and the loader's generator from ``(seed, epoch)``, so a run resumed from ``last.pt`` after epoch
 k ends with the same weights as a run that was never interrupted. A non-finite loss stops training
 with :class:`NonFiniteLossError`. AMP (float16 autocast + GradScaler) is used on CUDA when asked.
@@ -104,6 +105,20 @@ def train_one_epoch(
     return {k: v / max(seen, 1) for k, v in sums.items()}
 
 
+def keep_previous_run(run_dir: Path) -> Path:
+    """Move the checkpoints of the run before this one into ``run_dir/previous/`` (replacing an older one there), so
+    that a fresh run does not destroy the only way to resume the last one."""
+    previous = run_dir / "previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for name in ("last.pt", "best.pt"):
+        if (run_dir / name).is_file():
+            (run_dir / name).replace(previous / name)
+    log.warning("a new run starts in %s; the checkpoints of the run before it are kept in %s (resume that run by "
+                "setting weights to %s)", run_dir, previous, previous / "last.pt")
+    return previous
+
+
 @dataclass
 class FitResult:
     history: list[dict]
@@ -166,6 +181,7 @@ def fit(
     history: list[dict] = []
     best_epoch, best_value = 0, None
     start = 1
+    keep_previous = not resume and last_path.is_file()  # done at this run's first checkpoint: not lost on a failed start
     if resume:
         ckpt = load_checkpoint(resume, map_location=device)
         try:
@@ -197,6 +213,10 @@ def fit(
             log.warning("the checkpoint is already at epoch %d >= epochs = %d: nothing to train", start - 1, epochs)
 
     def checkpoint(path: Path, epoch: int) -> None:
+        nonlocal keep_previous
+        if keep_previous:
+            keep_previous_run(run_dir)
+            keep_previous = False
         save_checkpoint(
             path, model=model if ema is None else ema.module, optimizer=optimizer, scheduler=scheduler,
             scaler=scaler, epoch=epoch, config=config or {}, classes=classes or [],

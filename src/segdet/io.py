@@ -40,6 +40,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_dirs(*paths: str | Path) -> Iterator[list[Path]]:
+    """:func:`atomic_dir` for several folders at once: none of them is replaced unless the whole block succeeds
+    (a stage with two output folders never leaves one new and one old)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_dir(p)) for p in paths]
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segdet.data.formats import IMAGE_EXTS, FormatError, read_rgb
+from segdet.data.formats import IMAGE_EXTS, FormatError, name_problem, read_rgb
 from segdet.draw import draw_detections, tint
 from segdet.io import atomic_dir
 from segdet.nets.weights import load_checkpoint
@@ -56,7 +56,27 @@ def find_images(inputs: list[str | Path]) -> list[Path]:
             out.append(item)
         else:
             raise PredictError(f"{item}: no such file or folder")
+    bad = [problem for p in out if (problem := name_problem(p))]
+    if bad:
+        raise PredictError("\n".join(bad))
     return out
+
+
+def output_names(images: list[Path], kind: str) -> list[str]:
+    """One output stem per image: its own stem, or ``<stem>_1``, ``<stem>_2`` ... when that would make a file
+    name already taken by an earlier image's outputs (``a/x.jpg`` and ``b/x.jpg``; ``x.jpg``, whose mask is
+    ``x_mask.png``, beside ``x_mask.png``, whose overlay would be ``x_mask.png`` too)."""
+    suffixes = (".png", "_mask.png") if kind == "unet" else (".png",)
+    taken = {"predictions.json"}
+    stems = []
+    for path in images:
+        stem, n = path.stem, 0
+        while any(f"{stem}{s}" in taken for s in suffixes):
+            n += 1
+            stem = f"{path.stem}_{n}"
+        taken.update(f"{stem}{s}" for s in suffixes)
+        stems.append(stem)
+    return stems
 
 
 def model_files(kind: str, models_dir: str | Path) -> list[Path]:
@@ -156,16 +176,14 @@ def predict_images(predictor: Predictor, images: list[Path], out_dir: str | Path
         raise PredictError(f"{out_dir}: exists and is not a segdet predict output folder; choose a new --out "
                            "(a previous output folder is replaced)")
     records: list[dict[str, Any]] = []
-    stems: dict[str, int] = {}
+    stems = output_names(images, predictor.kind)
     with atomic_dir(out_dir) as out:
-        for path in tqdm(images, desc=f"predict {predictor.kind}", unit="img", disable=not progress):
+        bar = tqdm(images, desc=f"predict {predictor.kind}", unit="img", disable=not progress)
+        for path, stem in zip(bar, stems, strict=True):
             try:
                 image = read_rgb(path)
-            except FormatError:
-                raise FormatError(f"{path}: cannot read image (not an image file, or damaged); nothing was written") \
-                    from None
-            stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
-            stems[path.stem] = stems.get(path.stem, 0) + 1
+            except FormatError as exc:
+                raise FormatError(f"{exc}; nothing was written") from None
             pred = predictor.predict(image)
             cv2.imwrite(str(out / f"{stem}.png"), cv2.cvtColor(predictor.render(image, pred), cv2.COLOR_RGB2BGR))
             rec: dict[str, Any] = {"image": str(path), "width": image.shape[1], "height": image.shape[0],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -15,13 +16,19 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from segdet.stage import UserError
 
+log = logging.getLogger(__name__)
+
+#: a number in exponent notation without a dot (``1e-3``), which YAML 1.1 reads as a string
+_YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
 
 class ConfigError(UserError):
     """A parameter is unknown, of the wrong type or out of range. The message names the key."""
 
 
 def param(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
-    """A dataclass field carrying its constraints (``ge``, ``gt``, ``le``, ``lt``, ``pattern``, ``choices``)."""
+    """A dataclass field carrying its constraints (``ge``, ``gt``, ``le``, ``lt``, ``pattern``, ``choices``) and
+    ``why``, a reason added to the out-of-range message."""
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=spec)
     return field(default=default, metadata=spec)
@@ -106,6 +113,11 @@ def _convert(value: Any, tp: Any, key: str, spec: Any) -> Any:
     }.get(tp)
     if ok is None:  # pragma: no cover - programming error
         raise ConfigError(f"{key}: unsupported type {tp}")
+    if not ok and tp is float and isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        # YAML 1.1 (PyYAML, DVC) reads 1e-3 as a string: a float needs a dot there (1.0e-3)
+        log.info("%s = %r is a string in YAML 1.1 (a float needs a dot: 1.0e-3); read as %g", key, value,
+                 float(value))
+        value, ok = float(value), True
     if not ok:
         raise ConfigError(f"{key} = {value!r} has the wrong type: expected {_type_name(tp)}")
     if tp is float:
@@ -124,7 +136,8 @@ def _check_range(value: Any, key: str, spec: Any) -> None:
     bounds = [f"{sym} {spec[name]}" for name, _, sym in checks if name in spec]
     for name, test, _sym in checks:
         if name in spec and not test(value, spec[name]):
-            raise ConfigError(f"{key} = {value!r} is out of range: expected a value {' and '.join(bounds)}")
+            why = f" ({spec['why']})" if "why" in spec else ""
+            raise ConfigError(f"{key} = {value!r} is out of range: expected a value {' and '.join(bounds)}{why}")
     if "pattern" in spec and not re.fullmatch(spec["pattern"], value):
         allowed = spec["pattern"].replace(r"\d+", "N").replace("|", ", ")
         raise ConfigError(f"{key} = {value!r} is not allowed; expected one of: {allowed}")

@@ -31,7 +31,8 @@ class SplitConfig:
     """``data.split``: fractions of a pool that go to each split (they must sum to 1)."""
 
     train: float = param(0.7, gt=0.0, le=1.0)
-    val: float = param(0.15, ge=0.0, lt=1.0)
+    val: float = param(0.15, gt=0.0, lt=1.0, why="the best epoch and the detectors' score thresholds are chosen on "
+                       "the validation images; for a small dataset use a small fraction such as 0.1")
     test: float = param(0.15, ge=0.0, lt=1.0)
 
     def __post_init__(self) -> None:

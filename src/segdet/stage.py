@@ -6,9 +6,15 @@ the CLI or with error classes of modules the stage never runs.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
+import signal
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(ValueError):
@@ -23,12 +29,64 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+#: errno values of a write refused by the environment, with what to do about each
+WRITE_FAULTS = {
+    errno.ENOSPC: "free some space (or write the outputs to a larger disk) and run it again",
+    errno.EDQUOT: "free some space and run it again",
+    errno.EROFS: "make the folder writable and run it again",
+    errno.EACCES: "fix the folder's permissions and run it again",
+    errno.EPERM: "fix the folder's permissions and run it again",
+}
+
+
+def write_fault(exc: OSError) -> str | None:
+    """A one-line message for a write refused by the environment (full disk, read-only folder ...), or None.
+    It names the user's path, not the temporary file beside it that was being written (``.x.tmp-abc``)."""
+    if exc.errno not in WRITE_FAULTS:
+        return None
+    where = ""
+    if exc.filename:
+        where = " " + re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+$", r"\1\2", str(exc.filename))
+    return (f"cannot write{where}: {os.strerror(exc.errno)}; {WRITE_FAULTS[exc.errno]}. The outputs of the "
+            "previous run are unchanged")
+
+
+def check_writable(*paths: str | Path) -> None:
+    """Fail now, before any work, when an output path cannot be written (its folder, or the nearest existing
+    folder above it, is read-only, not ours, or on a full disk): a stage that finds out after an hour of
+    training has already replaced some of its outputs. Raises ``OSError`` (reported by :func:`run_stage`)."""
+    for path in map(Path, paths):
+        folder = path if path.is_dir() else path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".segdet-write-check-", dir=folder)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        os.close(fd)
+        os.unlink(probe)
+
+
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
-    """Run a stage's ``main``; a :class:`UserError` prints ``ERROR: ...`` and gives exit status 1."""
+    """Run a stage's ``main``; a :class:`UserError`, or a write refused by the environment (a full disk, a
+    read-only folder), prints ``ERROR: ...`` and gives exit status 1."""
     setup_logging()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)
     except UserError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        message = write_fault(exc)
+        if message is None:
+            raise
+        print(f"ERROR: {message}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a batch scheduler, ``dvc queue kill``) ends the stage like Ctrl-C does: temporary
+    outputs are removed and the MLflow run is marked KILLED."""
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -9,6 +9,8 @@ with its params section flattened, its metrics, artifacts and these tags:
 ``segdet.dvc_exp_name``      ``DVC_EXP_NAME`` when DVC runs an experiment (else ``workspace``)
 ``mlflow.source.git.commit``  the commit the run started from (``DVC_EXP_BASELINE_REV`` in experiments)
 ``segdet.device``            ``cpu`` or the GPU's name
+``segdet.host``, ``.pid``     the process that runs the stage (with ``segdet.pid_start``, its start time): a run
+                             still RUNNING whose process is gone is marked KILLED by the next stage run
 ===========================  ==========================================================================
 
 Store: ``MLFLOW_TRACKING_URI`` when set (a tracking server, a PostgreSQL store ...), else
@@ -24,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -231,6 +234,47 @@ def download_artifacts(run_id: str, artifact_path: str, dest: str | Path, root: 
     return sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
 
 
+def _process_tags() -> dict[str, str]:
+    """Which process runs the stage: ``segdet.host``, ``segdet.pid`` and the process's start time, so that a later
+    run can tell whether the process of a run still marked RUNNING is gone (killed, crashed, out of memory)."""
+    import psutil
+
+    me = psutil.Process()
+    return {"segdet.host": socket.gethostname(), "segdet.pid": str(me.pid), "segdet.pid_start": f"{me.create_time():.3f}"}
+
+
+def _alive(pid: str, start: str) -> bool:
+    import psutil
+
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.3f}" == start
+    except (psutil.Error, ValueError):
+        return False
+
+
+def _end_orphaned_runs(client: MlflowClient, exp_id: str) -> list[str]:
+    """Mark KILLED every run of this host still RUNNING whose process is gone: a stage killed by SIGKILL, the
+    out-of-memory killer or a crash cannot end its own run. Runs of other hosts are left alone (their
+    processes cannot be seen from here). Returns the ids it ended."""
+    host = socket.gethostname()
+    try:
+        stale = client.search_runs([exp_id], f"attributes.status = 'RUNNING' and tags.`segdet.host` = '{host}'")
+    except mlflow.exceptions.MlflowException as exc:  # pragma: no cover - a store that cannot filter so
+        log.debug("cannot look for orphaned runs: %s", exc)
+        return []
+    ended = []
+    for run in stale:
+        tags = run.data.tags
+        if _alive(tags.get("segdet.pid", ""), tags.get("segdet.pid_start", "")):
+            continue
+        client.set_tag(run.info.run_id, "segdet.ended_by", "a later stage run: the process was gone (killed or crashed)")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        ended.append(run.info.run_id)
+        log.warning("MLflow run %s (%s) was still RUNNING but its process %s is gone: marked KILLED",
+                    run.info.run_id, run.info.run_name, tags.get("segdet.pid"))
+    return ended
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -263,6 +307,8 @@ def stage_run(
         "mlflow.source.git.commit": commit,
         **{k: str(v) for k, v in (tags or {}).items()},
     }
+    all_tags.update(_process_tags())
+    _end_orphaned_runs(MlflowClient(), exp_id)
     if mlflow.active_run() is not None:  # never nest into a run left open by the caller
         mlflow.end_run()
     run = mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} [{exp_name}]", tags=all_tags)

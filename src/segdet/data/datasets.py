@@ -11,6 +11,7 @@ from torchvision import tv_tensors
 
 from segdet.data.formats import parse_voc_xml, read_gray, read_rgb
 from segdet.data.pairs import Pair, read_manifest, resolve
+from segdet.stage import UserError
 
 
 def _pairs(manifest: str | Path | Sequence[Pair]) -> list[Pair]:
@@ -94,7 +95,7 @@ class DetectionDataset(Dataset):
                     and (use_difficult or not o.difficult)]
             unknown = sorted({o.name for o in objs} - set(index))
             if unknown:
-                raise ValueError(f"{p.where}: classes {unknown} are not in the class list {self.classes}")
+                raise UserError(f"{p.where}: classes {unknown} are not in the class list {self.classes}")
             boxes = torch.tensor([o.box for o in objs], dtype=torch.float32).reshape(-1, 4)
             labels = torch.tensor([index[o.name] for o in objs], dtype=torch.int64)
             self.targets.append((boxes, labels))

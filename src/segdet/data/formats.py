@@ -8,7 +8,9 @@ COCO boxes are ``[x, y, w, h]`` of the same float pixels.
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +31,81 @@ class FormatError(UserError):
 # EXIF orientation is ignored, as PIL and annotation tools do: boxes and masks refer to the stored pixels.
 _READ_FLAGS = cv2.IMREAD_IGNORE_ORIENTATION
 
+#: the most pixels an image may have (PIL's decompression-bomb limit, about 179 megapixels: 13400 x 13400). A
+#: larger one is refused before it is decoded: a few hundred bytes of PNG can decode to gigabytes.
+MAX_PIXELS = 2 * 89_478_485
+
+
+def name_problem(path: str | Path) -> str | None:
+    """Why the file name of ``path`` cannot be used (its bytes are not UTF-8, so no manifest, JSON or log can
+    name it), or None. Python hands such names over as surrogate escapes, which crash OpenCV."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        return (f"{shown}: the file name is not valid UTF-8; rename it (for example with "
+                "`convmv -f latin1 -t utf8 --notest`)")
+    return None
+
+
+def too_many_pixels(width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` is refused (more than :data:`MAX_PIXELS`), or None."""
+    if width * height <= MAX_PIXELS:
+        return None
+    return (f"the image is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than segdet's limit of "
+            f"{MAX_PIXELS / 1e6:.0f} (a decompression bomb, or an image to downscale first, e.g. "
+            "`mogrify -resize '4096x4096>' <file>`)")
+
+
+def image_size(path: str | Path, data: bytes | np.ndarray | None = None) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header without decoding its pixels; None when PIL cannot tell."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = io.BytesIO(data) if data is not None else path
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the header's size is all that is read; too_many_pixels() judges it
+    try:
+        with Image.open(source) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _decode(path: str | Path, flags: int) -> np.ndarray:
+    problem = name_problem(path)
+    if problem:
+        raise FormatError(problem)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    size = image_size(path, data.tobytes()) if data.size else None
+    problem = too_many_pixels(*size) if size else None
+    if problem:
+        raise FormatError(f"{path}: {problem}")
+    img = cv2.imdecode(data, flags | _READ_FLAGS) if data.size else None
+    if img is None:
+        raise FormatError(f"{path}: cannot read image (not an image file, or damaged)")
+    return img
+
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to ``uint8[H, W, 3]`` RGB (greyscale files are expanded to 3 channels)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR | _READ_FLAGS)
-    if img is None:
-        raise FormatError(f"{path}: cannot read image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """Decode an image file to ``uint8[H, W, 3]`` RGB (greyscale files are expanded to 3 channels, an alpha
+    channel is dropped, 16-bit images are scaled to 8 bits).
+
+    Raises:
+        FormatError: the name is not UTF-8, the file is missing, is not an image, or has more than
+            :data:`MAX_PIXELS` pixels (checked from its header, before decoding).
+    """
+    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def read_gray(path: str | Path) -> np.ndarray:
-    """Decode a single-channel label image to ``uint8[H, W]``."""
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | _READ_FLAGS)
-    if img is None:
-        raise FormatError(f"{path}: cannot read image")
-    return img
+    """Decode a single-channel label image to ``uint8[H, W]`` (same checks as :func:`read_rgb`)."""
+    return _decode(path, cv2.IMREAD_GRAYSCALE)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -141,26 +141,27 @@ def _manifest_sources(path: Path, kind: str, root: Path) -> dict[str | None, lis
 
 
 def seg_sources(
-    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None
+    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None, folder: Path | None = None
 ) -> dict[str | None, list[Pair]]:
-    """Segmentation pairs by source split (``{None: pool}`` without split lists)."""
+    """Segmentation pairs by source split (``{None: pool}`` without split lists) of ``raw/isic`` (or ``folder``)."""
     if cfg.seg.source == "manifest":
         return _manifest_sources(resolve(cfg.seg.path, source_root or root), "seg", root)
     out: dict[str | None, list[Pair]] = {}
     problems: list[str] = []
-    for split, folder in isic_split_folders(raw / "isic").items():
-        pairs, probs = find_isic_pairs(folder)
+    for split, sub in isic_split_folders(folder or raw / "isic").items():
+        pairs, probs = find_isic_pairs(sub)
         problems += probs
         out[split] = [Pair(_rel(i, root), _rel(m, root), _rel(i, root)) for i, m in pairs]
     if problems:
-        raise ManifestError(str(raw / "isic"), problems)
+        raise ManifestError(str(folder or raw / "isic"), problems)
     return out
 
 
 def det_sources(
-    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None
+    cfg: DataConfig, raw: Path, root: Path, source_root: Path | None = None, folder: Path | None = None
 ) -> dict[str | None, list[Pair]]:
-    """Detection pairs (image, VOC XML) by source split (``{None: pool}`` without split lists).
+    """Detection pairs (image, VOC XML) by source split (``{None: pool}`` without split lists) of ``raw/voc``
+    (or ``folder``).
 
     An image is found by its id, the annotation's file stem (``Annotations/<id>.xml`` with
     ``JPEGImages/<id>.jpg``, ``.png`` ...), as the VOC devkit does; the XML's ``<filename>`` is not used.
@@ -168,7 +169,7 @@ def det_sources(
     """
     if cfg.det.source == "manifest":
         return _manifest_sources(resolve(cfg.det.path, source_root or root), "det", root)
-    folder = raw / "voc"
+    folder = folder or raw / "voc"
     lists: dict = resolve_trainval(voc_split_lists(folder), where=_rel(folder / "ImageSets/Main/trainval.txt", root))
     if not lists:
         lists = {None: sorted(p.stem for p in (folder / "Annotations").glob("*.xml"))}
@@ -249,8 +250,8 @@ def build_manifests(
     }
     with atomic_dir(out) as d:
         for s in SPLITS:
-            write_manifest(d / f"seg_{s}.txt", seg_splits[s])
-            write_manifest(d / f"det_{s}.txt", det_splits[s])
+            write_manifest(d / f"seg_{s}.txt", seg_splits[s], shown_as=out / f"seg_{s}.txt")
+            write_manifest(d / f"det_{s}.txt", det_splits[s], shown_as=out / f"det_{s}.txt")
             split_anns = [anns[p.image] for p in det_splits[s]]
             write_json(d / f"det_{s}_coco.json", coco_ground_truth(det_splits[s], split_anns, classes))
             counts = class_counts(split_anns)

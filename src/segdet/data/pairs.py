@@ -23,7 +23,9 @@ manifest file and line for a manifest, or the file itself for a folder source::
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +34,20 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from segdet.data.formats import FormatError, VocAnnotation, coco_annotation, parse_voc_xml
+from segdet.data.formats import (
+    FormatError,
+    VocAnnotation,
+    coco_annotation,
+    image_size,
+    name_problem,
+    parse_voc_xml,
+    too_many_pixels,
+)
 from segdet.data.sources import label_pairs_with
 from segdet.stage import UserError
 
 MAX_LISTED_PROBLEMS = 50
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,11 +102,19 @@ def read_manifest(path: str | Path) -> list[Pair]:
     """Read a manifest. Each malformed line is reported as ``path:line``; all of them in one error."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(str(path), [f"{path}: cannot read manifest ({exc.strerror or exc})"]) from None
+    if b"\r\n" in data:
+        log.info("%s: Windows line ends (CRLF) read as plain line ends", path)
     pairs, problems = [], []
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw_bytes in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
+        try:
+            raw = raw_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw_bytes[exc.start]:02x} at column "
+                            f"{exc.start + 1}); save the manifest as UTF-8 and give files UTF-8 names")
+            continue
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -128,9 +147,11 @@ def format_line(image: str, label: str) -> str | None:
     return line if readable and split_line(line) == [image, label] else None
 
 
-def write_manifest(path: str | Path, pairs: list[Pair], header: str | None = None) -> None:
+def write_manifest(path: str | Path, pairs: list[Pair], header: str | None = None, shown_as: str | Path | None = None
+                   ) -> None:
     """Write ``image label`` lines (plus an optional ``#`` header); a pair whose path holds spaces is written
-    with a tab between the paths. Raises ManifestError for a path that cannot be written (:func:`format_line`)."""
+    with a tab between the paths. Raises ManifestError for a path that cannot be written (:func:`format_line`),
+    naming the manifest as ``shown_as`` (the final path when ``path`` is a temporary one)."""
     lines = [f"# {h}\n" for h in header.splitlines()] if header else []
     problems = []
     for p in pairs:
@@ -140,19 +161,61 @@ def write_manifest(path: str | Path, pairs: list[Pair], header: str | None = Non
         else:
             lines.append(line + "\n")
     if problems:
-        raise ManifestError(str(path), problems)
+        raise ManifestError(str(shown_as or path), problems)
     Path(path).write_text("".join(lines))
 
 
-def _open_image(path: Path) -> tuple[Image.Image | None, str | None]:
+def _open_image(path: Path, seen: Counter[str] | None = None) -> tuple[Image.Image | None, str | None]:
+    """The decoded image, or why not; ``seen`` counts what segdet converts when it reads the file
+    (:func:`conversion_notes`)."""
+    problem = name_problem(path)
+    if problem:
+        return None, problem
     if not path.is_file():
         return None, f"file not found: {path}"
+    size = image_size(path)
+    problem = too_many_pixels(*size) if size else None
+    if problem:
+        return None, f"{path}: {problem}"
     try:
-        img = Image.open(path)
-        img.load()
-        return img, None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return None, f"cannot open image {path} ({exc})"
+    if seen is not None:
+        if img.mode in ("L", "LA", "I", "I;16", "1"):
+            seen["grey"] += 1
+        elif img.mode in ("P", "PA"):
+            seen["palette"] += 1
+        if "A" in img.getbands():
+            seen["alpha"] += 1
+        if img.getexif().get(0x0112, 1) not in (1, None):
+            seen["exif"] += 1
+    return img, None
+
+
+def conversion_notes(images: Counter[str], masks: Counter[str] | None = None) -> list[str]:
+    """One sentence per kind of file that segdet converts as it reads it (logged once by the manifest stage)."""
+    notes = []
+    if images["grey"]:
+        notes.append(f"{images['grey']} image(s) are greyscale: read as RGB (the grey value in all three channels)")
+    if images["palette"]:
+        notes.append(f"{images['palette']} image(s) use a colour palette: read as RGB")
+    if images["alpha"]:
+        notes.append(f"{images['alpha']} image(s) have an alpha channel: it is dropped (the colour is kept as is)")
+    if images["exif"]:
+        notes.append(f"{images['exif']} image(s) carry an EXIF rotation: it is ignored, as masks and boxes refer "
+                     "to the stored pixels (as in PIL and annotation tools)")
+    if masks and masks["01"]:
+        notes.append(f"{masks['01']} mask(s) hold 0/1 rather than 0/255: any value above 0 is lesion")
+    return notes
+
+
+def _log_conversions(notes: list[str]) -> None:
+    for note in notes:
+        log.info("converted on reading: %s", note)
 
 
 def _duplicates(pairs: list[Pair], root: Path) -> list[str]:
@@ -175,6 +238,8 @@ def validate_seg(pairs: list[Pair], root: Path, progress: bool = False) -> list[
     image, and holds only 0/255 (or 0/1).
     """
     problems = _duplicates(pairs, root)
+    seen_images: Counter[str] = Counter()
+    seen_masks: Counter[str] = Counter()
     for p in tqdm(pairs, desc="validate seg", unit="img", disable=not progress, leave=False):
         if not label_pairs_with(p.image, p.label):
             problems.append(
@@ -182,7 +247,7 @@ def validate_seg(pairs: list[Pair], root: Path, progress: bool = False) -> list[
                 f"(expected {Path(p.image).stem}_segmentation.png)"
             )
             continue
-        img, err = _open_image(resolve(p.image, root))
+        img, err = _open_image(resolve(p.image, root), seen_images)
         if err:
             problems.append(f"{p.where}: {err}")
             continue
@@ -209,6 +274,9 @@ def validate_seg(pairs: list[Pair], root: Path, progress: bool = False) -> list[
                 f"{p.where}: mask {p.label} has values {shown}{'...' if len(values) > 8 else ''}; "
                 "expected only 0 and 255 (or 0 and 1)"
             )
+        elif 1 in values:
+            seen_masks["01"] += 1
+    _log_conversions(conversion_notes(seen_images, seen_masks))
     return problems
 
 
@@ -240,9 +308,10 @@ def validate_det(
     known = set(classes) if classes is not None else None
     annotations: list[VocAnnotation | None] = []
     degenerate = 0
+    seen: Counter[str] = Counter()
     for p in tqdm(pairs, desc="validate det", unit="img", disable=not progress, leave=False):
         annotations.append(None)
-        img, err = _open_image(resolve(p.image, root))
+        img, err = _open_image(resolve(p.image, root), seen)
         if err:
             problems.append(f"{p.where}: {err}")
             continue
@@ -280,6 +349,7 @@ def validate_det(
             else:
                 kept.append(obj)
         annotations[-1] = VocAnnotation(ann.path, ann.filename, w, h, tuple(kept))
+    _log_conversions(conversion_notes(seen))
     return DetCheck(problems, degenerate, annotations)
 
 

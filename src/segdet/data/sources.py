@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
-from segdet.data.formats import IMAGE_EXTS, SPLITS, FormatError, write_voc_xml, xyxy_to_voc
+from segdet.data.formats import IMAGE_EXTS, SPLITS, FormatError, name_problem, write_voc_xml, xyxy_to_voc
 
 #: split list / split folder names a source may carry, mapped to segdet's names
 SPLIT_ALIASES = {
@@ -121,6 +121,10 @@ def import_voc(src: Path, dst: Path) -> dict:
     """Copy a Pascal VOC folder into ``dst`` (JPEGImages, Annotations, split lists, classes.txt)."""
     src = Path(src)
     check_voc_folder(src)
+    bad = [problem for sub in ("JPEGImages", "Annotations") for p in sorted((src / sub).iterdir())
+           if (problem := name_problem(p))]
+    if bad:
+        raise FormatError("\n".join(bad))
     for sub in ("JPEGImages", "Annotations"):
         shutil.copytree(src / sub, dst / sub)
     (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
@@ -143,6 +147,21 @@ def import_voc(src: Path, dst: Path) -> dict:
 # COCO json -> VOC layout
 # ----------------------------------------------------------------------------------------------------------
 
+COCO_IMAGE_KEYS = ("id", "file_name", "width", "height")
+COCO_ANN_KEYS = ("image_id", "category_id", "bbox")
+
+
+def _missing(entry: object, keys: tuple[str, ...]) -> list[str]:
+    """The keys of ``keys`` that ``entry`` lacks (all of them when it is not a mapping); a bbox must be 4 numbers."""
+    if not isinstance(entry, dict):
+        return list(keys)
+    missing = [k for k in keys if k not in entry or entry[k] is None]
+    bbox = entry.get("bbox")
+    if "bbox" in keys and "bbox" not in missing and not (
+            isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        missing.append("a bbox of 4 numbers")
+    return missing
+
 
 def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> dict:
     """Convert a COCO instances json and its images into the VOC layout under ``dst``.
@@ -162,11 +181,20 @@ def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> d
     except (OSError, json.JSONDecodeError) as exc:
         raise FormatError(f"{json_path}: not a readable COCO json ({exc})") from None
     for key in ("images", "annotations", "categories"):
-        if key not in coco:
+        if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
             raise FormatError(f"{json_path}: no '{key}' list; expected a COCO instances file")
+    candidates = [images_dir] if images_dir else [json_path.parent, json_path.parent / "images"]
+    entry_problems = [f"{json_path}: images[{i}] ({img!r:.80}) lacks {', '.join(_missing(img, COCO_IMAGE_KEYS))}"
+                      for i, img in enumerate(coco["images"]) if _missing(img, COCO_IMAGE_KEYS)]
+    entry_problems += [f"{json_path}: annotations[{i}] ({a!r:.80}) lacks {', '.join(_missing(a, COCO_ANN_KEYS))}"
+                       for i, a in enumerate(coco["annotations"]) if _missing(a, COCO_ANN_KEYS)]
+    entry_problems += [f"{json_path}: categories[{i}] ({c!r:.80}) lacks {', '.join(_missing(c, ('id', 'name')))}"
+                       for i, c in enumerate(coco["categories"]) if _missing(c, ("id", "name"))]
+    if entry_problems:
+        raise FormatError("\n".join(entry_problems[:20]) + "\n(a COCO instances file: images need id, file_name, width, "
+                          "height; annotations need image_id, category_id and bbox [x, y, w, h])")
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     cat_name = {c["id"]: c["name"] for c in cats}
-    candidates = [images_dir] if images_dir else [json_path.parent, json_path.parent / "images"]
     by_image: dict[int, list[dict]] = {}
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
@@ -265,15 +293,19 @@ def find_isic_pairs(folder: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
     """
     images: dict[str, list[Path]] = {}
     masks: dict[str, list[Path]] = {}
+    bad_names = []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
+            continue
+        if problem := name_problem(p):
+            bad_names.append(problem)
             continue
         key = _label_id(p.stem)
         if key != p.stem or any(is_mask_folder(d) for d in p.relative_to(folder).parts[:-1]):
             masks.setdefault(key, []).append(p)
         else:
             images.setdefault(p.stem, []).append(p)
-    problems = []
+    problems = bad_names
     pairs = []
     for key in sorted(set(images) | set(masks)):
         imgs, msks = images.get(key, []), masks.get(key, [])

@@ -11,6 +11,8 @@ is ``load_state_dict(strict=False)`` done properly: tensors whose shapes differ 
 
 from __future__ import annotations
 
+import errno
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,16 @@ def save_checkpoint(
 
 def save_checkpoint_dict(ckpt: dict, path: str | Path) -> None:
     """``torch.save`` a checkpoint dict atomically (a crash mid-write never leaves a truncated file)."""
-    with atomic_file(path, "wb") as fh:
-        torch.save(ckpt, fh)
+    try:
+        with atomic_file(path, "wb") as fh:
+            torch.save(ckpt, fh)
+    except RuntimeError as exc:  # torch reports a failed write as "unexpected pos ..." without the errno
+        folder = Path(path).parent
+        if "unexpected pos" in str(exc) or "write" in str(exc).lower():
+            free = shutil.disk_usage(folder).free
+            raise OSError(errno.ENOSPC if free < 2 * 1024**3 else errno.EIO,
+                          f"torch.save failed with {free / 1e6:.0f} MB free", str(path)) from None
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -18,6 +18,7 @@ from segdet.nets.weights import CheckpointError, TransferReport, init_from, load
 from segdet.sections import UnetTrainConfig
 from segdet.segmentation.losses import SegLoss
 from segdet.segmentation.metrics import scores
+from segdet.stage import UserError
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ def train_unet(
     train_ds = SegmentationDataset(train_manifest, root, augment)
     val_ds = SegmentationDataset(val_manifest, root, seg_transforms(cfg.input_size, train=False))
     if len(train_ds) == 0 or len(val_ds) == 0:
-        raise ValueError(f"unet_train needs images in both {train_manifest} ({len(train_ds)}) and "
-                         f"{val_manifest} ({len(val_ds)})")
+        raise UserError(f"unet_train needs images in both {train_manifest} ({len(train_ds)}) and "
+                        f"{val_manifest} ({len(val_ds)}); give the split that has none some images (data.split, "
+                        "or the source's own split lists)")
     train_loader, val_loader = loaders(train_ds, val_ds, batch_size=cfg.batch_size, workers=cfg.workers,
                                        device=device, generator=generator)
 

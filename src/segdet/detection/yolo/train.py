@@ -25,6 +25,7 @@ from segdet.nets.weights import TransferReport, init_from, load_checkpoint, tran
 from segdet.nets.yolo import YOLOv1
 from segdet.schema import ConfigError
 from segdet.sections import YoloTrainConfig
+from segdet.stage import UserError
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,9 @@ def train_yolo(
     # difficult objects kept and flagged: validate() ignores them in the mAP
     val_ds = DetectionDataset(val_manifest, classes, root, yolo_transforms(cfg.input_size, False), use_difficult=True)
     if len(train_ds) == 0 or len(val_ds) == 0:
-        raise ValueError(f"yolo_train needs images in {train_manifest} ({len(train_ds)}) and {val_manifest} "
-                         f"({len(val_ds)})")
+        raise UserError(f"yolo_train needs images in both {train_manifest} ({len(train_ds)}) and "
+                        f"{val_manifest} ({len(val_ds)}); give the split that has none some images (data.split, "
+                        "or the source's own split lists)")
     train_loader, val_loader = loaders(train_ds, val_ds, batch_size=cfg.batch_size, workers=cfg.workers,
                                        device=device, generator=generator, collate_fn=collate)
     trainable = [p for p in model.parameters() if p.requires_grad]
