@@ -173,6 +173,9 @@ def fit(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    for stale in run_dir.glob(".*.pt.tmp-*"):  # a checkpoint write cut short by SIGKILL; the old file is intact
+        log.info("removing %s, the unfinished write of a killed run", stale)
+        stale.unlink()
     amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     ema = None

@@ -58,6 +58,11 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
         with open(tmp, mode) as fh:
             yield fh
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None or str(exc.filename) == tmp:  # name the file the user knows, not the temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

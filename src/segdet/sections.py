@@ -182,6 +182,7 @@ class RcnnFinetuneConfig:
     step_size: int = param(8, ge=1)
     gamma: float = param(0.1, gt=0.0, le=1.0)
     amp: bool = True
+    weights: str | None = param(None, false_is_null=True)
     init_from: str | None = param(None, false_is_null=True)
 
     def __post_init__(self) -> None:

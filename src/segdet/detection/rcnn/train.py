@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.rcnn.regions import Item, RegionBatches, label_regions
 from segdet.engine import FitResult, announce_transfer, fit, load_best
-from segdet.nets.weights import TransferReport, init_from
+from segdet.nets.weights import CheckpointError, TransferReport, init_from, load_checkpoint
 from segdet.sections import RcnnFinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,15 @@ def finetune_rcnn(
     on_transfer: Callable[[TransferReport], None] | None = None,
     progress: bool = True,
 ) -> tuple[RegionCNN, FitResult]:
-    """Fine-tune a :class:`RegionCNN`; ``run_dir`` gets ``last.pt`` and ``best.pt`` (lowest val loss)."""
+    """Fine-tune a :class:`RegionCNN`; ``run_dir`` gets ``last.pt`` and ``best.pt`` (lowest val loss).
+    ``cfg.weights`` resumes a run from its checkpoint (model, optimizer, scheduler, epoch)."""
+    if cfg.weights:
+        trained_as = load_checkpoint(cfg.weights).get("config", {}).get("backbone")
+        if trained_as and trained_as != cfg.backbone:
+            raise CheckpointError(
+                f"rcnn_finetune.weights = {cfg.weights} was trained with backbone {trained_as} but "
+                f"rcnn_finetune.backbone is {cfg.backbone}; resume with backbone {trained_as}, or use init_from"
+            )
     torch.manual_seed(seed)
     model = RegionCNN(cfg.backbone, len(classes))
     announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
@@ -85,6 +93,6 @@ def finetune_rcnn(
     config = {**dataclasses.asdict(cfg), "num_classes": len(classes)}
     result = fit(model, optimizer, scheduler, train, step=step, evaluate=lambda m: validate(m, val, device),
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_loss", mode="min", seed=seed,
-                 amp=cfg.amp, config=config, classes=classes, on_epoch=on_epoch, progress=progress,
-                 desc=f"rcnn {cfg.backbone}")
+                 amp=cfg.amp, resume=cfg.weights, config=config, classes=classes, on_epoch=on_epoch,
+                 progress=progress, desc=f"rcnn {cfg.backbone}")
     return load_best(model, result, device), result
