@@ -363,6 +363,13 @@ def _truncated_checkpoint(tmp, ws):
     return tmp / "cut.pt"
 
 
+def _label_name_clash(tmp, ws):
+    """unet_eval on a test manifest whose two labels, in two folders, share a file name (predictions are saved by it)."""
+    a, b = seg_files(tmp / "a", 1)[0], seg_files(tmp / "b", 1)[0]
+    m = manifest(tmp / "seg_test_clash.txt", [a, b])
+    return "unet_eval", ["--manifest", str(m)]
+
+
 CASES = {
     # params
     "params: unknown key": (params_case("unet_train", unet_train={"lrr": 0.1}), ["unet_train: unknown key 'lrr'",
@@ -459,6 +466,12 @@ CASES = {
                                    ["cut.pt: not a checkpoint"]),
     "checkpoint: code in the pickle": (train_case("unet_train", "init_from", _evil_pickle),
                                        ["evil.pt: not a checkpoint", "weights_only"]),
+    "checkpoint: code in a resume pickle (R-CNN)": (train_case("rcnn_finetune", "weights", _evil_pickle),
+                                                   ["evil.pt: not a checkpoint", "weights_only"]),
+    "checkpoint: code in a pickle to start from (YOLOv1)": (train_case("yolo_train", "init_from", _evil_pickle),
+                                                           ["evil.pt: not a checkpoint", "weights_only"]),
+    "seg: two labels share a file name (unet_eval)": (_label_name_clash, ["seg_test_clash.txt:2", "label file name "
+                                                                          "ISIC_0_segmentation.png is also the label of"]),
     # segdet predict
     "predict: a GPU asked on a CPU machine": (predict_case("--device", "cuda"), ["cuda"]),
     "predict: folder without images": (predict_case(images=lambda t: [_folder(t, "empty", {"notes.txt": "x"})]),

@@ -20,6 +20,7 @@ from segdet.data.transforms import seg_transforms
 from segdet.nets.unet import UNet, build_unet
 from segdet.nets.weights import CheckpointError
 from segdet.segmentation.metrics import scores
+from segdet.stage import UserError
 
 METRICS = ("dice", "iou", "thresholded_jaccard", "pixel_accuracy", "sensitivity", "specificity")
 
@@ -120,6 +121,12 @@ def evaluate_unet(
     rows, seconds = [], 0.0
     pred_dir = Path(pred_dir) if pred_dir else None
     if pred_dir:
+        first: dict[str, str] = {}
+        clashes = [f"{p.where}: label file name {Path(p.label).name} is also the label of {first[Path(p.label).name]}; "
+                   "predictions are saved by label file name, so rename one of them"
+                   for p in ds.pairs if first.setdefault(Path(p.label).name, p.where) != p.where]
+        if clashes:
+            raise UserError("\n".join(clashes))
         pred_dir.mkdir(parents=True, exist_ok=True)
     for idx in tqdm(list(_batches(ds, batch_size)), desc="unet eval", unit="batch", disable=not progress):
         t0 = time.perf_counter()
