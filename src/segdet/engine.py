@@ -193,9 +193,10 @@ def fit(
                 ema.module.load_state_dict(ckpt["model"])
                 ema.n_averaged.fill_(int(ckpt.get("ema_updates", 0)))
         except (RuntimeError, KeyError) as exc:
+            detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
             raise CheckpointError(
-                f"{resume}: cannot resume, the checkpoint does not fit this model "
-                f"({str(exc).strip().splitlines()[0]}); to start from another network's weights use init_from"
+                f"{resume}: cannot resume, the checkpoint does not fit this model ({detail[:240]}); to start "
+                "from another network's weights use init_from"
             ) from None
         if ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -125,10 +125,20 @@ def import_voc(src: Path, dst: Path) -> dict:
            if (problem := name_problem(p))]
     if bad:
         raise FormatError("\n".join(bad))
+    lists = voc_split_lists(src)
+    missing = []
+    for name, ids in lists.items():
+        where = src / "ImageSets" / "Main" / f"{name}.txt"
+        for image_id in ids:
+            if not (src / "Annotations" / f"{image_id}.xml").is_file():
+                missing.append(f"{where}: lists {image_id}, but there is no Annotations/{image_id}.xml")
+            elif find_voc_image(src, image_id) is None:
+                missing.append(f"{where}: lists {image_id}, but there is no JPEGImages/{image_id}.jpg (or .png ...)")
+    if missing:
+        raise FormatError("\n".join(missing[:50]) + (f"\n... and {len(missing) - 50} more" if len(missing) > 50 else ""))
     for sub in ("JPEGImages", "Annotations"):
         shutil.copytree(src / sub, dst / sub)
     (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
-    lists = voc_split_lists(src)
     for name in lists:
         shutil.copy2(src / "ImageSets" / "Main" / f"{name}.txt", dst / "ImageSets" / "Main" / f"{name}.txt")
     if not lists:

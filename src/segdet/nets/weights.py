@@ -76,6 +76,20 @@ def save_checkpoint_dict(ckpt: dict, path: str | Path) -> None:
         raise
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one clause."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return ("it holds pickled Python objects besides weights, which segdet never unpickles: "
+                "torch.load(weights_only=True) refused it. If you trust the file, save its state_dict() and use that")
+    if "zip archive" in text or "central directory" in text or "PytorchStreamReader" in text:
+        return "truncated or damaged: not a complete PyTorch file; torch.load(weights_only=True) cannot read it"
+    if isinstance(exc, (EOFError, UnicodeDecodeError)) or "invalid load key" in text or text.strip().isdigit():
+        return "not a PyTorch file (torch.save writes one); torch.load(weights_only=True) cannot read it"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"torch.load(weights_only=True) failed: {first[:200]}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``.
 
@@ -88,10 +102,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means: not a checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a checkpoint (torch.load(weights_only=True) failed: {first})"
-        ) from None
+        raise CheckpointError(f"{path}: not a checkpoint ({_load_failure(exc)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a dict)")
     return obj

@@ -34,9 +34,10 @@ class SegLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         parts: dict[str, torch.Tensor] = {}
-        if "ce" in self.kind:
+        terms = self.kind.split("+")  # whole names: "dice" holds the letters "ce"
+        if "ce" in terms:
             parts["ce"] = F.cross_entropy(logits.float(), target)
-        if "dice" in self.kind:
+        if "dice" in terms:
             parts["dice"] = soft_dice_loss(logits, target)
         loss = sum(parts.values())
         return loss, {k: float(v.detach()) for k, v in parts.items()}

@@ -120,8 +120,9 @@ def train_svms(feature_dir: Path, classes: list[str], settings: RcnnSvmConfig, s
             xs = np.concatenate([caches[c]] + [f[0] for f in found[c]])
             if len(xs) > s.max_negatives:
                 xs = xs[np.argsort(-(xs @ weights[c] + biases[c]))[: s.max_negatives]]
-            stats["hard_negatives_added"][c] += sum(len(f[0]) for f in found[c])
+            known = {row.tobytes() for row in caches[c]}  # a cached negative found again is not new
             caches[c] = np.unique(xs, axis=0)
+            stats["hard_negatives_added"][c] += sum(row.tobytes() not in known for row in caches[c])
         log.info("svm mining round %d: negatives per class %s", rnd + 1, [len(cache) for cache in caches])
 
     reg_w = np.zeros((n, 4, dim), np.float32)
