@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from segdet.report import REPORT_FILES, ReportError, build_summary, read_reports
@@ -36,9 +37,16 @@ def test_summary_figures_come_from_the_reports(tmp_path):
     assert "| test | 10 | 0.950 | 0.800 | 300 | 1.500 |" in md
     assert summary.metrics["yolo_speedup"] == pytest.approx(40.0)
     assert summary.metrics["rcnn_map50"] == 0.5 and summary.metrics["unet_dice"] == 0.91
+    assert "forward pass alone: 25.0 FPS" in md  # yolo forward_fps, beside the end-to-end 20.0
     assert set(summary.figures) == {"detection_map.png", "detection_speed.png", "proposal_recall.png", "unet.png"}
     for image in summary.figures.values():
-        assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+    # each figure draws its own figures: another R-CNN mAP redraws the accuracy plot and no other one
+    other = {k: dict(v) for k, v in REPORTS.items()}
+    other["rcnn"]["map50"] = 0.2
+    again = build_summary(other, det_data="synthetic", seg_data="isic `x`").figures
+    changed = {name for name in again if not np.array_equal(again[name], summary.figures[name])}
+    assert changed == {"detection_map.png"}
     for name in summary.figures:  # every plot is linked from the markdown
         assert f"(summary/{name})" in md
 

@@ -1,12 +1,13 @@
 """Datasets read manifests; joint transforms keep masks and boxes on the image content."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from segdet.data.datasets import DetectionDataset, SegmentationDataset, detection_collate
 from segdet.data.formats import write_voc_xml
-from segdet.data.pairs import Pair
+from segdet.data.pairs import Pair, coco_ground_truth, read_manifest, validate_det
 from segdet.data.transforms import det_transforms, seg_transforms
 
 H, W = 24, 40
@@ -43,7 +44,8 @@ def test_segmentation_item_reads_mask_as_0_1(tmp_path):
 def test_flip_moves_mask_with_image_content(tmp_path):
     ds = SegmentationDataset(_seg_pair(tmp_path), root=tmp_path, transforms=seg_transforms((H, W), True, 1.0, 0.0))
     image, mask = ds[0]
-    assert image.dtype == torch.float32 and float(image.max()) <= 1.0
+    assert image.dtype == torch.float32  # scaled to [0, 1]: the block's 230 and the background's 20
+    assert (float(image.max()), float(image.min())) == pytest.approx((230 / 255, 20 / 255))
     expected = torch.zeros(H, W, dtype=torch.int64)
     expected[4:12, W - 10 : W - 2] = 1  # hand-computed mirror of cols 2..9
     assert torch.equal(mask, expected)
@@ -112,3 +114,58 @@ def test_transforms_drop_difficult_flags_with_their_boxes(tmp_path):
     _, target = ds[0]
     assert target["labels"].tolist() == [2, 1]
     assert target["difficult"].tolist() == [False, True]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the line order of a manifest is the order of the dataset and of the COCO image ids, sorted or not
+# ----------------------------------------------------------------------------------------------------------
+
+# (name, grey level of the image, VOC box of its one object): listed out of alphabetical order on purpose
+UNSORTED = [("c", 30, (2, 2, 6, 6)), ("a", 90, (10, 3, 20, 9)), ("e", 150, (5, 8, 9, 20)), ("b", 210, (30, 1, 40, 4))]
+
+
+def _unsorted_manifests(tmp_path):
+    """seg.txt and det.txt listing the images c, a, e, b (each image one grey level, each XML one box)."""
+    seg, det = [], []
+    for name, grey, box in UNSORTED:
+        Image.fromarray(np.full((H, W, 3), grey, np.uint8)).save(tmp_path / f"{name}.png")
+        Image.fromarray(np.full((H, W), 255 if grey > 100 else 0, np.uint8)).save(tmp_path / f"{name}_m.png")
+        write_voc_xml(tmp_path / f"{name}.xml", f"{name}.png", W, H, [("dog", box)])
+        seg.append(f"{name}.png {name}_m.png\n")
+        det.append(f"{name}.png {name}.xml\n")
+    (tmp_path / "seg.txt").write_text("".join(seg))
+    (tmp_path / "det.txt").write_text("".join(det))
+    return tmp_path / "seg.txt", tmp_path / "det.txt"
+
+
+def test_datasets_follow_the_manifest_line_order(tmp_path):
+    seg, det = _unsorted_manifests(tmp_path)
+    seg_ds = SegmentationDataset(seg, root=tmp_path)
+    det_ds = DetectionDataset(det, ["dog"], root=tmp_path)
+    assert len(seg_ds) == len(det_ds) == 4
+    for i, (_, grey, (xmin, ymin, xmax, ymax)) in enumerate(UNSORTED):
+        image, mask = seg_ds[i]
+        assert int(image[0, 0, 0]) == grey and int(mask.sum()) == (H * W if grey > 100 else 0)
+        image, target = det_ds[i]
+        assert int(image[0, 0, 0]) == grey
+        assert target["image_id"] == i + 1  # the COCO id of line i + 1
+        assert target["boxes"].tolist() == [[xmin - 1.0, ymin - 1.0, float(xmax), float(ymax)]]
+
+
+def test_coco_ground_truth_ids_follow_the_manifest_line_order(tmp_path):
+    _, det = _unsorted_manifests(tmp_path)
+    pairs = read_manifest(det)
+    check = validate_det(pairs, tmp_path)
+    assert check.problems == []
+    gt = coco_ground_truth(pairs, check.annotations, ["dog"])
+    assert [(im["id"], im["file_name"]) for im in gt["images"]] == [(1, "c.png"), (2, "a.png"), (3, "e.png"),
+                                                                     (4, "b.png")]
+    # image k's annotation is the box of line k: VOC (xmin, ymin, xmax, ymax) -> COCO [xmin - 1, ymin - 1, w, h]
+    assert [(a["image_id"], a["bbox"]) for a in gt["annotations"]] == [
+        (1, [1.0, 1.0, 5.0, 5.0]), (2, [9.0, 2.0, 11.0, 7.0]), (3, [4.0, 7.0, 5.0, 13.0]), (4, [29.0, 0.0, 11.0, 4.0])]
+    # and the dataset of the same manifest gives image k the same box
+    ds = DetectionDataset(pairs, ["dog"], root=tmp_path)
+    for k, a in enumerate(gt["annotations"]):
+        _, target = ds[k]
+        x, y, w, h = a["bbox"]
+        assert target["image_id"] == a["image_id"] and target["boxes"].tolist() == [[x, y, x + w, y + h]]

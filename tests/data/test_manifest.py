@@ -243,8 +243,8 @@ def test_folder_of_split_files_keeps_the_users_splits(tmp_path: Path) -> None:
     _write_manifest(tmp_path / "det.txt", lines_of(det))
     out = tmp_path / "out"
     build(tmp_path, out, data_cfg(seg="segm"))
-    assert sorted(manifest_lines(out / "seg_train.txt")) == sorted(lines_of(seg[:3]))
-    assert sorted(manifest_lines(out / "seg_val.txt")) == sorted(lines_of(seg[3:5]))
+    assert manifest_lines(out / "seg_train.txt") == lines_of(seg[:3])
+    assert manifest_lines(out / "seg_val.txt") == lines_of(seg[3:5])
     assert manifest_lines(out / "seg_test.txt") == lines_of(seg[5:])
 
 
@@ -759,6 +759,25 @@ def test_manifest_folder_with_train_val_trainval_and_test(tmp_path: Path) -> Non
     assert [summary["det"][s] for s in SPLITS] == [4, 2, 2]
     assert manifest_lines(out / "det_train.txt") == lines_of(det[:4])
     assert manifest_lines(out / "det_val.txt") == lines_of(det[4:6])
+
+
+def test_unsorted_split_files_keep_their_order_in_manifests_and_coco_ids(tmp_path: Path) -> None:
+    det = make_det(tmp_path, 8)
+    order = {"train": [5, 1, 4, 0], "val": [7, 2], "test": [6, 3]}  # not alphabetical: d5 d1 d4 d0, ...
+    for split, ks in order.items():
+        _write_manifest(tmp_path / "detm" / f"{split}.txt", lines_of([det[k] for k in ks]))
+    _write_manifest(tmp_path / "seg.txt", lines_of(make_seg(tmp_path)))
+    out = tmp_path / "out"
+    build(tmp_path, out, data_cfg(det="detm"))
+    for split, ks in order.items():
+        assert manifest_lines(out / f"det_{split}.txt") == lines_of([det[k] for k in ks])
+        coco = json.loads((out / f"det_{split}_coco.json").read_text())
+        # image_id n = line n of the split's manifest, and its box is that image's
+        assert [(im["id"], im["file_name"]) for im in coco["images"]] == [(n, det[k][0]) for n, k in enumerate(ks, 1)]
+        boxes = {a["image_id"]: (a["category_id"], a["bbox"]) for a in coco["annotations"]}
+        assert boxes == {n: (1, CAT_BBOX) if k == 0 else (2, [0.0, 0.0, float(DET_W), float(DET_H)])
+                         for n, k in enumerate(ks, 1)}
+    assert json.loads((out / "det_train_coco.json").read_text())["annotations"][3]["image_id"] == 4  # d0's cat
 
 
 # ----------------------------------------------------------------------------------------------------------

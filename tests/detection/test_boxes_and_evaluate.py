@@ -217,3 +217,70 @@ def test_passes_applies_each_class_its_own_threshold():
     dets = {"scores": torch.tensor([0.5, 0.5, 0.2]), "labels": torch.tensor([1, 2, 2])}
     assert passes(dets, [0.6, 0.1]).tolist() == [False, True, True]
     assert passes(dets, 0.3).tolist() == [True, True, False]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# imperfect detections: both evaluators against hand-computed values
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _imperfect():
+    """One class, three 100 x 100 images. Image 1: A and a crowd (difficult) region D; image 2: B and C;
+    image 3: nothing. Detections, best first:
+
+    ==== ===== ========================== ==========================================================
+    name score where                      IoU
+    ==== ===== ========================== ==========================================================
+    d1   .95   image 3, no object there   -: a false positive ranked above every true positive
+    d2   .90   A shifted 3 px right       (17 x 20) / (800 - 340) = 340 / 460 = 0.739
+    d3   .85   A shifted 1.5 px right     (18.5 x 20) / (800 - 370) = 370 / 430 = 0.860: a duplicate
+    d4   .80   exactly on the crowd D     ignored by both evaluators (neither hit nor miss)
+    d5   .70   exactly on B               1
+    -    -     C                          never detected: a miss
+    ==== ===== ========================== ==========================================================
+    """
+    gt = {"images": [{"id": i, "width": 100, "height": 100} for i in (1, 2, 3)],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},  # A
+              {"id": 2, "image_id": 1, "category_id": 1, "bbox": [60, 60, 30, 30], "area": 900, "iscrowd": 1},  # D
+              {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 40, 40], "area": 1600, "iscrowd": 0},  # B
+              {"id": 4, "image_id": 2, "category_id": 1, "bbox": [60, 60, 20, 20], "area": 400, "iscrowd": 0},  # C
+          ],
+          "categories": [{"id": 1, "name": "a"}]}
+    dets = [{"image_id": i, "category_id": 1, "bbox": b, "score": s} for i, b, s in [
+        (3, [10, 10, 20, 20], 0.95),  # d1
+        (1, [13, 10, 20, 20], 0.90),  # d2
+        (1, [11.5, 10, 20, 20], 0.85),  # d3
+        (1, [60, 60, 30, 30], 0.80),  # d4
+        (2, [0, 0, 40, 40], 0.70),  # d5
+    ]]
+    return gt, dets
+
+
+def test_voc_and_pycocotools_on_imperfect_detections_hand_computed():
+    gt, dets = _imperfect()
+    # VOC at IoU 0.5: d4 dropped (crowd); d1 FP, d2 TP (A), d3 FP (A already taken), d5 TP (B); 3 objects
+    scores, tp, n_gt = match(gt, dets, 1)
+    assert scores.tolist() == [0.95, 0.9, 0.85, 0.7] and tp.tolist() == [False, True, False, True] and n_gt == 3
+    # recall 0 1/3 1/3 2/3, precision 0 1/2 1/3 1/2 -> envelope 1/2 up to recall 2/3 -> AP = 2/3 * 1/2 = 1/3
+    ev = evaluate_detections(gt, dets, score_threshold=0.75)
+    assert ev.summary["map50"] == pytest.approx(1 / 3)
+    # >= 0.75: d1, d2, d3 (d4 is not a detection): one TP of three detections, one of three objects
+    row = ev.per_class.set_index("class").loc["a"]
+    assert (row["detections"], row["precision"], row["recall"]) == (3, pytest.approx(1 / 3), pytest.approx(1 / 3))
+    # pycocotools, ten IoU thresholds .50:.05:.95, AP = mean over 101 recall points r = 0, .01, ... 1 of the
+    # precision envelope at the first recall >= r (0 beyond the last recall reached):
+    # - t = .50 ... .70 (5 thresholds): same sequence as VOC, FP TP FP TP -> envelope 1/2 for r <= 2/3
+    #   (r = 0 ... 0.66: 67 points) -> AP = 67 * 0.5 / 101 = 33.5 / 101
+    # - t = .75, .80, .85 (3): d2 (IoU .739) misses, so the duplicate d3 (IoU .860) takes A: FP FP TP TP,
+    #   precision 0 0 1/3 1/2 -> envelope 1/2 up to 2/3 -> 33.5 / 101 again
+    # - t = .90, .95 (2): only d5 hits: FP FP FP TP, precision 1/4 at recall 1/3 (34 points) -> 8.5 / 101
+    # AP@[.5:.95] = (8 * 33.5 + 2 * 8.5) / (10 * 101) = 285 / 1010
+    assert ev.summary["coco_map50"] == pytest.approx(33.5 / 101, abs=1e-9)
+    assert ev.summary["coco_map"] == pytest.approx(285 / 1010, abs=1e-9)
+    # the VOC matcher at the same stricter thresholds: at IoU .75 d2 misses and d3 takes A (FP FP TP TP,
+    # envelope 1/2 up to recall 2/3 -> 1/3); at IoU .9 only d5 hits (precision 1/4 at recall 1/3 -> 1/12)
+    _, tp75, _ = match(gt, dets, 1, iou_threshold=0.75)
+    assert tp75.tolist() == [False, False, True, True]
+    assert evaluate_detections(gt, dets, 0.5, iou_threshold=0.75).summary["map50"] == pytest.approx(1 / 3)
+    assert evaluate_detections(gt, dets, 0.5, iou_threshold=0.9).summary["map50"] == pytest.approx(1 / 12)

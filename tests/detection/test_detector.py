@@ -1,6 +1,7 @@
 """The detector seam: loading each family from its files, and the shared evaluation loop."""
 
 import inspect
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from segdet.detection.detector import run_detector
 from segdet.detection.rcnn.detect import load_rcnn
 from segdet.detection.rcnn.model import RegionCNN
-from segdet.detection.yolo.detect import load_yolo_detector
+from segdet.detection.yolo.detect import YoloDetector, load_yolo_detector
 from segdet.nets.unet import build_unet
 from segdet.nets.weights import CheckpointError, save_checkpoint
 from segdet.nets.yolo import YOLOv1
@@ -73,3 +74,39 @@ def test_loaders_name_the_file_that_is_not_their_model(tmp_path):
     assert detector.classes == ["a", "b"] and detector.thresholds == [0.25, -0.5] and detector.crop_size == 16
     with pytest.raises(CheckpointError, match=r"cnn\.pt: not a UNet checkpoint"):
         load_unet(torch.load(cnn, weights_only=True), str(cnn))
+
+
+class _SlowFixedYolo(torch.nn.Module):
+    """A YOLOv1 stand-in (S=2, B=2, C=2, 64 px input) whose forward pass takes 50 ms and always predicts one box in
+    cell (0, 0): x .5, y .5, w .25, h .5, confidence .9, class 2 -> (8, 0, 24, 32) in input pixels."""
+
+    input_size, B, C, S = 64, 2, 2, 2
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        time.sleep(0.05)
+        pred = torch.zeros(len(x), 2, 2, 12)
+        pred[:, 0, 0, :5] = torch.tensor([0.5, 0.5, 0.25, 0.5, 0.9])
+        pred[:, 0, 0, 10:] = torch.tensor([0.0, 1.0])
+        return pred
+
+
+def test_yolo_detector_times_the_forward_pass_and_maps_boxes_back_to_the_image():
+    model = _SlowFixedYolo()
+    detector = YoloDetector(model, device=torch.device("cpu"), min_score=0.1, nms_iou=0.5)
+    image = torch.zeros(3, 48, 80, dtype=torch.uint8)  # 80 wide, 48 high: resized to 64 x 64 for the network
+    start = time.perf_counter()
+    dets, seconds = detector.detect(image)
+    wall = time.perf_counter() - start
+    assert model.seen == [(1, 3, 64, 64)]
+    # (8, 0, 24, 32) at 64 px, scaled by (80 / 64, 48 / 64) -> (10, 0, 30, 24) in the image's pixels
+    assert dets["boxes"].tolist() == [pytest.approx([10.0, 0.0, 30.0, 24.0])]
+    assert dets["labels"].tolist() == [2] and dets["scores"].tolist() == pytest.approx([0.9])
+    # the 50 ms forward pass is inside the "forward" part, and the parts are disjoint pieces of the call
+    # (what forward_fps = 1 / forward and fps = 1 / sum of the parts in yolo_eval.json rest on)
+    assert set(seconds) == {"preprocess", "forward", "decode"}
+    assert seconds["forward"] >= 0.05 and sum(seconds.values()) <= wall

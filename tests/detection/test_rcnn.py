@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from segdet.detection.rcnn.detect import RCNNDetector
 from segdet.detection.rcnn.features import extract_features, iter_chunks
@@ -106,7 +107,13 @@ def test_features_svms_and_detector_find_coloured_squares(tmp_path):
     settings = RcnnSvmConfig(C=1.0, rounds=1, init_negatives=50, max_negatives=200, reg_alpha=1.0)
     arrays = train_svms(tmp_path / "f", ["red", "blue"], settings, progress=False)
     assert arrays["svm_weight"].shape == (2, 3) and arrays["reg_weight"].shape == (2, 4, 3)
-    assert list(arrays["positives"]) == [12, 12] and (arrays["regression_samples"] > 0).all()
+    # regression samples: proposals whose best ground truth (torchvision IoU) is of the class with IoU >= 0.6
+    expected = [0, 0]
+    for _, props, gt, labels in items:
+        best, j = box_iou(props, gt).max(1)
+        for c in labels[j[best >= 0.6]].tolist():
+            expected[c - 1] += 1
+    assert list(arrays["positives"]) == [12, 12] and list(arrays["regression_samples"]) == expected == [71, 72]
     save_svm(tmp_path / "svm.npz", arrays)
     loaded = load_svm(tmp_path / "svm.npz")  # allow_pickle=False
     assert [str(c) for c in loaded["classes"]] == ["red", "blue"]
@@ -117,7 +124,120 @@ def test_features_svms_and_detector_find_coloured_squares(tmp_path):
     dets, secs = detector.detect(image, props)
     assert set(secs) == {"warp_cnn", "svm_regression", "nms"}
     assert sorted(dets["labels"].tolist()) == [1, 2]  # one detection per square after NMS
-    from torchvision.ops import box_iou
-
     for box, lab in zip(dets["boxes"], dets["labels"], strict=True):
         assert box_iou(box[None], gt[lab - 1][None]).item() > 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hard-negative mining and box regression do what they are for
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def square_features(tmp_path_factory):
+    """Features (mean colour, :class:`_Identity`) of 12 two-square scenes; and every negative of each class:
+    a proposal with IoU < 0.3 (``neg_iou``) with every object of that class."""
+    rng = np.random.default_rng(0)
+    items = [_scene(rng, [(250, 20, 20), (20, 20, 250)]) for _ in range(12)]
+    folder = tmp_path_factory.mktemp("feat") / "f"
+    extract_features(_Identity(2), iter(items), folder, crop_size=16, context=0, device=torch.device("cpu"),
+                     chunk_images=5, progress=False)
+    negatives = [[], []]
+    for chunk in iter_chunks(folder):
+        for c in range(2):
+            neg = ~chunk["is_gt"] & (chunk["iou_class"][:, c].astype(np.float32) < 0.3)
+            negatives[c].append(chunk["features"][neg].astype(np.float32))
+    return folder, [np.concatenate(n) for n in negatives]
+
+
+def _false_positives(arrays, negatives):
+    """How many training negatives each class's SVM scores >= 0 (calls an object)."""
+    x = [n * arrays["feature_scale"] for n in negatives]
+    return [int((x[c] @ arrays["svm_weight"][c] + arrays["svm_bias"][c] >= 0).sum()) for c in range(2)]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_hard_negative_mining_adds_negatives_and_removes_false_positives(square_features):
+    folder, negatives = square_features
+    assert [len(n) for n in negatives] == [84, 83]
+    settings = dict(C=1.0, init_negatives=2, max_negatives=200, reg_alpha=1.0)
+    # without mining the SVMs see 2 random negatives per class and score some of the other ~80 as objects
+    plain = train_svms(folder, ["red", "blue"], RcnnSvmConfig(rounds=0, **settings), progress=False)
+    assert list(plain["negatives"]) == [2, 2] and list(plain["hard_negatives_added"]) == [0, 0]
+    before = _false_positives(plain, negatives)
+    assert sum(before) >= 10, before
+    # one mining round: the negatives inside the margin join the cache, and the refit SVMs reject them all
+    mined = train_svms(folder, ["red", "blue"], RcnnSvmConfig(rounds=1, **settings), progress=False)
+    assert (mined["negatives"] > 2 * plain["negatives"]).all(), mined["negatives"]
+    assert (mined["hard_negatives_added"] > 0).all()
+    assert _false_positives(mined, negatives) == [0, 0]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_hard_negatives_added_counts_only_new_negatives(square_features):
+    folder, negatives = square_features
+    # init_negatives >= every negative: the first cache already holds all of them, so mining can add none
+    settings = RcnnSvmConfig(C=1.0, rounds=1, init_negatives=1000, max_negatives=1000, reg_alpha=1.0)
+    arrays = train_svms(folder, ["red", "blue"], settings, progress=False)
+    assert (arrays["negatives"] <= np.array([len(n) for n in negatives])).all()
+    assert list(arrays["hard_negatives_added"]) == [0, 0]
+
+
+class _Pooled(RegionCNN):
+    """A 'CNN' whose features are the warped region average-pooled to 4 x 4 (48 numbers): where the square
+    lies in the region, which a linear regressor can turn into a box correction."""
+
+    def __init__(self, num_classes):
+        super().__init__("small", num_classes)
+        self.feature_dim = 48
+
+    def embed(self, x):
+        return F.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+def _loose_scene(rng, colours, k=6):
+    """Two 20 x 20 squares that do not overlap; ``k`` proposals per square 1.2 times too large (24 x 24, IoU
+    400 / 576 = 0.69 when centred) and shifted by N(0, 2) px, and two background boxes."""
+    image = torch.full((3, 80, 80), 128, dtype=torch.uint8)
+    gt = []
+    for colour in colours:
+        while True:
+            x, y = (int(v) for v in rng.integers(5, 55, 2))
+            if all(abs(x - g[0]) >= 22 or abs(y - g[1]) >= 22 for g in gt):
+                break
+        image[:, y:y + 20, x:x + 20] = torch.tensor(colour, dtype=torch.uint8)[:, None, None]
+        gt.append([x, y, x + 20, y + 20])
+    gt = torch.tensor(gt, dtype=torch.float32)
+    centre = ((gt[:, :2] + gt[:, 2:]) / 2).repeat_interleave(k, 0)
+    centre = centre + torch.from_numpy(rng.normal(0, 2.0, centre.shape).astype(np.float32))
+    props = torch.cat([centre - 12, centre + 12], 1)
+    props = torch.cat([props, torch.tensor([[0.0, 0.0, 30.0, 30.0], [40.0, 40.0, 80.0, 80.0]])])
+    return image, props, gt, torch.arange(1, len(colours) + 1)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_box_regression_moves_proposals_onto_the_objects(tmp_path):
+    colours = [(250, 20, 20), (20, 20, 250)]
+    rng = np.random.default_rng(0)
+    model = _Pooled(2)
+    extract_features(model, iter([_loose_scene(rng, colours) for _ in range(12)]), tmp_path / "f", crop_size=16,
+                     context=0, device=torch.device("cpu"), chunk_images=5, progress=False)
+    arrays = train_svms(tmp_path / "f", ["red", "blue"],
+                        RcnnSvmConfig(C=1.0, rounds=1, init_negatives=50, max_negatives=200, reg_alpha=1.0),
+                        progress=False)
+    detector = RCNNDetector(model, arrays, crop_size=16, context=0, device=torch.device("cpu"), min_score=-1e9,
+                            nms_iou=0.3)
+    before, after = [], []
+    held_out = np.random.default_rng(99)
+    for _ in range(4):
+        image, props, gt, _ = _loose_scene(held_out, colours)
+        for k in range(12):  # proposal k belongs to square k // 6 (class k // 6 + 1)
+            c = k // 6
+            dets, _ = detector.detect(image, props[k:k + 1])  # one proposal: its regressed box for each class
+            box = dets["boxes"][dets["labels"] == c + 1]
+            before.append(box_iou(props[k:k + 1], gt[c:c + 1]).item())
+            after.append(box_iou(box, gt[c:c + 1]).item())
+    before, after = np.array(before), np.array(after)
+    # the proposals average IoU ~0.67 with their square; regressed, they must land far closer
+    assert before.mean() < 0.7 and after.mean() > before.mean() + 0.2, (before.mean(), after.mean())
+    assert (after > before).mean() >= 0.95

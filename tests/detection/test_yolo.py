@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import nms
 
 from segdet.detection.yolo.decode import decode
 from segdet.detection.yolo.loss import YoloLoss
@@ -31,6 +32,52 @@ def test_loss_matches_hand_computed_value():
     assert float(loss) == pytest.approx(coord + (0.8 - iou) ** 2 + 0.045 + 0.2)
 
 
+def _second_is_better():
+    """Like :func:`_pred`, but both predictors of cell (0, 0) overlap the object and the second one more."""
+    pred = torch.zeros(1, 2, 2, 12)
+    pred[0, 0, 0, 0:5] = torch.tensor([0.5, 0.6, 0.1, 0.1, 0.7])  # predictor 0: (20, 25, 30, 35)
+    pred[0, 0, 0, 5:10] = torch.tensor([0.5, 0.5, 0.25, 0.36, 0.4])  # predictor 1: (12.5, 7, 37.5, 43)
+    pred[0, 0, 0, 10:12] = torch.tensor([0.2, 0.6])
+    return pred
+
+
+def test_responsible_predictor_is_the_one_with_the_higher_iou_not_the_first():
+    # object (10, 10, 40, 50), class 2, in cell (0, 0): x .5, y .6, w .3, h .4 (as above)
+    target = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2])}]
+    # predictor 0 (20, 25, 30, 35) lies inside the object: IoU 100 / 1200 = 1/12;
+    # predictor 1 (12.5, 7, 37.5, 43): IoU 825 / 1275 = 0.647 -> predictor 1 is responsible
+    pred = _second_is_better().requires_grad_(True)
+    loss, parts = YoloLoss(S=2, B=2, C=2, input_size=100)(pred, target)
+    iou = 825 / 1275
+    coord = 5 * ((0.5 - 0.5) ** 2 + (0.5 - 0.6) ** 2 + (0.5 - math.sqrt(0.3)) ** 2 + (0.6 - math.sqrt(0.4)) ** 2)
+    assert parts["coord"] == pytest.approx(coord)
+    assert parts["obj"] == pytest.approx((0.4 - iou) ** 2)
+    assert parts["noobj"] == pytest.approx(0.5 * 0.7**2)  # predictor 0 is now the non-responsible one
+    assert parts["class"] == pytest.approx(0.2**2 + 0.4**2)
+    # had the first predictor been taken: coord 5 * (0 + 0 + (sqrt .1 - sqrt .3)^2 + (sqrt .1 - sqrt .4)^2) = 0.93
+    assert parts["coord"] != pytest.approx(5 * ((math.sqrt(0.1) - math.sqrt(0.3)) ** 2
+                                                + (math.sqrt(0.1) - math.sqrt(0.4)) ** 2))
+    loss.backward()
+    g = pred.grad[0, 0, 0]
+    assert g[0:4].abs().max() == 0  # predictor 0's box is not fitted to the object ...
+    assert float(g[4]) == pytest.approx(0.5 * 2 * 0.7)  # ... its confidence is pushed to 0 (noobj)
+    # predictor 1's box and confidence are fitted: d/dy 5 (y - .6)^2 = 10 (.5 - .6); d/dC (C - IoU)^2
+    assert g[5:10].tolist() == pytest.approx([0.0, -1.0, 10 * (0.5 - math.sqrt(0.3)) / (2 * 0.5),
+                                              10 * (0.6 - math.sqrt(0.4)) / (2 * 0.6), 2 * (0.4 - iou)], abs=1e-4)
+
+
+def test_responsible_predictors_differ_per_image_of_a_batch():
+    # image 0: _pred (predictor 0 responsible), image 1: _second_is_better (predictor 1); the batch loss is
+    # the mean of the two hand-computed single-image losses
+    t = {"boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2])}
+    iou = 825 / 1275
+    sq = 0.1**2 + (0.5 - math.sqrt(0.3)) ** 2 + (0.6 - math.sqrt(0.4)) ** 2
+    first = {"coord": 5 * sq, "obj": (0.8 - iou) ** 2, "noobj": 0.5 * 0.3**2, "class": 0.2}
+    second = {"coord": 5 * sq, "obj": (0.4 - iou) ** 2, "noobj": 0.5 * 0.7**2, "class": 0.2}
+    _, parts = YoloLoss(2, 2, 2, 100)(torch.cat([_pred(), _second_is_better()]), [t, t])
+    assert parts == pytest.approx({k: (first[k] + second[k]) / 2 for k in first})
+
+
 def test_loss_without_objects_is_only_noobj_and_gradients_flow():
     pred = _pred().requires_grad_(True)
     loss, parts = YoloLoss(2, 2, 2, 100)(pred, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
@@ -40,13 +87,53 @@ def test_loss_without_objects_is_only_noobj_and_gradients_flow():
     assert pred.grad[0, 0, 0, 4] == pytest.approx(0.5 * 2 * 0.8)
 
 
-def test_decode_class_specific_scores_and_nms():
+def test_decode_class_specific_scores():
+    # the two boxes do not overlap, so NMS keeps both: suppression is tested with overlapping boxes below
     dets = decode(_pred(), B=2, input_size=100, score_threshold=0.1, nms_iou=0.5)[0]
     # predictor 0: 0.8 * (0.2, 0.6) -> 0.16 and 0.48; predictor 1: 0.3 * (0.2, 0.6) -> 0.06 (dropped), 0.18
     assert sorted(dets["scores"].tolist()) == pytest.approx([0.16, 0.18, 0.48])
     best = int(dets["scores"].argmax())
     assert dets["labels"][best] == 2
     assert dets["boxes"][best].tolist() == pytest.approx([12.5, 7.0, 37.5, 43.0])
+
+
+def _overlapping():
+    """S=2, B=2, C=2 at 100 px. Cell (0, 0): predictors A (12.5, 7, 37.5, 43) conf .9 and A' (15, 7, 40, 43)
+    conf .6, IoU (22.5 x 36) / (900 + 900 - 810) = 810 / 990 = 0.818, class outputs (.5, 1). Cell (1, 1):
+    C (65, 65, 85, 85) conf .8 and D (75, 65, 95, 85) conf .7, IoU 200 / 600 = 1/3, class outputs (1, 0)."""
+    pred = torch.zeros(1, 2, 2, 12)
+    pred[0, 0, 0, :10] = torch.tensor([0.5, 0.5, 0.25, 0.36, 0.9, 0.55, 0.5, 0.25, 0.36, 0.6])
+    pred[0, 0, 0, 10:] = torch.tensor([0.5, 1.0])
+    pred[0, 1, 1, :10] = torch.tensor([0.5, 0.5, 0.2, 0.2, 0.8, 0.7, 0.5, 0.2, 0.2, 0.7])
+    pred[0, 1, 1, 10:] = torch.tensor([1.0, 0.0])
+    return pred
+
+
+A, A2, C_, D = [12.5, 7.0, 37.5, 43.0], [15.0, 7.0, 40.0, 43.0], [65.0, 65.0, 85.0, 85.0], [75.0, 65.0, 95.0, 85.0]
+
+
+def test_decode_nms_suppresses_overlaps_within_a_class_only():
+    # candidates >= 0.2: A (class 1: .45, class 2: .9), A' (class 1: .3, class 2: .6), C (class 1: .8),
+    # D (class 1: .7). At NMS IoU .5: A' (IoU .818 with A) goes in both classes; C and D (IoU 1/3) both
+    # stay; A of class 1 stays although A of class 2 covers it exactly (NMS is per class)
+    dets = decode(_overlapping(), B=2, input_size=100, score_threshold=0.2, nms_iou=0.5)[0]
+    got = [(int(c), round(float(s), 4), b) for c, s, b in zip(dets["labels"], dets["scores"], dets["boxes"].tolist(),
+                                                             strict=True)]
+    assert [(c, s) for c, s, _ in got] == [(2, 0.9), (1, 0.8), (1, 0.7), (1, 0.45)]  # best first
+    for (_, _, box), want in zip(got, [A, C_, D, A], strict=True):
+        assert box == pytest.approx(want)
+    # the same candidates through torchvision's NMS, one class at a time
+    boxes = torch.tensor([A, A2, A, A2, C_, D])
+    scores = torch.tensor([0.45, 0.3, 0.9, 0.6, 0.8, 0.7])
+    labels = torch.tensor([1, 1, 2, 2, 1, 1])
+    expected = set()
+    for c in (1, 2):
+        idx = torch.nonzero(labels == c).flatten()
+        expected |= {(c, round(float(scores[i]), 4)) for i in idx[nms(boxes[idx], scores[idx], 0.5)].tolist()}
+    assert {(c, s) for c, s, _ in got} == expected
+    # a stricter NMS IoU (0.3 < 1/3) now suppresses D under C
+    strict = decode(_overlapping(), B=2, input_size=100, score_threshold=0.2, nms_iou=0.3)[0]
+    assert strict["scores"].tolist() == pytest.approx([0.9, 0.8, 0.45])
 
 
 def test_decode_clamps_confidence_and_class_outputs_to_probabilities():

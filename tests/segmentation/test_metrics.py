@@ -61,3 +61,16 @@ def test_losses():
     assert float(loss) == pytest.approx(parts["ce"] + parts["dice"])
     with pytest.raises(ValueError, match="Available options are: ce, dice, ce\\+dice"):
         SegLoss("focal")
+
+
+def test_ce_loss_is_cross_entropy_alone():
+    logits, target = torch.randn(2, 2, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    loss, parts = SegLoss("ce")(logits, target)
+    assert set(parts) == {"ce"} and float(loss) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target)))
+
+
+def test_dice_loss_is_soft_dice_alone():
+    logits, target = torch.randn(2, 2, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    loss, parts = SegLoss("dice")(logits, target)
+    assert set(parts) == {"dice"}
+    assert float(loss) == pytest.approx(float(soft_dice_loss(logits, target)))
