@@ -43,7 +43,13 @@ def test_queued_experiments_show_in_dvc_exp_show(queued):
         data = exps[name]["data"]
         assert data["params"]["params.yaml"]["data"]["unet_train"]["variant"] == variant
         metrics = data["metrics"]["reports/unet_eval.json"]["data"]
-        assert metrics["variant"] == variant and 0 <= metrics["dice"] <= 1
+        assert metrics["variant"] == variant
+        # the metrics DVC shows are those the experiment's unet_eval logged to MLflow
+        client = MlflowClient(tracking_uri=f"sqlite:///{queued / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("segdet")
+        query = f"tags.`segdet.stage` = 'unet_eval' and tags.`segdet.dvc_exp_name` = '{name}'"
+        logged = client.search_runs([exp.experiment_id], query)[0].data.metrics
+        assert metrics["dice"] == pytest.approx(logged["dice"]) and metrics["iou"] == pytest.approx(logged["iou"])
 
 
 def test_queued_experiments_log_to_the_repositorys_store_with_their_names(queued):
