@@ -22,3 +22,14 @@ def mlflow_store(tmp_path_factory) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory) -> Path:
+    """The tiny project (tests/stages/conftest.py) after a full ``dvc repro``, logged to the experiment ``segdet``.
+    Shared by the detection stage tests and the reliability tests: one pipeline run instead of two."""
+    from tests.stages.conftest import make_repo, sh
+
+    repo = make_repo(tmp_path_factory.mktemp("pipeline"))
+    sh(["dvc", "repro", "-q"], repo, env={"MLFLOW_EXPERIMENT_NAME": None})
+    return repo

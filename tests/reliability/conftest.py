@@ -18,19 +18,30 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from segdet import tracking
 from segdet.stage import run_stage
-from tests.stages.conftest import make_repo, merge, sh
+from tests.stages.conftest import merge
 
 OUTPUT_FOLDERS = ("data", "models", "reports")
 
 
+#: the MLflow experiment of the runs these tests make (their failed and killed stage runs stay out of ``segdet``,
+#: which other tests search)
+EXPERIMENT = "segdet-reliability"
+
+
+@pytest.fixture(scope="module")
+def own_experiment():
+    """Stage runs made by the tests that use this (in this process and in subprocesses) go to :data:`EXPERIMENT`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+        yield
+
+
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> Path:
-    """The tiny project after ``dvc repro`` (every stage: models for the checkpoint and predict cases)."""
-    repo = make_repo(tmp_path_factory.mktemp("ws"))
-    sh(["dvc", "repro", "-q"], repo)
-    return repo
+def workspace(pipeline_repo) -> Path:
+    """The tiny project after ``dvc repro`` of every stage (models for the checkpoint and predict cases). The
+    matrix asserts that no case changes it; tests that train work in a copy."""
+    return pipeline_repo
 
 
 def snapshot(ws: Path) -> dict[str, object]:
@@ -86,7 +97,7 @@ def run_in(ws: Path, stage: str, argv: list[str]) -> Outcome:
 def running_runs(since_ms: int) -> list[str]:
     """Names of MLflow runs started since ``since_ms`` that are still RUNNING."""
     client = MlflowClient()
-    exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         return []
     runs = client.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}")

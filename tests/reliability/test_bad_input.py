@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -29,6 +30,8 @@ from tests.reliability.conftest import (
     write_params,
 )
 from tests.stages.conftest import sh
+
+pytestmark = pytest.mark.usefixtures("own_experiment")
 
 SIZE = 32
 BAD_NAME = os.fsdecode(b"ISIC_\xff9")  # Latin-1 bytes in a file name: not UTF-8
@@ -348,6 +351,17 @@ def _isic_bad_name(tmp, ws):
     return prepare_case(tmp, ws, seg={"source": "isic", "path": str(tmp / "isic")})
 
 
+def _tab_in_a_file_name(tmp, ws):
+    """An ISIC folder (already imported: the manifest stage's --raw) with a tab in a file name, which no manifest line
+    can hold: the error names the manifest the stage would write, not its temporary copy."""
+    raw = tmp / "raw"
+    shutil.copytree(ws / "data" / "raw" / "voc", raw / "voc")
+    seg_files(raw / "isic")
+    rgb(raw / "isic" / "images" / "ISIC\t7.jpg")
+    mask(raw / "isic" / "masks" / "ISIC\t7_segmentation.png")
+    return "manifest", ["--raw", str(raw)]
+
+
 def _text_file(tmp, ws):
     (tmp / "notes.pt").write_text("hello")
     return tmp / "notes.pt"
@@ -453,6 +467,8 @@ CASES = {
                                      ["instances.json: images[0]", "lacks width, height"]),
     "coco: unknown category": (_coco(categories=[{"id": 2, "name": "square"}]),
                                ["instances.json: annotation 1 has unknown category_id 1"]),
+    "manifest: a tab in a file name": (_tab_in_a_file_name, ["data/manifests/seg_", "path cannot be written to a "
+                                                              "manifest line"]),
     # ISIC folders
     "isic: folder missing": (_isic_missing_folder, ["nowhere: no such folder"]),
     "isic: image without mask": (_isic_image_without_mask, ["ISIC_3.jpg: no mask ISIC_3_segmentation.png"]),

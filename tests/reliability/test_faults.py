@@ -16,9 +16,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from segdet import tracking
-from tests.reliability.conftest import Outcome, assert_clean_failure, now_ms, snapshot, write_params
+from tests.reliability.conftest import EXPERIMENT, Outcome, assert_clean_failure, now_ms, snapshot, write_params
 from tests.stages.conftest import sh
+
+pytestmark = pytest.mark.usefixtures("own_experiment")
 
 FAULT = Path(__file__).with_name("fault_injection.py")
 RUN_DIRS = {"unet_train": "models/unet_run", "rcnn_finetune": "models/rcnn_run", "yolo_train": "models/yolo_run"}
@@ -45,7 +46,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _stage_runs(stage: str, since_ms: int) -> list:
     client = MlflowClient()
-    exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    exp = client.get_experiment_by_name(EXPERIMENT)
     query = f"tags.`segdet.stage` = '{stage}' and attributes.start_time >= {since_ms}"
     return client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"])
 

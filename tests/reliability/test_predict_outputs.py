@@ -8,9 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from segdet.predict import output_names
 from tests.reliability.conftest import run_in
+
+pytestmark = pytest.mark.usefixtures("own_experiment")
 
 
 def test_output_names_never_collide():

@@ -17,6 +17,8 @@ from segdet import tracking
 from tests.reliability.conftest import assert_clean_failure, now_ms, run_in, snapshot
 from tests.reliability.test_bad_input import manifest, rgb, seg_files
 
+pytestmark = pytest.mark.usefixtures("own_experiment")
+
 
 class Payload:
     """Unpickling this calls ``open(target, "w")``: the file appears only if the pickle ran."""

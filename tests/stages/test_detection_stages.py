@@ -15,17 +15,16 @@ from mlflow.tracking import MlflowClient
 from torchvision.ops import box_iou
 
 from tests.conftest import REALDATA
-from tests.stages.conftest import make_repo, runs, sh
+from tests.stages.conftest import runs, sh
 
 pytestmark = pytest.mark.slow
 
 
 
 @pytest.fixture(scope="module")
-def det_repo(tmp_path_factory):
-    repo = make_repo(tmp_path_factory.mktemp("det"))
-    sh(["dvc", "repro", "report"], repo)  # every stage: report reads all eval JSONs
-    return repo
+def det_repo(pipeline_repo):
+    """The tiny project after ``dvc repro`` of every stage (tests/conftest.py)."""
+    return pipeline_repo
 
 
 def _pycocotools(gt_path, dets) -> tuple[float, float]:
@@ -37,7 +36,7 @@ def _pycocotools(gt_path, dets) -> tuple[float, float]:
         return 0.0, 0.0
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_path))
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev = COCOeval(gt, gt.loadRes([dict(d) for d in dets]), "bbox")  # loadRes adds keys to what it gets
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
