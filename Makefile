@@ -1,13 +1,13 @@
 # segdet: two commands.
 #   make run    set up .venv, install, run the whole DVC pipeline (dvc repro) on the defaults
-#   make test   set up .venv and Chromium (for the MLflow UI test), install, run the test suite (what CI runs)
+#   make test   set up .venv, Chromium (MLflow UI test) and PostgreSQL (concurrency test), install, run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # PyTorch is pinned to the wheels this project is tested with; any version in pyproject's range works.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help run test setup browser lint clean-outputs
+.PHONY: help run test setup browser postgres lint clean-outputs
 .DEFAULT_GOAL := help
 
 help:
@@ -31,7 +31,14 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# PostgreSQL server binaries (initdb, pg_ctl) for the concurrency test against a real database: the test starts
+# its own server in a temporary folder (Debian package; sudo when not root)
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+test: setup browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,39 @@ def runs(**tags: str) -> list:
     exp = MlflowClient().get_experiment_by_name(tracking.EXPERIMENT)
     query = " and ".join(f"tags.`segdet.{k}` = '{v}'" for k, v in tags.items())
     return MlflowClient().search_runs([exp.experiment_id], query)
+
+
+def queue_start(repo: Path, log: Path, env: dict[str, str | None] | None = None, jobs: int = 2) -> None:
+    """``dvc queue start -j <jobs>`` with its output in ``log``.
+
+    Not through :func:`sh`, whose pipes the workers' parent process keeps open until the last worker exits; and a
+    worker can stay behind after its task is done (seen with dvc-task 0.40 when the other worker's task empties
+    the queue): :func:`stop_leftover_workers` ends it."""
+    full = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1"}
+    with open(log, "wb") as fh:
+        out = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, stdin=subprocess.DEVNULL, stdout=fh,
+                             stderr=subprocess.STDOUT, timeout=300, env={k: v for k, v in full.items() if v is not None})
+    assert out.returncode == 0, f"dvc queue start -j {jobs} exited {out.returncode}:\n{log.read_text()}"
+
+
+def stop_leftover_workers(repo: Path) -> None:
+    """End the queue workers of ``repo`` still alive 20 s after the queue is done (by their pid files)."""
+    def worker(pid: int) -> bool:
+        try:
+            return b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    pids = [int(p.read_text().strip()) for p in (repo / ".dvc/tmp/exps/celery").glob("*.pid")
+            if p.read_text().strip().isdigit()]
+    deadline = time.time() + 20
+    while any(worker(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.5)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in (p for p in pids if worker(p)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 10
+        while any(worker(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.5)

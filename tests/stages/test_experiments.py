@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.stages.conftest import make_repo, sh
+from tests.stages.conftest import make_repo, queue_start, sh, stop_leftover_workers
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +23,17 @@ def queued(tmp_path_factory):
     for name, variant in NAMES.items():
         sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"unet_train.variant={variant}", "unet_eval"], repo,
            env=NO_URI)
-    sh(["dvc", "queue", "start", "-j", "2"], repo, env=NO_URI)
+    queue_start(repo, repo.parent / "queue.log", NO_URI)
     deadline = time.time() + 900
-    while True:
-        status = sh(["dvc", "queue", "status"], repo).stdout
-        if not any(s in status for s in ("Running", "Queued")):
-            break
-        assert time.time() < deadline, status
-        time.sleep(3)
+    try:
+        while True:
+            status = sh(["dvc", "queue", "status"], repo).stdout
+            if not any(s in status for s in ("Running", "Queued")):
+                break
+            assert time.time() < deadline, status
+            time.sleep(3)
+    finally:
+        stop_leftover_workers(repo)
     assert status.count("Success") == 2, status + sh(["dvc", "queue", "logs", "q-unet64"], repo, check=False).stdout
     return repo
 
