@@ -21,16 +21,20 @@ from segdet.segmentation.train import train_unet
 CPU = torch.device("cpu")
 
 
+def _lesion_manifests(root, image_size: int, train: int, val: int, test: int):
+    """Synthetic lesions in ``root/isic`` and ``train.txt``, ``val.txt``, ``test.txt`` listing them in order."""
+    n = train + val + test
+    generate_isic(root / "isic", num_images=n, image_size=image_size, seed=3, progress=False)
+    pairs = [Pair(f"isic/images/ISIC_{i:07d}.jpg", f"isic/masks/ISIC_{i:07d}_segmentation.png", "") for i in range(n)]
+    write_manifest(root / "train.txt", pairs[:train])
+    write_manifest(root / "val.txt", pairs[train:train + val])
+    write_manifest(root / "test.txt", pairs[train + val:])
+    return root
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg")
-    generate_isic(root / "isic", num_images=10, image_size=40, seed=3, progress=False)
-    pairs = [Pair(f"isic/images/ISIC_{i:07d}.jpg", f"isic/masks/ISIC_{i:07d}_segmentation.png", "")
-             for i in range(10)]
-    write_manifest(root / "train.txt", pairs[:6])
-    write_manifest(root / "val.txt", pairs[6:8])
-    write_manifest(root / "test.txt", pairs[8:])
-    return root
+    return _lesion_manifests(tmp_path_factory.mktemp("seg"), 40, 6, 2, 2)
 
 
 def _cfg(**kw):
@@ -155,14 +159,7 @@ def test_throughput_times_the_forward_pass(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def lesions(tmp_path_factory):
     """60 synthetic 32 x 32 lesion images: 48 to train on, 4 to validate, 8 held out."""
-    root = tmp_path_factory.mktemp("lesions")
-    generate_isic(root / "isic", num_images=60, image_size=32, seed=3, progress=False)
-    pairs = [Pair(f"isic/images/ISIC_{i:07d}.jpg", f"isic/masks/ISIC_{i:07d}_segmentation.png", "")
-             for i in range(60)]
-    write_manifest(root / "train.txt", pairs[:48])
-    write_manifest(root / "val.txt", pairs[48:52])
-    write_manifest(root / "test.txt", pairs[52:])
-    return root
+    return _lesion_manifests(tmp_path_factory.mktemp("lesions"), 32, 48, 4, 8)
 
 
 def test_trained_unet_beats_the_chance_baselines_on_held_out_images(lesions, tmp_path):
