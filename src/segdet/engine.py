@@ -264,6 +264,19 @@ def fit(
 # ----------------------------------------------------------------------------------------------------------
 
 
+def check_resumable(weights: str | None, section: str, key: str, expected: str) -> None:
+    """Refuse to resume ``<section>.weights`` from a checkpoint trained with another ``key`` (a UNet variant, an
+    R-CNN backbone) than ``expected``: its tensors would not fit, and ``init_from`` is the way to reuse them."""
+    if not weights:
+        return
+    trained_as = load_checkpoint(weights).get("config", {}).get(key)
+    if trained_as and trained_as != expected:
+        raise CheckpointError(
+            f"{section}.weights = {weights} was trained with {key} {trained_as} but {section}.{key} is {expected}; "
+            f"resume with {key} {trained_as}, or use init_from to start a {expected} from its weights"
+        )
+
+
 def announce_transfer(report: TransferReport | None, on_transfer: Callable[[TransferReport], None] | None) -> None:
     """Log what a weight transfer loaded and skipped, and hand the report to ``on_transfer`` (MLflow)."""
     if report is None:

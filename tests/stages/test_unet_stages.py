@@ -77,7 +77,7 @@ def test_resume_with_another_variant_fails_clearly(unet_repo):
     out = sh(["dvc", "exp", "run", "-S", "unet_train.variant=unet64", "-S", "unet_train.weights=resume.pt",
               "unet_train"], unet_repo, check=False)
     assert out.returncode != 0
-    assert "was trained as unet32 but unet_train.variant is unet64" in out.stderr + out.stdout
+    assert "was trained with variant unet32 but unet_train.variant is unet64" in out.stderr + out.stdout
 
 
 def test_variant_experiment_and_transfer_report(unet_repo):

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
-from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders
+from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best, loaders
 from segdet.nets.unet import UNet, build_unet
-from segdet.nets.weights import CheckpointError, TransferReport, init_from, load_checkpoint
+from segdet.nets.weights import TransferReport, init_from
 from segdet.sections import UnetTrainConfig
 from segdet.segmentation.losses import SegLoss
 from segdet.segmentation.metrics import scores
@@ -68,14 +68,7 @@ def train_unet(
     ``cfg.init_from`` starts from another network's weights (strict=False transfer, reported to
     ``on_transfer``). Returns the model with the best weights loaded and the fit result.
     """
-    if cfg.weights:
-        trained_as = load_checkpoint(cfg.weights).get("config", {}).get("variant")
-        if trained_as and trained_as != cfg.variant:
-            raise CheckpointError(
-                f"unet_train.weights = {cfg.weights} was trained as {trained_as} but unet_train.variant is "
-                f"{cfg.variant}; resume with variant {trained_as}, or use init_from to start a {cfg.variant} "
-                "from its weights"
-            )
+    check_resumable(cfg.weights, "unet_train", "variant", cfg.variant)
     torch.manual_seed(seed)  # model initialisation
     model = build_unet(cfg.variant, num_classes=len(CLASSES))
     announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.rcnn.regions import Item, RegionBatches, label_regions
-from segdet.engine import FitResult, announce_transfer, fit, load_best
-from segdet.nets.weights import CheckpointError, TransferReport, init_from, load_checkpoint
+from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best
+from segdet.nets.weights import TransferReport, init_from
 from segdet.sections import RcnnFinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,7 @@ def finetune_rcnn(
 ) -> tuple[RegionCNN, FitResult]:
     """Fine-tune a :class:`RegionCNN`; ``run_dir`` gets ``last.pt`` and ``best.pt`` (lowest val loss).
     ``cfg.weights`` resumes a run from its checkpoint (model, optimizer, scheduler, epoch)."""
-    if cfg.weights:
-        trained_as = load_checkpoint(cfg.weights).get("config", {}).get("backbone")
-        if trained_as and trained_as != cfg.backbone:
-            raise CheckpointError(
-                f"rcnn_finetune.weights = {cfg.weights} was trained with backbone {trained_as} but "
-                f"rcnn_finetune.backbone is {cfg.backbone}; resume with backbone {trained_as}, or use init_from"
-            )
+    check_resumable(cfg.weights, "rcnn_finetune", "backbone", cfg.backbone)
     torch.manual_seed(seed)
     model = RegionCNN(cfg.backbone, len(classes))
     announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
