@@ -12,7 +12,7 @@ import cv2
 
 from segdet import tracking
 from segdet.config import load_params, load_section
-from segdet.io import atomic_dir, atomic_file
+from segdet.io import atomic_dir, atomic_file, write_image
 from segdet.report import build_summary, read_reports
 from segdet.stage import check_writable, run_stage
 
@@ -34,7 +34,7 @@ def main(argv=None):
     with tracking.stage_run("report", {"data.det.source": data.det.source, "data.seg.source": data.seg.source}) as run:
         with atomic_dir(args.figures) as out:
             for name, image in summary.figures.items():
-                cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                write_image(out / name, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         with atomic_file(args.summary) as fh:
             fh.write(summary.markdown)
         run.log_metrics(summary.metrics)

@@ -1,15 +1,19 @@
 """Stage plumbing: every user error is one ``ERROR:`` line and exit status 1; anything else is a bug and raises."""
 
+import errno
+
+import numpy as np
 import pytest
 
 from segdet.data.formats import FormatError
 from segdet.data.pairs import ManifestError
 from segdet.engine import NonFiniteLossError
+from segdet.io import write_image
 from segdet.nets.weights import CheckpointError
 from segdet.predict import PredictError
 from segdet.report import ReportError
 from segdet.schema import ConfigError
-from segdet.stage import UserError, run_stage
+from segdet.stage import UserError, check_writable, run_stage, write_fault
 
 
 @pytest.mark.parametrize("error", [ConfigError("k: bad"), FormatError("f: bad"), ManifestError("m", ["line 3: bad"]),
@@ -32,3 +36,35 @@ def test_a_bug_is_not_a_user_error():
     with pytest.raises(KeyError):
         run_stage(main)
     assert run_stage(lambda argv: None) == 0
+
+
+@pytest.mark.parametrize(("written", "shown"), [
+    ("data/.manifests.tmp-x1y2/seg_train.txt", "data/manifests/seg_train.txt"),  # a file inside an atomic_dir
+    ("reports/.unet_eval.json.tmp-abc", "reports/unet_eval.json"),  # an atomic_file
+    ("/w/models/unet_run/best.pt", "/w/models/unet_run/best.pt"),
+])
+def test_write_faults_name_the_users_path_not_the_temporary_one(written, shown):
+    message = write_fault(OSError(errno.ENOSPC, "No space left on device", written))
+    assert message == (f"cannot write {shown}: No space left on device; free some space (or write the outputs to a "
+                       "larger disk) and run it again. The outputs of the previous run are unchanged")
+    assert write_fault(OSError(errno.ENOENT, "No such file", written)) is None  # not a write fault: a bug
+
+
+def test_a_write_fault_exits_1_with_one_line(capsys):
+    def main(argv):
+        write_image("/dev/full", np.zeros((64, 64), np.uint8))  # every write to /dev/full fails with ENOSPC
+
+    assert run_stage(main, []) == 1
+    assert capsys.readouterr().err == ("ERROR: cannot write /dev/full: No space left on device; free some space (or "
+                                       "write the outputs to a larger disk) and run it again. The outputs of the "
+                                       "previous run are unchanged\n")
+
+
+def test_check_writable_probes_the_folder_an_output_is_renamed_in(tmp_path):
+    (tmp_path / "raw" / "isic").mkdir(parents=True)
+    check_writable(tmp_path / "raw" / "isic", tmp_path / "reports" / "x.json")  # missing folders: the nearest one
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["isic", "raw"]  # the probes are gone
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError) as caught:
+        check_writable(tmp_path / "file" / "out.json")
+    assert caught.value.filename == str(tmp_path / "file" / "out.json")

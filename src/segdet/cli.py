@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from segdet.stage import UserError, write_fault
+from segdet.stage import report_errors
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -131,17 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args)
     if args.command in ("predict", "preset"):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        try:
-            return _predict(args) if args.command == "predict" else _preset(args)
-        except UserError as exc:
-            print(f"ERROR: {exc}", file=sys.stderr)
-            return 1
-        except OSError as exc:  # a full disk, a read-only --out folder
-            message = write_fault(exc)
-            if message is None:
-                raise
-            print(f"ERROR: {message}", file=sys.stderr)
-            return 1
+        return report_errors(_predict if args.command == "predict" else _preset, args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -41,8 +41,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dirs(*paths: str | Path) -> Iterator[list[Path]]:
-    """:func:`atomic_dir` for several folders at once: none of them is replaced unless the whole block succeeds
-    (a stage with two output folders never leaves one new and one old)."""
+    """:func:`atomic_dir` for several folders at once: none of them is replaced unless the whole block succeeds.
+    The replacements themselves are renames done one after the other, so only a failure in that instant (not in
+    the work) could leave one folder new and the other old."""
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(atomic_dir(p)) for p in paths]
 
@@ -79,3 +80,19 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
     """Copy ``src`` to ``dst`` so that ``dst`` is either the old file or the complete new one."""
     with atomic_file(dst, "wb") as fh, open(src, "rb") as source:
         shutil.copyfileobj(source, fh)
+
+
+def write_image(path: str | Path, image: Any) -> None:
+    """Encode ``image`` (a BGR or single-channel ``uint8`` array) by the file's suffix and write it. Unlike
+    ``cv2.imwrite``, which returns False on a full disk or an unwritable folder, a failed write raises ``OSError``
+    naming ``path``. The bytes are those ``cv2.imwrite`` writes."""
+    import cv2
+
+    ok, data = cv2.imencode(Path(path).suffix or ".png", image)
+    if not ok:
+        raise ValueError(f"{path}: cannot encode a {image.shape} {image.dtype} image")
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data.tobytes())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None

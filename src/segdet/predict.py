@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from segdet.data.formats import IMAGE_EXTS, FormatError, name_problem, read_rgb
 from segdet.draw import draw_detections, tint
-from segdet.io import atomic_dir
+from segdet.io import atomic_dir, write_image
 from segdet.nets.weights import load_checkpoint
 from segdet.stage import UserError
 
@@ -67,7 +67,7 @@ def output_names(images: list[Path], kind: str) -> list[str]:
     name already taken by an earlier image's outputs (``a/x.jpg`` and ``b/x.jpg``; ``x.jpg``, whose mask is
     ``x_mask.png``, beside ``x_mask.png``, whose overlay would be ``x_mask.png`` too)."""
     suffixes = (".png", "_mask.png") if kind == "unet" else (".png",)
-    taken = {"predictions.json"}
+    taken: set[str] = set()
     stems = []
     for path in images:
         stem, n = path.stem, 0
@@ -185,11 +185,11 @@ def predict_images(predictor: Predictor, images: list[Path], out_dir: str | Path
             except FormatError as exc:
                 raise FormatError(f"{exc}; nothing was written") from None
             pred = predictor.predict(image)
-            cv2.imwrite(str(out / f"{stem}.png"), cv2.cvtColor(predictor.render(image, pred), cv2.COLOR_RGB2BGR))
+            write_image(out / f"{stem}.png", cv2.cvtColor(predictor.render(image, pred), cv2.COLOR_RGB2BGR))
             rec: dict[str, Any] = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
                                    "overlay": f"{stem}.png"}
             if predictor.kind == "unet":
-                cv2.imwrite(str(out / f"{stem}_mask.png"), pred["mask"].astype(np.uint8) * 255)
+                write_image(out / f"{stem}_mask.png", pred["mask"].astype(np.uint8) * 255)
                 rec.update(mask=f"{stem}_mask.png", lesion_fraction=round(pred["lesion_fraction"], 6))
             else:
                 rec["detections"] = [

@@ -18,7 +18,7 @@ from segdet.stage import UserError
 
 log = logging.getLogger(__name__)
 
-#: a number in exponent notation without a dot (``1e-3``), which YAML 1.1 reads as a string
+#: a number in exponent notation without a dot (``1e-3``), which YAML 1.1 (PyYAML) reads as a string
 _YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
@@ -114,7 +114,8 @@ def _convert(value: Any, tp: Any, key: str, spec: Any) -> Any:
     if ok is None:  # pragma: no cover - programming error
         raise ConfigError(f"{key}: unsupported type {tp}")
     if not ok and tp is float and isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-        # YAML 1.1 (PyYAML, DVC) reads 1e-3 as a string: a float needs a dot there (1.0e-3)
+        # YAML 1.1 (PyYAML, which segdet reads params.yaml with) reads 1e-3 as a string; DVC's YAML 1.2 reader
+        # and this conversion read it as 0.001
         log.info("%s = %r is a string in YAML 1.1 (a float needs a dot: 1.0e-3); read as %g", key, value,
                  float(value))
         value, ok = float(value), True

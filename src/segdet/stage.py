@@ -36,6 +36,7 @@ WRITE_FAULTS = {
     errno.EROFS: "make the folder writable and run it again",
     errno.EACCES: "fix the folder's permissions and run it again",
     errno.EPERM: "fix the folder's permissions and run it again",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another output path",
 }
 
 
@@ -45,8 +46,8 @@ def write_fault(exc: OSError) -> str | None:
     if exc.errno not in WRITE_FAULTS:
         return None
     where = ""
-    if exc.filename:
-        where = " " + re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+$", r"\1\2", str(exc.filename))
+    if exc.filename:  # data/.manifests.tmp-abc/x.txt -> data/manifests/x.txt
+        where = " " + re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+", r"\1\2", str(exc.filename))
     return (f"cannot write{where}: {os.strerror(exc.errno)}; {WRITE_FAULTS[exc.errno]}. The outputs of the "
             "previous run are unchanged")
 
@@ -56,15 +57,18 @@ def check_writable(*paths: str | Path) -> None:
     folder above it, is read-only, not ours, or on a full disk): a stage that finds out after an hour of
     training has already replaced some of its outputs. Raises ``OSError`` (reported by :func:`run_stage`)."""
     for path in map(Path, paths):
-        folder = path if path.is_dir() else path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".segdet-write-check-", dir=folder)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        os.close(fd)
-        os.unlink(probe)
+        # an output is written beside itself and renamed into place (segdet.io): its parent folder must be
+        # writable, and a folder written into (a run folder) must be writable itself
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        for folder in [parent] + ([path] if path.is_dir() else []):
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".segdet-write-check-", dir=folder)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            os.close(fd)
+            os.unlink(probe)
 
 
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
@@ -72,8 +76,14 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     read-only folder), prints ``ERROR: ...`` and gives exit status 1."""
     setup_logging()
     signal.signal(signal.SIGTERM, _terminate)
+    return report_errors(main, argv)
+
+
+def report_errors(fn: Callable, *args: object) -> int:
+    """``fn(*args)``'s exit status (0 when it returns None); a :class:`UserError` or a write refused by the
+    environment prints one ``ERROR: ...`` line and gives 1; any other exception is a bug and propagates."""
     try:
-        main(argv)
+        status = fn(*args)
     except UserError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
@@ -83,7 +93,7 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
             raise
         print(f"ERROR: {message}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 def _terminate(signum: int, frame: object) -> None:

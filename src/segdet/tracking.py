@@ -9,8 +9,9 @@ with its params section flattened, its metrics, artifacts and these tags:
 ``segdet.dvc_exp_name``      ``DVC_EXP_NAME`` when DVC runs an experiment (else ``workspace``)
 ``mlflow.source.git.commit``  the commit the run started from (``DVC_EXP_BASELINE_REV`` in experiments)
 ``segdet.device``            ``cpu`` or the GPU's name
-``segdet.host``, ``.pid``     the process that runs the stage (with ``segdet.pid_start``, its start time): a run
-                             still RUNNING whose process is gone is marked KILLED by the next stage run
+``segdet.host``, ``.pid``     the process that runs the stage (with ``segdet.pid_start``, its start time, and
+                             ``segdet.pid_ns``, its pid namespace): a run still RUNNING whose process is gone
+                             is marked KILLED by the next stage run
 ===========================  ==========================================================================
 
 Store: ``MLFLOW_TRACKING_URI`` when set (a tracking server, a PostgreSQL store ...), else
@@ -240,7 +241,16 @@ def _process_tags() -> dict[str, str]:
     import psutil
 
     me = psutil.Process()
-    return {"segdet.host": socket.gethostname(), "segdet.pid": str(me.pid), "segdet.pid_start": f"{me.create_time():.3f}"}
+    return {"segdet.host": socket.gethostname(), "segdet.pid": str(me.pid), "segdet.pid_start": f"{me.create_time():.3f}",
+            "segdet.pid_ns": _pid_namespace()}
+
+
+def _pid_namespace() -> str:
+    """The process-id namespace (containers sharing a host name have their own), or ``""`` where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _alive(pid: str, start: str) -> bool:
@@ -256,22 +266,24 @@ def _end_orphaned_runs(client: MlflowClient, exp_id: str) -> list[str]:
     """Mark KILLED every run of this host still RUNNING whose process is gone: a stage killed by SIGKILL, the
     out-of-memory killer or a crash cannot end its own run. Runs of other hosts are left alone (their
     processes cannot be seen from here). Returns the ids it ended."""
-    host = socket.gethostname()
+    host, namespace = socket.gethostname(), _pid_namespace()
+    ended: list[str] = []
     try:
         stale = client.search_runs([exp_id], f"attributes.status = 'RUNNING' and tags.`segdet.host` = '{host}'")
-    except mlflow.exceptions.MlflowException as exc:  # pragma: no cover - a store that cannot filter so
-        log.debug("cannot look for orphaned runs: %s", exc)
-        return []
-    ended = []
-    for run in stale:
-        tags = run.data.tags
-        if _alive(tags.get("segdet.pid", ""), tags.get("segdet.pid_start", "")):
-            continue
-        client.set_tag(run.info.run_id, "segdet.ended_by", "a later stage run: the process was gone (killed or crashed)")
-        client.set_terminated(run.info.run_id, status="KILLED")
-        ended.append(run.info.run_id)
-        log.warning("MLflow run %s (%s) was still RUNNING but its process %s is gone: marked KILLED",
-                    run.info.run_id, run.info.run_name, tags.get("segdet.pid"))
+        for run in stale:
+            tags = run.data.tags
+            if tags.get("segdet.pid_ns", namespace) != namespace:  # another container with this host name
+                continue
+            if _alive(tags.get("segdet.pid", ""), tags.get("segdet.pid_start", "")):
+                continue
+            client.set_tag(run.info.run_id, "segdet.ended_by",
+                           "a later stage run: the process was gone (killed or crashed)")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+            log.warning("MLflow run %s (%s) was still RUNNING but its process %s is gone: marked KILLED",
+                        run.info.run_id, run.info.run_name, tags.get("segdet.pid"))
+    except mlflow.exceptions.MlflowException as exc:  # tidying up must never stop a stage
+        log.warning("could not look for MLflow runs left RUNNING by killed stages: %s", exc)
     return ended
 
 

@@ -92,6 +92,11 @@ def _decode(path: str | Path, flags: int) -> np.ndarray:
     return img
 
 
+def read_bgr(path: str | Path) -> np.ndarray:
+    """:func:`read_rgb` in OpenCV's channel order (``uint8[H, W, 3]`` BGR), for OpenCV's own algorithms."""
+    return _decode(path, cv2.IMREAD_COLOR)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to ``uint8[H, W, 3]`` RGB (greyscale files are expanded to 3 channels, an alpha
     channel is dropped, 16-bit images are scaled to 8 bits).
@@ -100,7 +105,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
         FormatError: the name is not UTF-8, the file is missing, is not an image, or has more than
             :data:`MAX_PIXELS` pixels (checked from its header, before decoding).
     """
-    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 def read_gray(path: str | Path) -> np.ndarray:

@@ -162,7 +162,7 @@ def write_manifest(path: str | Path, pairs: list[Pair], header: str | None = Non
             lines.append(line + "\n")
     if problems:
         raise ManifestError(str(shown_as or path), problems)
-    Path(path).write_text("".join(lines))
+    Path(path).write_text("".join(lines), encoding="utf-8")
 
 
 def _open_image(path: Path, seen: Counter[str] | None = None) -> tuple[Image.Image | None, str | None]:

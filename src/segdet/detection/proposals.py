@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from segdet.data.formats import read_bgr
 from segdet.sections import ProposalsConfig
 
 MODES = ("fast", "quality")
@@ -64,9 +65,7 @@ def _work(args: tuple[str, ProposalsConfig]) -> tuple[str, np.ndarray, float]:
     path, settings = args
     cv2.setNumThreads(1)  # one image per process: no nested threading
     t0 = time.perf_counter()
-    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise OSError(f"{path}: cannot read image")
+    image = read_bgr(path)  # the checks of every reader: UTF-8 name, pixel limit, a FormatError naming the file
     boxes = selective_search(image, settings)
     return path, boxes, time.perf_counter() - t0
 

@@ -67,13 +67,12 @@ def save_checkpoint_dict(ckpt: dict, path: str | Path) -> None:
     try:
         with atomic_file(path, "wb") as fh:
             torch.save(ckpt, fh)
-    except RuntimeError as exc:  # torch reports a failed write as "unexpected pos ..." without the errno
-        folder = Path(path).parent
-        if "unexpected pos" in str(exc) or "write" in str(exc).lower():
-            free = shutil.disk_usage(folder).free
-            raise OSError(errno.ENOSPC if free < 2 * 1024**3 else errno.EIO,
-                          f"torch.save failed with {free / 1e6:.0f} MB free", str(path)) from None
-        raise
+    except RuntimeError as exc:  # torch reports a short write as "unexpected pos ..." without the errno
+        if "unexpected pos" not in str(exc):
+            raise
+        free = shutil.disk_usage(Path(path).parent).free
+        raise OSError(errno.ENOSPC if free < 2 * 1024**3 else errno.EIO,
+                      f"torch.save could not write the whole file ({free / 1e6:.0f} MB free)", str(path)) from None
 
 
 def _load_failure(exc: Exception) -> str:

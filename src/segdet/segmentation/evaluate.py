@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
+from segdet.io import write_image
 from segdet.nets.unet import UNet, build_unet
 from segdet.nets.weights import CheckpointError
 from segdet.segmentation.metrics import scores
@@ -140,7 +140,7 @@ def evaluate_unet(
             pair = ds.pairs[i]
             rows.append({"image": pair.image, "label": pair.label, **{k: float(s[k][0]) for k in METRICS}})
             if pred_dir:
-                cv2.imwrite(str(pred_dir / Path(pair.label).name), pred.numpy().astype(np.uint8) * 255)
+                write_image(pred_dir / Path(pair.label).name, pred.numpy().astype(np.uint8) * 255)
     df = pd.DataFrame(rows, columns=["image", "label", *METRICS])
     summary = {k: float(df[k].mean()) if len(df) else float("nan") for k in METRICS}
     summary.update({"images": len(df), "batch_size": batch_size,
