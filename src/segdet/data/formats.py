@@ -58,11 +58,13 @@ def too_many_pixels(width: int, height: int) -> str | None:
             "`mogrify -resize '4096x4096>' <file>`)")
 
 
-def image_size(path: str | Path, data: bytes | np.ndarray | None = None) -> tuple[int, int] | None:
-    """``(width, height)`` from the file's header without decoding its pixels; None when PIL cannot tell."""
+def image_size(source: str | Path | np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` from the header of a file (a path, or its bytes as read) without decoding its pixels;
+    None when PIL cannot tell."""
     from PIL import Image, UnidentifiedImageError
 
-    source = io.BytesIO(data) if data is not None else path
+    if isinstance(source, np.ndarray):
+        source = io.BytesIO(source)  # the array's buffer, copied once
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the header's size is all that is read; too_many_pixels() judges it
     try:
@@ -82,7 +84,7 @@ def _decode(path: str | Path, flags: int) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise FormatError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    size = image_size(path, data.tobytes()) if data.size else None
+    size = image_size(data) if data.size else None
     problem = too_many_pixels(*size) if size else None
     if problem:
         raise FormatError(f"{path}: {problem}")
