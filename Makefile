@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # PyTorch is pinned to the wheels this project is tested with; any version in pyproject's range works.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# Optional: a wheel index to install $(TORCH) from (empty: PyPI), e.g. the CPU-only build on a machine
+# without a GPU: make run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 
 .PHONY: help run test setup browser postgres lint clean-outputs
 .DEFAULT_GOAL := help
@@ -18,7 +21,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) )$(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
