@@ -6,6 +6,7 @@ Reads the detection manifests, ``data/proposals/{train,val}.parquet`` and params
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -41,9 +42,11 @@ def main(argv=None):
                           use_difficult)
     _, val = load_split(args.manifests / "det_val.txt", classes, root, args.proposals / "val.parquet", use_difficult)
     logged = {**flatten(base, "base."), **flatten(cfg, "rcnn_finetune."), "data.det.use_difficult": use_difficult}
-    with tracking.stage_run("rcnn_finetune", logged, device=device_name(device)) as run:
+    with (tracking.stage_run("rcnn_finetune", logged, device=device_name(device), system_metrics=True) as run,
+          tracking.local_weights(cfg.weights, "rcnn_finetune.weights") as weights):
+        cfg = dataclasses.replace(cfg, weights=weights)  # a runs:/ URI is now a downloaded file
         _, result = finetune_rcnn(cfg, train_items=train, val_items=val, classes=classes, device=device,
-                                  run_dir=args.run_dir, seed=base.seed, on_epoch=run.epoch_logger(args.plots),
+                                  run_dir=args.run_dir, seed=base.seed, on_epoch=run.epoch_logger(args.plots, args.run_dir),
                                   on_transfer=run.log_transfer)
         atomic_copy(result.best_checkpoint, args.model)
         best = result.history[result.best_epoch - 1]

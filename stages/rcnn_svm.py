@@ -18,7 +18,7 @@ import numpy as np
 from segdet import tracking
 from segdet.config import load_params, load_section
 from segdet.data.datasets import read_classes
-from segdet.detection.evaluate import choose_thresholds
+from segdet.detection.evaluate import choose_thresholds, voc_map50
 from segdet.detection.rcnn.detect import load_rcnn
 from segdet.detection.rcnn.regions import iter_split
 from segdet.detection.rcnn.svm import FALLBACK_SCORE, save_svm, train_svms
@@ -48,9 +48,10 @@ def main(argv=None):
                              nms_iou=ev.nms_iou, max_detections=ev.max_detections)
         val_gt = json.loads((args.manifests / "det_val_coco.json").read_text())
         val = iter_split(args.manifests / "det_val.txt", classes, Path.cwd(), args.val_proposals)
-        dets = (detector.detect(image, props)[0] for _, (image, props, _, _) in val)
+        dets = [detector.detect(image, props)[0] for _, (image, props, _, _) in val]
         thresholds = choose_thresholds(val_gt, dets, FALLBACK_SCORE)
         arrays["score_threshold"] = np.asarray(thresholds, np.float32)
+        arrays["val_map50"] = np.float32(voc_map50(val_gt, dets))  # picks the registered model's alias "best"
         save_svm(args.out, arrays)
         for i, name in enumerate(classes):
             run.log_metrics({f"{k}_{name}": float(arrays[k][i])

@@ -1,7 +1,8 @@
 """DVC stage ``report``: one summary of the pipeline run, R-CNN against YOLOv1 beside the papers' figures.
 
-Reads ``reports/{unet,rcnn,yolo}_eval.json``, ``reports/proposals.json`` and params ``data`` (to name the
-data); writes ``reports/summary.md`` and its plots ``reports/summary/*.png``, and logs both to MLflow.
+Reads ``reports/{unet,rcnn,yolo}_eval.json``, ``reports/proposals.json``, their ``*_info.json`` files and params
+``data.{seg,det}.{source,path}`` (to name the data); writes ``reports/summary.md`` and its plots
+``reports/summary/*.png``, and logs both to MLflow.
 """
 
 import argparse

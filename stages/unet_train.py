@@ -6,10 +6,9 @@ folder ``models/unet_run/`` keeps ``last.pt`` for resuming (``-S unet_train.weig
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from segdet import tracking
 from segdet.config import load_params, load_section
@@ -34,18 +33,18 @@ def main(argv=None):
     device = resolve_device(base.device)
     seed_everything(base.seed)
     logged = {**flatten(base, "base."), **flatten(cfg, "unet_train.")}
-    with tracking.stage_run("unet_train", logged, device=device_name(device)) as run:
+    with (tracking.stage_run("unet_train", logged, device=device_name(device), system_metrics=True) as run,
+          tracking.local_weights(cfg.weights, "unet_train.weights") as weights):
+        cfg = dataclasses.replace(cfg, weights=weights)  # a runs:/ URI is now a downloaded file
         model, result = train_unet(
             cfg, train_manifest=args.manifests / "seg_train.txt", val_manifest=args.manifests / "seg_val.txt",
             root=Path.cwd(), device=device, run_dir=args.run_dir, seed=base.seed,
-            on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer,
+            on_epoch=run.epoch_logger(args.plots, args.run_dir), on_transfer=run.log_transfer,
         )
         atomic_copy(result.best_checkpoint, args.model)
         run.log_metrics({"best_val_dice": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         run.log_checkpoint(args.model)  # for segdet predict --run
-        example = np.zeros((2, 3, cfg.input_size, cfg.input_size), np.float32)
-        run.log_model(model.cpu().eval(), "model", example)
         print(f"unet_train: best val Dice {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}")
 
 

@@ -2,8 +2,10 @@
 
 Speed, by definition: frames per second at batch size 1 after ``warmup_images`` untimed images, counting
 preprocessing (resize, normalise), the forward pass and decoding with NMS, from a decoded image in memory;
-and the forward pass alone. Writes ``reports/yolo_eval.json`` and ``reports/yolo/`` (``detections_test.json``,
-``per_class_ap.csv``, ``pr_curves.csv``), like ``rcnn_eval``.
+and the forward pass alone. Writes ``reports/yolo_eval.json`` (results), ``reports/yolo_eval_info.json`` (the
+speed, device, hardware, backbone: the run, not DVC metrics) and ``reports/yolo/`` (``detections_test.json``,
+``per_class_ap.csv``, ``pr_curves.csv``), like ``rcnn_eval``. Logs the served model (``segdet.serving``) with these
+settings and registers it as ``segdet-yolo``.
 """
 
 import argparse
@@ -13,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from segdet import tracking
+from segdet import serving, tracking
 from segdet.config import load_params, load_section
 from segdet.data.datasets import DetectionDataset, read_classes
 from segdet.detection.detector import publish_report, run_detector
 from segdet.detection.evaluate import describe_cut, evaluate_detections
 from segdet.detection.yolo.detect import load_yolo_detector
+from segdet.inference import settings_of
 from segdet.io import atomic_dir
 from segdet.runtime import device_name, hardware, resolve_device
 from segdet.schema import flatten
@@ -31,9 +34,10 @@ def main(argv=None):
     ap.add_argument("--model", default="models/yolo.pt", type=Path)
     ap.add_argument("--manifests", default="data/manifests", type=Path)
     ap.add_argument("--metrics", default="reports/yolo_eval.json", type=Path)
+    ap.add_argument("--info", default="reports/yolo_eval_info.json", type=Path)
     ap.add_argument("--out", default="reports/yolo", type=Path)
     args = ap.parse_args(argv)
-    check_writable(args.metrics, args.out)
+    check_writable(args.metrics, args.info, args.out)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("yolo_eval", params)
     device = resolve_device(base.device)
@@ -53,14 +57,15 @@ def main(argv=None):
                             desc="yolo eval")
         ev = evaluate_detections(gt, done.results, cut)
         seconds = sum(done.seconds.values())
-        summary = {**ev.summary, "fps": 1.0 / seconds, "seconds_per_image": seconds,
-                   "forward_fps": 1.0 / done.seconds["forward"], "batch_size": 1, "input_size": model.input_size,
-                   "grid": model.S, "backbone": model.backbone_name, "device": device_name(device),
-                   "hardware": hardware(device)}
-        publish_report(run, out, args.metrics, ev, done.results, summary, done.samples, "YOLOv1")
+        summary = {**ev.summary, "batch_size": 1, "input_size": model.input_size, "grid": model.S}
+        info = {"fps": 1.0 / seconds, "seconds_per_image": seconds, "forward_fps": 1.0 / done.seconds["forward"],
+                "backbone": model.backbone_name, "device": device_name(device), "hardware": hardware(device)}
+        publish_report(run, out, args.metrics, ev, done.results, summary, done.samples, "YOLOv1", args.info, info)
         print(f"yolo_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
               f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}; "
-              f"{summary['fps']:.1f} FPS (forward only {summary['forward_fps']:.1f}) at batch 1 on {summary['device']}")
+              f"{info['fps']:.1f} FPS (forward only {info['forward_fps']:.1f}) at batch 1 on {info['device']}")
+        example = gt["images"][0]["file_name"] if gt["images"] else None
+        serving.log_model(run, "yolo", [args.model], settings_of("yolo", cfg), example)  # never raises
 
 
 if __name__ == "__main__":

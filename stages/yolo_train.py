@@ -6,11 +6,10 @@ settings: the operating point) and ``reports/yolo_train.csv``; ``models/yolo_run
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from segdet import tracking
 from segdet.config import load_params, load_section
@@ -40,11 +39,13 @@ def main(argv=None):
     seed_everything(base.seed)
     classes = read_classes(args.manifests / "det_classes.txt")
     logged = {**flatten(base, "base."), **flatten(cfg, "yolo_train."), "data.det.use_difficult": use_difficult}
-    with tracking.stage_run("yolo_train", logged, device=device_name(device)) as run:
+    with (tracking.stage_run("yolo_train", logged, device=device_name(device), system_metrics=True) as run,
+          tracking.local_weights(cfg.weights, "yolo_train.weights") as weights):
+        cfg = dataclasses.replace(cfg, weights=weights)  # a runs:/ URI is now a downloaded file
         model, result = train_yolo(cfg, train_manifest=args.manifests / "det_train.txt",
                                    val_manifest=args.manifests / "det_val.txt", classes=classes, root=Path.cwd(),
                                    device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
-                                   on_epoch=run.epoch_logger(args.plots), on_transfer=run.log_transfer,
+                                   on_epoch=run.epoch_logger(args.plots, args.run_dir), on_transfer=run.log_transfer,
                                    use_difficult=use_difficult)
         thresholds = save_with_thresholds(model, result.best_checkpoint, args.model,
                                           DetectionDataset(args.manifests / "det_val.txt", classes),
@@ -55,8 +56,6 @@ def main(argv=None):
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         run.log_checkpoint(args.model)  # for segdet predict --run
-        example = np.zeros((2, 3, model.input_size, model.input_size), np.float32)
-        run.log_model(model.cpu().eval(), "model", example)
         print(f"yolo_train: best val mAP@0.5 {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}; "
               "operating thresholds (best F1 on val): "
               + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, thresholds, strict=True)))

@@ -1,11 +1,11 @@
-"""The summary is built from the eval JSONs only, and a missing or stale input is named."""
+"""The summary is built from the eval JSONs (metrics and info files) only, and a missing or stale input is named."""
 
 import json
 
 import numpy as np
 import pytest
 
-from segdet.report import REPORT_FILES, ReportError, build_summary, read_reports
+from segdet.report import INFO_FILES, REPORT_FILES, ReportError, build_summary, read_reports
 
 DET = {"map50": 0.5, "coco_map": 0.25, "precision": 0.8, "recall": 0.6, "score_threshold": 0.0, "images": 10,
        "ground_truth_boxes": 30, "device": "cpu", "hardware": "Test CPU, 2 cores"}
@@ -21,13 +21,31 @@ REPORTS = {
 }
 
 
-def _write(tmp_path, reports):
+#: the keys each stage writes to its info file (the rest are its DVC metrics)
+INFO = {"unet": {"device", "hardware", "variant", "images_per_second"},
+        "rcnn": {"device", "hardware", "backbone", "seconds_per_image", "seconds_proposals", "seconds_warp_cnn"},
+        "yolo": {"device", "hardware", "backbone", "seconds_per_image", "fps", "forward_fps"}}
+SPLIT_INFO = {"seconds_per_image"}
+
+
+def _write(tmp_path, reports, split=True):
+    """The reports as the stages write them: metrics and info files (``split``), or all in the metrics file (as
+    before the info files)."""
     for key, name in REPORT_FILES.items():
-        (tmp_path / name).write_text(json.dumps(reports[key]))
+        data, info = dict(reports[key]), {}
+        if split and key == "proposals":
+            info = {s: {k: v for k, v in d.items() if k in SPLIT_INFO} for s, d in data.items()}
+            data = {s: {k: v for k, v in d.items() if k not in SPLIT_INFO} for s, d in data.items()}
+        elif split:
+            info = {k: data.pop(k) for k in INFO[key] if k in data}
+        (tmp_path / name).write_text(json.dumps(data))
+        if split:
+            (tmp_path / INFO_FILES[key]).write_text(json.dumps(info))
 
 
-def test_summary_figures_come_from_the_reports(tmp_path):
-    _write(tmp_path, REPORTS)
+@pytest.mark.parametrize("split", [True, False], ids=["with-info-files", "old-layout"])
+def test_summary_figures_come_from_the_reports(tmp_path, split):
+    _write(tmp_path, REPORTS, split)
     summary = build_summary(read_reports(tmp_path), det_data="synthetic", seg_data="isic `x`")
     md = summary.markdown
     assert "| R-CNN (segdet) | 0.500 | 0.250 | 2.000 | 0.500 | Test CPU, 2 cores | synthetic |" in md
@@ -62,5 +80,14 @@ def test_stale_report_names_the_missing_keys(tmp_path):
     old = {k: dict(v) for k, v in REPORTS.items()}
     del old["rcnn"]["hardware"]
     _write(tmp_path, old)
-    with pytest.raises(ReportError, match=r"rcnn_eval.json: missing hardware; .*dvc repro --force rcnn_eval"):
+    with pytest.raises(ReportError, match=r"rcnn_eval.json with rcnn_eval_info.json: missing hardware; "
+                                          r".*dvc repro --force rcnn_eval"):
+        read_reports(tmp_path)
+
+
+def test_metrics_without_their_info_file_name_both(tmp_path):
+    _write(tmp_path, REPORTS)
+    (tmp_path / "proposals_info.json").unlink()
+    with pytest.raises(ReportError, match=r"proposals.json \(and no proposals_info.json beside it\): missing "
+                                          r"test.seconds_per_image; .*dvc repro --force proposals"):
         read_reports(tmp_path)

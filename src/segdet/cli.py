@@ -38,39 +38,41 @@ def _check(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import tempfile
 
-    from segdet.config import load_params, load_section
     from segdet.predict import (
-        PredictSettings,
         download_run_checkpoint,
         find_images,
         load_predictor,
+        load_served,
         model_files,
         predict_images,
+        served_uri,
     )
     from segdet.runtime import device_name, resolve_device
 
-    params = load_params(args.params) if Path(args.params).is_file() else {}
+    uri = served_uri(args.run) if args.run else None  # an eval run's served model, or a models:/ URI
+    if uri is None:  # workspace models (or a training run's checkpoint/) with the settings of params.yaml
+        from segdet.config import load_params, load_section
+        from segdet.inference import settings_of
+
+        params = load_params(args.params) if Path(args.params).is_file() else {}
+        ev = load_section(f"{args.kind}_eval", params)
+        proposals = load_section("proposals", params) if args.kind == "rcnn" else None
+        settings = settings_of(args.kind, ev, proposals, args.score_threshold)
     device = resolve_device(args.device)
     images = find_images(args.inputs)
-    if args.kind == "unet":  # test-time flips and post-processing as the eval stage uses them
-        ev = load_section("unet_eval", params)
-        settings = PredictSettings(0.0, 0.0, tta=ev.tta, postprocess=ev.postprocess)
-    else:  # detection thresholds, NMS (and proposals) as the eval stage uses them
-        ev = load_section(f"{args.kind}_eval", params)
-        proposals = None
-        if args.kind == "rcnn":
-            p = load_section("proposals", params)
-            proposals = p
-        threshold = ev.score_threshold if args.score_threshold is None else args.score_threshold
-        settings = PredictSettings(threshold, ev.nms_iou, ev.max_detections, proposals)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = download_run_checkpoint(args.run, args.kind, tmp) if args.run else model_files(args.kind, args.models)
-        predictor = load_predictor(args.kind, files, device, settings)
+    note = ""
+    if uri is not None:  # its files and the settings of the run that logged it
+        predictor, note = load_served(uri, args.kind, device, args.score_threshold)
         records = predict_images(predictor, images, args.out)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = download_run_checkpoint(args.run, args.kind, tmp) if args.run else model_files(args.kind, args.models)
+            predictor = load_predictor(args.kind, files, device, settings)
+            records = predict_images(predictor, images, args.out)
     found = sum(len(r.get("detections", [])) for r in records)
     what = f"{found} detection(s)" if args.kind != "unet" else "masks"
     print(f"predict {args.kind}: {len(records)} image(s), {what} -> {args.out}/ (predictions.json, overlays) "
-          f"on {device_name(device)}")
+          f"on {device_name(device)}{note}")
     return 0
 
 
@@ -108,13 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     src = pred.add_mutually_exclusive_group()
     src.add_argument("--models", default="models", help="folder of the pipeline's model files (default: models)")
-    src.add_argument("--run", help="MLflow run id of the training run (unet_train, rcnn_svm, yolo_train) instead")
+    src.add_argument("--run", metavar="RUN_OR_URI",
+                     help="a served model instead, with its files and the settings of the run that logged it: the "
+                          "MLflow run id of an eval run (unet_eval, rcnn_eval, yolo_eval), or a model URI "
+                          "(models:/segdet-unet@best, models:/segdet-yolo/3, runs:/<id>/model); or the run id of a "
+                          "training run (unet_train, rcnn_svm, yolo_train): its checkpoint/ with params.yaml's settings")
     pred.add_argument("--score-threshold", type=float, help="keep detections scoring at least this (default: "
-                      "rcnn_eval / yolo_eval score_threshold in params.yaml; when that is null, the per-class "
-                      "thresholds chosen on the val split and stored with the model)")
+                      "rcnn_eval / yolo_eval score_threshold in params.yaml, or the served model's; when that is "
+                      "null, the per-class thresholds chosen on the val split and stored with the model)")
     pred.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     pred.add_argument("--params", default="params.yaml",
-                      help="params file for proposal, NMS and UNet test-time settings (unet_eval.tta, postprocess)")
+                      help="params file for proposal, NMS and UNet test-time settings (unet_eval.tta, postprocess); "
+                           "not read for a served model (--run of an eval run or a models:/ URI)")
     pre = sub.add_parser("preset", help="print (or run) the `dvc exp run` command of a real-data preset",
                          description="Turn presets/<name>.yaml into `dvc exp run -S section.key=value ... <stages>`. "
                                      "Without a name, list the presets. Your own -S values win over the preset's.")

@@ -1,6 +1,8 @@
 """``segdet predict``: run a trained UNet, R-CNN or YOLOv1 on image files and write overlays and a JSON.
 
-Models come from the pipeline's ``models/`` files or from an MLflow training run's ``checkpoint/`` artifacts.
+Models come from the pipeline's ``models/`` files (settings from ``params.yaml``), from a served model logged to
+MLflow by an eval stage (its files and that run's settings: see :mod:`segdet.serving`), or from an MLflow training
+run's ``checkpoint/`` artifacts (settings from ``params.yaml``).
 Output folder: ``<stem>.png`` overlays (the mask tinted red, or labelled boxes), ``<stem>_mask.png`` (UNet,
 0/255 at the image's size) and ``predictions.json``. The folder is written whole or not at all.
 """
@@ -8,7 +10,6 @@ Output folder: ``<stem>.png`` overlays (the mask tinted red, or labelled boxes),
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +20,17 @@ from tqdm import tqdm
 
 from segdet.data.formats import IMAGE_EXTS, FormatError, name_problem, read_rgb
 from segdet.draw import draw_detections, tint
+from segdet.inference import EVAL_STAGES, KINDS, MODEL_FILES, Predictor, PredictSettings, detection_records
 from segdet.io import atomic_dir, write_image
-from segdet.nets.weights import load_checkpoint
 from segdet.stage import UserError
 
-KINDS = ("unet", "rcnn", "yolo")
-#: the files a kind needs, as the pipeline writes them (``models/``) and as its MLflow run logs them (``checkpoint/``)
-MODEL_FILES = {"unet": ("unet.pt",), "rcnn": ("rcnn_cnn.pt", "rcnn_svm.npz"), "yolo": ("yolo.pt",)}
+__all__ = ["KINDS", "MODEL_FILES", "PredictError", "PredictSettings", "Predictor", "download_run_checkpoint",
+           "find_images", "load_predictor", "load_served", "model_files", "output_names", "predict_images", "render",
+           "served_uri"]
 
 
 class PredictError(UserError):
     """Bad ``segdet predict`` input: unknown kind, no images, a missing model."""
-
-
-@dataclass(frozen=True)
-class PredictSettings:
-    score_threshold: float | None  # detections kept (SVM margin for R-CNN, class-specific score for YOLOv1); None:
-    # the per-class thresholds stored with the model (chosen on the val split)
-    nms_iou: float
-    max_detections: int = 100
-    proposals: Any = None  # the proposals section (ProposalsConfig), R-CNN only
-    tta: bool = False  # UNet: flip test-time augmentation (unet_eval.tta)
-    postprocess: bool = False  # UNet: largest blob, holes filled (unet_eval.postprocess)
 
 
 def find_images(inputs: list[str | Path]) -> list[Path]:
@@ -90,78 +80,28 @@ def model_files(kind: str, models_dir: str | Path) -> list[Path]:
     return files
 
 
-class Predictor:
-    kind: str
-
-    def predict(self, image: np.ndarray) -> dict[str, Any]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class UnetPredictor(Predictor):
-    kind = "unet"
-
-    def __init__(self, ckpt: dict, device: torch.device, path: str, tta: bool = False, postprocess: bool = False):
-        from segdet.segmentation.evaluate import load_unet
-
-        self.model, cfg = load_unet(ckpt, path)
-        self.model.to(device)
-        self.input_size, self.device = cfg["input_size"], device
-        self.tta, self.postprocess = tta, postprocess
-
-    @torch.no_grad()
-    def predict(self, image: np.ndarray) -> dict[str, Any]:
-        from torchvision import tv_tensors
-
-        from segdet.segmentation.evaluate import predict_masks
-
-        tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
-        mask = predict_masks(self.model, [tensor], self.input_size, self.device, tta=self.tta,
-                             postprocess=self.postprocess)[0]
-        mask = mask.numpy()
-        return {"mask": mask, "lesion_fraction": float(mask.mean())}
-
-    def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
-        return tint(image, pred["mask"], (255, 0, 0), max(1, round(max(image.shape[:2]) / 300)))
-
-
-class DetPredictor(Predictor):
-    """Detections at the operating point ``cut``: one score, or one per class (labels 1..C)."""
-
-    def __init__(self, kind: str, detect, classes: list[str], cut: float | list[float]):
-        self.kind, self._detect, self.classes, self.cut = kind, detect, classes, cut
-
-    def predict(self, image: np.ndarray) -> dict[str, Any]:
-        from segdet.detection.evaluate import passes
-
-        dets = self._detect(torch.from_numpy(image).permute(2, 0, 1).contiguous())
-        keep = passes(dets, self.cut)
-        return {k: v[keep].numpy() for k, v in dets.items()}
-
-    def render(self, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
-        return draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], self.classes)
-
-
 def load_predictor(kind: str, files: list[Path], device: torch.device, settings: PredictSettings) -> Predictor:
     """A predictor of ``kind`` from its ``files`` (see :data:`MODEL_FILES`)."""
     if kind == "unet":
-        return UnetPredictor(load_checkpoint(files[0], map_location=device), device, str(files[0]),
-                             tta=settings.tta, postprocess=settings.postprocess)
-    if kind in ("yolo", "rcnn"):
-        from segdet.detection.rcnn.detect import load_rcnn
-        from segdet.detection.yolo.detect import load_yolo_detector
+        from segdet.segmentation.evaluate import unet_predictor
 
-        common = {"nms_iou": settings.nms_iou, "max_detections": settings.max_detections}
-        if kind == "yolo":
-            detector = load_yolo_detector(files[0], device=device, min_score=0.0, **common)
-        else:
-            detector = load_rcnn(files[0], files[1], device=device, proposals=settings.proposals, **common)
-        cut = settings.score_threshold if settings.score_threshold is not None else detector.thresholds
-        detector.min_score = min(cut) if isinstance(cut, list) else cut  # nothing below the operating point
-        return DetPredictor(kind, lambda img: detector.detect(img)[0], detector.classes, cut)
+        return unet_predictor(files, device, settings)
+    if kind == "yolo":
+        from segdet.detection.yolo.detect import yolo_predictor
+
+        return yolo_predictor(files, device, settings)
+    if kind == "rcnn":
+        from segdet.detection.rcnn.detect import rcnn_predictor
+
+        return rcnn_predictor(files, device, settings)
     raise PredictError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def render(predictor: Predictor, image: np.ndarray, pred: dict[str, Any]) -> np.ndarray:
+    """The overlay of ``pred`` on ``image``: the mask tinted red, or labelled boxes."""
+    if predictor.kind == "unet":
+        return tint(image, pred["mask"], (255, 0, 0), max(1, round(max(image.shape[:2]) / 300)))
+    return draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], predictor.classes)
 
 
 def predict_images(predictor: Predictor, images: list[Path], out_dir: str | Path, progress: bool = True
@@ -185,17 +125,14 @@ def predict_images(predictor: Predictor, images: list[Path], out_dir: str | Path
             except FormatError as exc:
                 raise FormatError(f"{exc}; nothing was written") from None
             pred = predictor.predict(image)
-            write_image(out / f"{stem}.png", cv2.cvtColor(predictor.render(image, pred), cv2.COLOR_RGB2BGR))
+            write_image(out / f"{stem}.png", cv2.cvtColor(render(predictor, image, pred), cv2.COLOR_RGB2BGR))
             rec: dict[str, Any] = {"image": str(path), "width": image.shape[1], "height": image.shape[0],
                                    "overlay": f"{stem}.png"}
             if predictor.kind == "unet":
                 write_image(out / f"{stem}_mask.png", pred["mask"].astype(np.uint8) * 255)
                 rec.update(mask=f"{stem}_mask.png", lesion_fraction=round(pred["lesion_fraction"], 6))
             else:
-                rec["detections"] = [
-                    {"label": int(lab), "class": predictor.classes[int(lab) - 1], "score": round(float(s), 6),
-                     "box": [round(float(v), 2) for v in b]}
-                    for b, s, lab in zip(pred["boxes"], pred["scores"], pred["labels"], strict=True)]
+                rec["detections"] = detection_records(pred, predictor.classes)
             records.append(rec)
         (out / "predictions.json").write_text(json.dumps({"kind": predictor.kind, "images": records}, indent=1))
     return records
@@ -213,5 +150,32 @@ def download_run_checkpoint(run_id: str, kind: str, dest: str | Path) -> list[Pa
     missing = [n for n in MODEL_FILES[kind] if n not in by_name]
     if missing:
         raise PredictError(f"MLflow run {run_id} has no checkpoint/{', checkpoint/'.join(missing)}; pass the run of "
-                           f"the stage that trains a {kind} ({'rcnn_svm' if kind == 'rcnn' else kind + '_train'})")
+                           f"the stage that trains a {kind} ({'rcnn_svm' if kind == 'rcnn' else kind + '_train'}), or "
+                           f"the one of {EVAL_STAGES[kind]} (its served model)")
     return [by_name[n] for n in MODEL_FILES[kind]]
+
+
+def served_uri(ref: str) -> str | None:
+    """The URI of the served model ``ref`` names (a ``models:/`` or ``runs:/`` URI, or the id of an eval run that
+    logged one); None when ``ref`` is a run without a served model (a training run: use its ``checkpoint/``)."""
+    from segdet import serving
+
+    return serving.model_uri(ref)
+
+
+def load_served(uri: str, kind: str, device: torch.device, score_threshold: float | None = None
+                ) -> tuple[Predictor, str]:
+    """The predictor of the served model at ``uri`` with its settings, ``score_threshold`` replacing a detector's;
+    and a note that names it and its settings."""
+    from segdet import serving
+
+    try:
+        found = serving.model_kind(uri)
+        if found != kind:
+            raise PredictError(f"{uri} is a served {found} model, not {kind}: run `segdet predict {found} ...`, or pass "
+                               f"the run of {EVAL_STAGES[kind]} (or models:/{serving.REGISTERED[kind]}@{serving.BEST})")
+        model = serving.load(uri, str(device), score_threshold)
+    except serving.ServingError as exc:
+        raise PredictError(str(exc)) from None
+    shown = ", ".join(f"{k} {v}" for k, v in model.config.items() if k not in ("kind", "device"))
+    return model.predictor, f"; served model {uri} ({shown})"

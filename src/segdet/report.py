@@ -2,7 +2,9 @@
 the UNet results and the proposal recall, as ``reports/summary.md`` and comparison plots.
 
 Every measured figure is read from the eval stages' JSON files (``reports/{unet,rcnn,yolo}_eval.json``,
-``reports/proposals.json``); nothing is recomputed here, so the summary always matches them.
+``reports/proposals.json``: the DVC metrics) and their info files (``reports/{unet,rcnn,yolo}_eval_info.json``,
+``reports/proposals_info.json``: device, hardware, model names, timings); nothing is recomputed here, so the
+summary always matches them.
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ UNET_PAPER_THRESHOLDED_JACCARD = 0.775
 
 REPORT_FILES = {"unet": "unet_eval.json", "rcnn": "rcnn_eval.json", "yolo": "yolo_eval.json",
                 "proposals": "proposals.json"}
+#: what describes each run (text, timings), beside its metrics file; a metrics file written before the info
+#: files existed holds these keys itself, and is still read
+INFO_FILES = {key: name.replace(".json", "_info.json") for key, name in REPORT_FILES.items()}
 _DET_KEYS = ("map50", "coco_map", "precision", "recall", "images", "ground_truth_boxes",
              "seconds_per_image", "device", "hardware")
-#: the keys the summary reads from each file
+#: the keys the summary reads from each pair of files (metrics and info, merged)
 REQUIRED_KEYS = {
     "unet": ("dice", "iou", "thresholded_jaccard", "sensitivity", "specificity", "images_per_second", "batch_size",
              "device", "hardware", "variant", "input_size", "trained_epochs"),
     "rcnn": _DET_KEYS,
     "yolo": (*_DET_KEYS, "fps"),
-    "proposals": ("test",),
+    "proposals": ("test", ("test", "seconds_per_image")),  # a tuple: a nested key
 }
 
 
@@ -62,20 +67,45 @@ class Summary:
     metrics: dict[str, float] = field(default_factory=dict)  # flat figures for MLflow
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path}: missing; run its stage first (dvc repro)") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _merged(metrics: dict, info: dict) -> dict:
+    """``metrics`` with ``info`` added, nested dicts (the proposal splits) merged key by key."""
+    out = dict(metrics)
+    for k, v in info.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _has(d: dict, key: str | tuple[str, ...]) -> bool:
+    for k in (key,) if isinstance(key, str) else key:
+        if not isinstance(d, dict) or k not in d:
+            return False
+        d = d[k]
+    return True
+
+
 def read_reports(reports_dir: str | Path) -> dict[str, dict]:
-    """``{"unet", "rcnn", "yolo", "proposals"}`` -> the parsed JSON of each eval stage."""
+    """``{"unet", "rcnn", "yolo", "proposals"}`` -> each eval stage's metrics JSON merged with its info JSON
+    (``INFO_FILES``; a metrics file from before the info files, with no info file beside it, holds those keys
+    itself)."""
     out = {}
     for key, name in REPORT_FILES.items():
-        path = Path(reports_dir) / name
-        try:
-            out[key] = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ReportError(f"{path}: missing; run its stage first (dvc repro)") from None
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}: not valid JSON ({exc})") from None
-        missing = [k for k in REQUIRED_KEYS[key] if k not in out[key]]
+        path, info = Path(reports_dir) / name, Path(reports_dir) / INFO_FILES[key]
+        out[key] = _read_json(path)
+        where = f"{path} (and no {info.name} beside it)"
+        if info.exists():
+            out[key], where = _merged(out[key], _read_json(info)), f"{path} with {info.name}"
+        missing = [k if isinstance(k, str) else ".".join(k) for k in REQUIRED_KEYS[key] if not _has(out[key], k)]
         if missing:
-            raise ReportError(f"{path}: missing {', '.join(missing)}; rerun the stage that writes it "
+            raise ReportError(f"{where}: missing {', '.join(missing)}; rerun the stage that writes them "
                               f"(dvc repro --force {Path(name).stem})")
     return out
 
@@ -135,7 +165,8 @@ def build_summary(reports: dict[str, dict], *, det_data: str, seg_data: str) -> 
     lines = [
         "# segdet summary",
         "",
-        f"Detection data: {det_data}; segmentation data: {seg_data}. Measured figures come from `reports/*_eval.json` and `reports/proposals.json`;",
+        f"Detection data: {det_data}; segmentation data: {seg_data}. Measured figures come from `reports/*_eval.json`, `reports/proposals.json`",
+        "and their `*_info.json` files (device, timings);",
         "the papers' figures are Pascal VOC 2007 test results on a GPU, so compare the speed *ratio* and the",
         "trends, not the absolute numbers, across datasets and machines.",
         "",

@@ -1,13 +1,16 @@
 """MLflow tracking: the only module that imports mlflow (docs/architecture.md).
 
-Every stage run is one MLflow run in the experiment ``segdet`` (``MLFLOW_EXPERIMENT_NAME`` overrides)
-with its params section flattened, its metrics, artifacts and these tags:
+Every pipeline run (``dvc repro``, each ``dvc exp run`` experiment) is one MLflow parent run (``segdet.stage`` =
+``pipeline``) in the experiment ``segdet`` (``MLFLOW_EXPERIMENT_NAME`` overrides); every stage run is a run nested
+under it (``mlflow.parentRunId``) with its params section flattened, its metrics, artifacts and these tags
+(the parent carries the shared ones; the ``track`` stage adds every parameter and headline metric to it):
 
 ===========================  ==========================================================================
 ``segdet.stage``             the DVC stage (``prepare``, ``manifest``, ...)
 ``segdet.pipeline_run``      one id shared by every stage run of the same ``dvc repro`` / ``dvc exp run``
 ``segdet.dvc_exp_name``      ``DVC_EXP_NAME`` when DVC runs an experiment (else ``workspace``)
 ``mlflow.source.git.commit``  the commit the run started from (``DVC_EXP_BASELINE_REV`` in experiments)
+``segdet.git_dirty``         ``true`` when tracked files other than params.yaml, dvc.lock and outputs differ from it
 ``segdet.device``            ``cpu`` or the GPU's name
 ``segdet.host``, ``.pid``     the process that runs the stage (with ``segdet.pid_start``, its start time, and
                              ``segdet.pid_ns``, its pid namespace): a run still RUNNING whose process is gone
@@ -30,6 +33,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -56,8 +60,26 @@ def tracking_uri(root: str | Path | None = None) -> str:
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a SQLite store sit beside its database (``mlartifacts/``); a server decides its own."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
+        # a relative store (sqlite:///mlflow.db) is relative to the working directory, as for MLflow itself
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts" / experiment).as_uri()
     return None
+
+
+def _dvc_process() -> Any | None:
+    """The ``dvc`` process (``psutil.Process``) that started this stage, or None (a stage run by hand)."""
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            cmd = proc.cmdline()
+            if any(Path(c).name == "dvc" for c in cmd[:2]) or cmd[1:3] == ["-m", "dvc"]:
+                return proc
+    except Exception as exc:  # pragma: no cover - process table unreadable
+        log.debug("no dvc parent process found: %s", exc)
+    return None
+
+
+_OWN_PIPELINE_RUN = uuid.uuid4().hex[:16]
 
 
 def pipeline_run_id() -> str:
@@ -65,22 +87,19 @@ def pipeline_run_id() -> str:
 
     ``SEGDET_PIPELINE_RUN`` when set; else derived from the ``dvc`` process that started this stage
     (its pid and start time), so every stage of one ``dvc repro`` or of one queued experiment shares
-    it; else a fresh id (a stage run by hand is its own pipeline run).
+    it; else an id of this process (a stage run by hand is its own pipeline run).
     """
     env = os.environ.get("SEGDET_PIPELINE_RUN")
     if env:
         return env
-    try:
-        import psutil
-
-        for proc in psutil.Process().parents():
-            cmd = proc.cmdline()
-            if any(Path(c).name == "dvc" for c in cmd[:2]) or cmd[1:3] == ["-m", "dvc"]:
-                key = f"{proc.pid}-{proc.create_time()}-{' '.join(cmd)}"
-                return hashlib.sha1(key.encode()).hexdigest()[:16]
-    except Exception as exc:  # pragma: no cover - process table unreadable
-        log.debug("no dvc parent process found: %s", exc)
-    return uuid.uuid4().hex[:16]
+    proc = _dvc_process()
+    if proc is not None:
+        try:
+            key = f"{proc.pid}-{proc.create_time()}-{' '.join(proc.cmdline())}"
+            return hashlib.sha1(key.encode()).hexdigest()[:16]
+        except Exception as exc:  # pragma: no cover - the dvc process ended meanwhile
+            log.debug("dvc process unreadable: %s", exc)
+    return _OWN_PIPELINE_RUN
 
 
 def git_commit(root: Path) -> str:
@@ -93,6 +112,39 @@ def git_commit(root: Path) -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _dvc_outputs(root: Path) -> list[str]:
+    """The paths dvc.yaml declares as outputs, metrics or plots (``reports/unet_eval.json`` ...)."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    paths = []
+    for spec in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for out in (spec or {}).get(kind, []) or []:
+                paths.append(out if isinstance(out, str) else next(iter(out)))
+    return paths
+
+
+def git_dirty(root: Path) -> list[str] | None:
+    """Tracked files that differ from the commit a pipeline run starts from: code or settings edited and not
+    committed. What DVC itself changes in a run is not counted: ``params.yaml`` (``-S`` values are logged as
+    params), ``dvc.lock`` and the outputs kept in git (``reports/...``). None when git cannot tell."""
+    try:
+        out = subprocess.run(["git", "diff", "--name-only", "-z", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    outputs = [p.rstrip("/") for p in _dvc_outputs(root)]
+
+    def produced(path: str) -> bool:
+        return path in ("params.yaml", "dvc.lock") or any(path == o or path.startswith(o + "/") for o in outputs)
+
+    return sorted(p for p in out.split("\0") if p and not produced(p))
 
 
 def _store_lock(uri: str) -> contextlib.AbstractContextManager:
@@ -120,9 +172,10 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 class StageRun:
     """Handle for logging into the active stage run (metrics, params, images, files)."""
 
-    def __init__(self, run: Any):
+    def __init__(self, run: Any, parent_run_id: str | None = None):
         self.run = run
         self.run_id: str = run.info.run_id
+        self.parent_run_id = parent_run_id  # the pipeline run's parent run
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
@@ -149,28 +202,6 @@ class StageRun:
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
-    def log_model(self, model: Any, name: str, input_example: Any) -> bool:
-        """Log a torch model in MLflow's safe ``pt2`` format (``torch.export``; the batch dimension stays
-        dynamic); load it back with ``mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")``.
-
-        Returns False (with a warning and the tag ``segdet.model_logged=false``) when export fails, so a
-        finished training is never lost to a logging problem.
-        """
-        import mlflow.pytorch
-        import torch
-
-        try:
-            mlflow.pytorch.log_model(
-                model, name=name, input_example=input_example,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
-        except Exception as exc:  # noqa: BLE001 - report any export failure, keep the run
-            log.warning("could not log the model to MLflow (%s: %s)", type(exc).__name__, exc)
-            mlflow.set_tag("segdet.model_logged", "false")
-            return False
-        mlflow.set_tag("segdet.model_logged", "true")
-        return True
-
     def log_checkpoint(self, path: str | Path) -> None:
         """Log a trained model for ``segdet predict --run`` as ``checkpoint/<file name>``: a checkpoint without its
         optimizer, scheduler and scaler state (weights, config, classes, metrics), or any other file as it is."""
@@ -186,18 +217,36 @@ class StageRun:
                        Path(tmp) / path.name)
             mlflow.log_artifact(str(Path(tmp) / path.name), artifact_path="checkpoint")
 
-    def epoch_logger(self, csv_path: str | Path):
+    def epoch_logger(self, csv_path: str | Path, run_dir: str | Path | None = None):
         """An ``on_epoch(history)`` callback for ``engine.fit``: rewrites the per-epoch CSV (a DVC plot)
-        atomically and logs the last row as MLflow metrics with ``step`` = epoch."""
+        atomically and logs the last row as MLflow metrics with ``step`` = epoch.
+
+        With ``run_dir``, the run's checkpoints ``last.pt`` (and ``best.pt`` when it changed) are logged too, as
+        ``resume/`` artifacts: a run killed anywhere, a queued DVC experiment included (its temporary copy of
+        the repository is gone with it), resumes with ``weights: runs:/<run id>/resume/last.pt``.
+        """
         import pandas as pd
 
         from segdet.io import atomic_file
+
+        logged: dict[str, int] = {}
 
         def on_epoch(history: list[dict]) -> None:
             with atomic_file(csv_path) as fh:
                 pd.DataFrame(history).to_csv(fh, index=False, float_format="%.6g")
             row = history[-1]
             self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            if run_dir is None:
+                return
+            for name in ("best.pt", "last.pt"):
+                path = Path(run_dir) / name
+                try:
+                    stamp = path.stat().st_mtime_ns
+                    if logged.get(name) != stamp:
+                        mlflow.log_artifact(str(path), artifact_path="resume")
+                        logged[name] = stamp
+                except (OSError, mlflow.exceptions.MlflowException) as exc:  # never stop training for it
+                    log.warning("could not log %s to MLflow for resuming (%s); the local copy is intact", path, exc)
 
         return on_epoch
 
@@ -233,6 +282,42 @@ def download_artifacts(run_id: str, artifact_path: str, dest: str | Path, root: 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FileNotFoundError(f"MLflow run {run_id} in {uri}: cannot get {artifact_path!r} ({first})") from None
     return sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+
+
+#: prefixes of ``weights`` values that name an MLflow artifact instead of a local file
+MLFLOW_URIS = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+@contextlib.contextmanager
+def local_weights(weights: str | None, key: str, root: str | Path | None = None) -> Iterator[str | None]:
+    """``weights`` as a local file for the block: a local path or None as it is; an MLflow URI such as
+    ``runs:/<run id>/resume/last.pt`` downloaded from the store of :func:`tracking_uri` (with the rest of its
+    folder, so a resumed run finds ``best.pt`` beside ``last.pt``) into a temporary folder.
+
+    Raises:
+        UserError: the run, or the file in it, does not exist (naming ``key``, the URI and the store).
+    """
+    from segdet.stage import UserError
+
+    if not weights or not weights.startswith(MLFLOW_URIS):
+        yield weights
+        return
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    folder, _, name = weights.rstrip("/").rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="segdet-weights-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=folder, dst_path=tmp))
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing run or artifact
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{key} = {weights}: cannot download it from the MLflow store {uri} ({first[:300]})"
+                            ) from None
+        path = local / name
+        if not path.is_file():
+            found = sorted(p.name for p in local.iterdir()) if local.is_dir() else []
+            raise UserError(f"{key} = {weights}: no file {name!r} there (found: {', '.join(found) or 'nothing'})")
+        log.info("%s: %s downloaded from %s", key, weights, uri)
+        yield str(path)
 
 
 def _process_tags() -> dict[str, str]:
@@ -287,6 +372,50 @@ def _end_orphaned_runs(client: MlflowClient, exp_id: str) -> list[str]:
     return ended
 
 
+#: ``segdet.stage`` of the parent run that one pipeline run's stage runs are nested under
+PIPELINE_STAGE = "pipeline"
+
+
+def _run_tags(root: Path) -> dict[str, str]:
+    """The tags a stage run and its parent share: pipeline run, DVC experiment, git commit and dirty state."""
+    dirty = git_dirty(root)
+    return {
+        "segdet.pipeline_run": pipeline_run_id(),
+        "segdet.dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
+        "mlflow.source.git.commit": git_commit(root),
+        "segdet.git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
+        **({"segdet.git_dirty_files": " ".join(dirty)[:4000]} if dirty else {}),
+    }
+
+
+def _parent_run(client: MlflowClient, exp_id: str, shared: Mapping[str, str]) -> str:
+    """The id of the parent run of this pipeline run (``segdet.stage`` = ``pipeline``), created by its first stage
+    run. Reopened (RUNNING, with this process's tags) while a stage runs; each stage run ends it with its own
+    status, so a pipeline run cut short, or a partial ``dvc repro``, never leaves it RUNNING."""
+    pipeline = shared["segdet.pipeline_run"]
+    found = client.search_runs(
+        [exp_id], f"tags.`segdet.pipeline_run` = '{pipeline}' and tags.`segdet.stage` = '{PIPELINE_STAGE}'",
+        max_results=1)
+    tags = {**shared, **_process_tags()}
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        return run_id
+    name = f"{PIPELINE_STAGE} [{shared['segdet.dvc_exp_name']}]"
+    return client.create_run(exp_id, run_name=name, tags={**tags, "segdet.stage": PIPELINE_STAGE}).info.run_id
+
+
+def _open_store(root: Path) -> tuple[str, str]:
+    """Point MLflow at the store of ``root``; return ``(tracking uri, experiment id)``."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        exp_id = _experiment_id(MlflowClient(), os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT), uri)
+    return uri, exp_id
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -295,45 +424,143 @@ def stage_run(
     root: str | Path | None = None,
     device: str = "cpu",
     tags: Mapping[str, Any] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[StageRun]:
-    """Open the MLflow run of one stage; a failure (exception or Ctrl-C) marks it FAILED / KILLED.
+    """Open the MLflow run of one stage, nested under its pipeline run's parent run; a failure (exception or
+    Ctrl-C) marks both FAILED / KILLED.
 
     Args:
         stage: DVC stage name, also the run name prefix.
         params: flat ``{"key": value}`` of the stage's params sections (see ``segdet.config.flatten``).
         root: the repository root (default: found from the working directory).
         device: ``cpu`` or the accelerator's name, logged as ``segdet.device``.
+        system_metrics: log CPU, memory (and GPU, with ``pynvml``) use as ``system/...`` metrics (training stages).
     """
     root = repo_root(root)
-    uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):
-        exp_id = _experiment_id(MlflowClient(), os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT), uri)
-    exp_name = os.environ.get("DVC_EXP_NAME") or "workspace"
-    commit = git_commit(root)
+    _, exp_id = _open_store(root)
+    client = MlflowClient()
+    shared = _run_tags(root)
     all_tags = {
         "segdet.stage": stage,
-        "segdet.pipeline_run": pipeline_run_id(),
-        "segdet.dvc_exp_name": exp_name,
         "segdet.device": device,
-        "mlflow.source.git.commit": commit,
+        **shared,
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     all_tags.update(_process_tags())
-    _end_orphaned_runs(MlflowClient(), exp_id)
+    _end_orphaned_runs(client, exp_id)
     if mlflow.active_run() is not None:  # never nest into a run left open by the caller
         mlflow.end_run()
-    run = mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} [{exp_name}]", tags=all_tags)
-    handle = StageRun(run)
+    parent = _parent_run(client, exp_id, shared)
+    run = mlflow.start_run(experiment_id=exp_id, run_name=f"{stage} [{shared['segdet.dvc_exp_name']}]",
+                           tags=all_tags, parent_run_id=parent, log_system_metrics=system_metrics)
+    handle = StageRun(run, parent)
+    status = "FAILED"
     try:
         if params:
             handle.log_params(params)
         yield handle
+        status = "FINISHED"
     except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
+        status = "KILLED"
         raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+    finally:
+        mlflow.end_run(status=status)
+        try:
+            client.set_terminated(parent, status=status)
+        except mlflow.exceptions.MlflowException as exc:  # the stage's own run is what matters
+            log.warning("could not end the pipeline's parent run %s: %s", parent, exc)
+
+
+def _relative_uri(uri: str, root: Path) -> str:
+    """``sqlite:///mlflow.db`` for the repository's own store (the file is the same on every clone)."""
+    if uri.startswith("sqlite:///"):
+        with contextlib.suppress(ValueError):
+            return f"sqlite:///{Path(uri[len('sqlite:///'):]).relative_to(root)}"
+    return uri
+
+
+def _unchanged_rerun(client: MlflowClient, exp_id: str, shared: Mapping[str, str], previous: Mapping[str, Any] | None,
+                     values: Mapping[str, str], metrics: Mapping[str, float]) -> bool:
+    """True when this is a ``dvc repro`` of the workspace that ran no stage and changed nothing since the pipeline
+    run ``previous`` (the last ``reports/mlflow.json``) recorded: same commit, params and metrics. Then that parent
+    run stands for this one too, instead of a new parent run for every repeated ``dvc repro``. A DVC experiment
+    always gets its own parent run, even when DVC restored all of it."""
+    if not previous or shared["segdet.dvc_exp_name"] != "workspace" or previous.get("dvc_exp_name") != "workspace":
+        return False
+    if previous.get("git_commit") != shared["mlflow.source.git.commit"] or previous.get("experiment_id") != exp_id:
+        return False
+    ran = client.search_runs([exp_id], f"tags.`segdet.pipeline_run` = '{shared['segdet.pipeline_run']}'",
+                             max_results=1)
+    if ran:
+        return False
+    try:
+        run = client.get_run(str(previous.get("parent_run_id")))
+    except mlflow.exceptions.MlflowException:
+        return False
+    return (run.info.status == "FINISHED" and run.data.params == dict(values)
+            and run.data.metrics == {k: float(v) for k, v in metrics.items()})
+
+
+def record_pipeline(params: Mapping[str, Any], metrics: Mapping[str, float], stages: list[str], *,
+                    root: str | Path | None = None, previous: Mapping[str, Any] | None = None,
+                    tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the ``track`` stage does at the end of every pipeline run: log every parameter (``section.key``) and
+    every headline metric (``<stage>.<key>``, read from the metrics files, so stages DVC restored from its cache
+    count too) to the pipeline's parent run, with ``tags`` (hardware, device ...), and end it FINISHED. DVC may have restored every stage, so that no
+    stage code ran: the parent run is then created here, with no nested runs. A repeated ``dvc repro`` of the
+    workspace that ran nothing and changed nothing keeps ``previous`` (see :func:`_unchanged_rerun`).
+
+    Returns the ids that link the DVC experiment and MLflow (written to ``reports/mlflow.json``).
+    """
+    from mlflow.entities import Metric, Param
+
+    root = repo_root(root)
+    uri, exp_id = _open_store(root)
+    client = MlflowClient()
+    shared = _run_tags(root)
+    _end_orphaned_runs(client, exp_id)
+    values = {k: "null" if v is None else str(v)[:6000] for k, v in params.items()}
+    if _unchanged_rerun(client, exp_id, shared, previous, values, metrics):
+        log.info("nothing ran and nothing changed since pipeline run %s: its parent run %s stands for this one",
+                 previous["pipeline_run"], previous["parent_run_id"])
+        return dict(previous)
+    parent = _parent_run(client, exp_id, shared)
+    status = "FAILED"
+    try:
+        logged = client.get_run(parent).data.params
+        changed = sorted(k for k, v in values.items() if k in logged and logged[k] != v)
+        if changed:  # params.yaml edited while the pipeline ran: keep the first values, say so
+            log.warning("params changed during the pipeline run, the parent run keeps the first values: %s",
+                        ", ".join(changed))
+        now = int(time.time() * 1000)
+        client.log_batch(parent, params=[Param(k, v) for k, v in values.items() if k not in logged],
+                         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        nested = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'",
+                                    order_by=["attributes.start_time ASC"])
+        ran = {r.data.tags.get("segdet.stage", r.info.run_name): r.info.run_id for r in nested}
+        restored = [s for s in stages if s not in ran]
+        registered = {}  # the model versions the stage runs of this pipeline run registered
+        for run_id in ran.values():
+            for version in client.search_model_versions(f"run_id = '{run_id}'"):
+                registered[version.name] = version.version
+        for key, value in (tags or {}).items():  # what describes the run: hardware, device ...
+            client.set_tag(parent, key, str(value)[:5000])
+        client.set_tag(parent, "segdet.stages_run", " ".join(ran) or "none")
+        client.set_tag(parent, "segdet.stages_restored", " ".join(restored) or "none")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(parent, status=status)
+    exp = client.get_experiment(exp_id)
+    return {
+        "tracking_uri": _relative_uri(uri, root),
+        "experiment": exp.name,
+        "experiment_id": exp_id,
+        "parent_run_id": parent,
+        "pipeline_run": shared["segdet.pipeline_run"],
+        "dvc_exp_name": shared["segdet.dvc_exp_name"],
+        "git_commit": shared["mlflow.source.git.commit"],
+        "git_dirty": shared["segdet.git_dirty"],
+        "stage_runs": ran,
+        "restored_stages": restored,
+        "registered_models": registered,
+    }

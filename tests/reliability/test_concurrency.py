@@ -184,6 +184,7 @@ class Experiment:
     params: dict
     rev: str = ""
     eval_metrics: dict = field(default_factory=dict)  # reports/unet_eval.json as `dvc exp show` has it
+    eval_info: dict = field(default_factory=dict)  # reports/unet_eval_info.json of the experiment's commit
     train_rows: list[dict] = field(default_factory=list)  # reports/unet_train.csv of the experiment's commit
 
 
@@ -259,6 +260,7 @@ def collect(q: Queued) -> None:
         assert exp.name in revs, f"{exp.name} not in dvc exp show: {sorted(revs)}"
         exp.rev = revs[exp.name]["rev"]
         exp.eval_metrics = revs[exp.name]["data"]["metrics"]["reports/unet_eval.json"]["data"]
+        exp.eval_info = json.loads(sh(["git", "show", f"{exp.rev}:reports/unet_eval_info.json"], q.repo).stdout)
         text = sh(["git", "show", f"{exp.rev}:reports/unet_train.csv"], q.repo).stdout
         exp.train_rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
 
@@ -367,7 +369,7 @@ def test_every_stage_run_is_in_the_store_once_and_finished(queued):
 def test_eval_metrics_are_the_ones_dvc_shows(queued):
     for name, exp in queued.exps.items():
         logged = one_run(queued, name, "unet_eval").data.metrics
-        expected = {k: float(v) for k, v in exp.eval_metrics.items() if isinstance(v, (int, float))}
+        expected = {k: float(v) for k, v in {**exp.eval_metrics, **exp.eval_info}.items() if isinstance(v, (int, float))}
         assert {"dice", "iou", "thresholded_jaccard", "images_per_second"} <= set(expected)
         best_epoch = max(exp.train_rows, key=lambda row: row["val_dice"])["epoch"]
         assert expected["trained_epochs"] == best_epoch  # unet.pt is the best epoch's checkpoint

@@ -66,6 +66,8 @@ def make_repo(dest: Path, **overrides: dict) -> Path:
     (dest / ".gitignore").write_text("/data/\n/models/\n/mlflow.db\n/mlflow.db.lock\n/mlartifacts/\n")
     sh(["git", "init", "-q"], dest)
     sh([sys.executable, "-m", "dvc", "init", "-q"], dest)
+    if (REPO / ".dvc" / "plots").is_dir():  # the custom plot templates dvc.yaml names (template: pr_by_class)
+        shutil.copytree(REPO / ".dvc" / "plots", dest / ".dvc" / "plots")
     sh(["git", "add", "-A"], dest)
     sh(["git", "commit", "-qm", "init"], dest)
     return dest

@@ -43,9 +43,16 @@ def _pycocotools(gt_path, dets) -> tuple[float, float]:
     return max(float(ev.stats[0]), 0.0), max(float(ev.stats[1]), 0.0)
 
 
+def _numbers_only(value) -> bool:
+    return all(map(_numbers_only, value.values())) if isinstance(value, dict) else (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def _check_detection_outputs(repo, name):
     metrics = json.loads((repo / "reports" / f"{name}_eval.json").read_text())
-    assert metrics["device"] == "cpu"
+    info = json.loads((repo / "reports" / f"{name}_eval_info.json").read_text())
+    assert _numbers_only(metrics), metrics  # DVC metrics: numbers only; text and timings are in the info file
+    assert info["device"] == "cpu" and info["backbone"] == "small" and info["seconds_per_image"] > 0
     gt_path = repo / "data" / "manifests" / "det_test_coco.json"
     gt = json.loads(gt_path.read_text())
     dets = json.loads((repo / "reports" / name / "detections_test.json").read_text())
@@ -64,7 +71,7 @@ def _check_detection_outputs(repo, name):
     per_class = pd.read_csv(repo / "reports" / name / "per_class_ap.csv")
     assert per_class["class"].tolist() == ["circle", "square", "triangle", "star", "cross"]
     assert set(pd.read_csv(repo / "reports" / name / "pr_curves.csv").columns) == {"class", "recall", "precision"}
-    return metrics
+    return metrics, info
 
 
 def test_rcnn_stages_write_the_contract_files(det_repo):
@@ -72,7 +79,9 @@ def test_rcnn_stages_write_the_contract_files(det_repo):
     assert list(props.columns) == ["image", "x1", "y1", "x2", "y2"]
     assert props["image"].iloc[0].startswith("data/raw/voc/JPEGImages/")
     report = json.loads((det_repo / "reports" / "proposals.json").read_text())
-    assert report["train"]["boxes_per_image"] <= 150
+    assert report["train"]["boxes_per_image"] <= 150 and _numbers_only(report)
+    info = json.loads((det_repo / "reports" / "proposals_info.json").read_text())
+    assert info["mode"] == "fast" and info["test"]["seconds_per_image"] > 0
     gt = json.loads((det_repo / "data" / "manifests" / "det_test_coco.json").read_text())
     found = []  # recall@0.5 recomputed with torchvision: a ground-truth box is found when a proposal overlaps it
     for im in gt["images"]:
@@ -89,24 +98,25 @@ def test_rcnn_stages_write_the_contract_files(det_repo):
     assert thresholds.shape == (5,) and thresholds.dtype == np.float32
     ckpt = torch.load(det_repo / "models" / "rcnn_cnn.pt", weights_only=True)
     assert ckpt["config"]["backbone"] == "small" and len(ckpt["classes"]) == 5
-    metrics = _check_detection_outputs(det_repo, "rcnn")
+    metrics, info = _check_detection_outputs(det_repo, "rcnn")
     # precision and recall at the operating point stored with the model (rcnn_eval.score_threshold: null)
     assert list(metrics["score_thresholds"].values()) == pytest.approx(thresholds.tolist())
     per_class = pd.read_csv(det_repo / "reports" / "rcnn" / "per_class_ap.csv")
     assert per_class["score_threshold"].tolist() == pytest.approx(thresholds.tolist())
-    assert metrics["seconds_proposals"] == pytest.approx(report["test"]["seconds_per_image"])  # the proposals stage's
-    assert metrics["seconds_per_image"] == pytest.approx(sum(metrics[f"seconds_{p}"] for p in (
+    proposals_info = json.loads((det_repo / "reports" / "proposals_info.json").read_text())
+    assert info["seconds_proposals"] == pytest.approx(proposals_info["test"]["seconds_per_image"])  # the stage's
+    assert info["seconds_per_image"] == pytest.approx(sum(info[f"seconds_{p}"] for p in (
         "proposals", "warp_cnn", "svm_regression", "nms")))
     run = runs(stage="rcnn_eval")[0]
     assert "pr_curve.png" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
 
 
 def test_yolo_stages_and_transfer_from_rcnn(det_repo):
-    metrics = _check_detection_outputs(det_repo, "yolo")
+    metrics, info = _check_detection_outputs(det_repo, "yolo")
     thresholds = torch.load(det_repo / "models" / "yolo.pt", weights_only=True)["score_thresholds"]
     assert len(thresholds) == 5
     assert list(metrics["score_thresholds"].values()) == pytest.approx(thresholds)
-    assert metrics["fps"] * metrics["seconds_per_image"] == pytest.approx(1.0) and metrics["batch_size"] == 1
+    assert info["fps"] * info["seconds_per_image"] == pytest.approx(1.0) and metrics["batch_size"] == 1
     curve = pd.read_csv(det_repo / "reports" / "yolo_train.csv")
     assert curve["epoch"].tolist() == [1, 2]
     assert {"train_coord", "train_obj", "train_noobj", "train_class", "val_map50", "lr"} <= set(curve.columns)
@@ -152,11 +162,13 @@ def test_report_stage_matches_the_eval_jsons(det_repo):
     md = (reports / "summary.md").read_text()
     for name, label in (("rcnn", "R-CNN (segdet"), ("yolo", "YOLOv1 (segdet")):
         m = json.loads((reports / f"{name}_eval.json").read_text())
+        info = json.loads((reports / f"{name}_eval_info.json").read_text())
         cells = _row(md, label)
-        assert cells[1:4] == [f"{m['map50']:.3f}", f"{m['coco_map']:.3f}", f"{m['seconds_per_image']:.3f}"]
-        assert cells[5] == m["hardware"] and m["device"] == "cpu"
+        assert cells[1:4] == [f"{m['map50']:.3f}", f"{m['coco_map']:.3f}", f"{info['seconds_per_image']:.3f}"]
+        assert cells[5] == info["hardware"] and info["device"] == "cpu"
     unet = json.loads((reports / "unet_eval.json").read_text())
-    assert _row(md, unet["variant"])[1:4] == [f"{unet[k]:.3f}" for k in ("dice", "iou", "thresholded_jaccard")]
+    variant = json.loads((reports / "unet_eval_info.json").read_text())["variant"]
+    assert _row(md, variant)[1:4] == [f"{unet[k]:.3f}" for k in ("dice", "iou", "thresholded_jaccard")]
     test = json.loads((reports / "proposals.json").read_text())["test"]
     assert _row(md, "test")[2] == f"{test['recall_0.5']:.3f}"
     pngs = sorted((reports / "summary").glob("*.png"))

@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-import mlflow.pytorch
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from sklearn.metrics import f1_score
@@ -39,13 +39,21 @@ def test_training_writes_checkpoint_curve_and_mlflow_run(unet_repo):
     assert [m.step for m in history] == [1, 2]
     assert [m.value for m in history] == pytest.approx(curve["val_dice"].tolist())
     assert run.data.params["unet_train.variant"] == "unet32"
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 2, 32, 32)
+    # the checkpoint for segdet predict --run, and the resume state of the last epoch, as DVC holds it
+    client = MlflowClient()
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/unet.pt"]
+    resume = client.download_artifacts(run.info.run_id, "resume/last.pt", str(unet_repo.parent))
+    assert torch.load(resume, weights_only=True)["epoch"] == 2
+    lock = yaml.safe_load((unet_repo / "dvc.lock").read_text())["stages"]["unet_train"]
+    assert "models/unet_run" in {o["path"] for o in lock["outs"]}  # a DVC output: cached, pushed, in --temp runs
 
 
 def test_evaluation_outputs_match_the_contract(unet_repo):
     metrics = json.loads((unet_repo / "reports" / "unet_eval.json").read_text())
-    assert metrics["device"] == "cpu" and metrics["batch_size"] == 4
+    info = json.loads((unet_repo / "reports" / "unet_eval_info.json").read_text())
+    assert info["device"] == "cpu" and info["variant"] == "unet32" and info["images_per_second"] > 0
+    assert metrics["batch_size"] == 4 and {"dice", "iou", "images", "input_size", "trained_epochs"} <= set(metrics)
+    assert all(isinstance(v, (int, float)) for v in metrics.values()), metrics  # DVC metrics: numbers only
     per_image = pd.read_csv(unet_repo / "reports" / "unet_eval_per_image.csv")
     test_lines = (unet_repo / "data" / "manifests" / "seg_test.txt").read_text().split("\n")
     assert len(per_image) == len([line for line in test_lines if line])

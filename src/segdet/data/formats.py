@@ -84,13 +84,17 @@ def _decode(path: str | Path, flags: int) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise FormatError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    return _decode_bytes(data, str(path), flags)
+
+
+def _decode_bytes(data: np.ndarray, name: str, flags: int) -> np.ndarray:
     size = image_size(data) if data.size else None
     problem = too_many_pixels(*size) if size else None
     if problem:
-        raise FormatError(f"{path}: {problem}")
+        raise FormatError(f"{name}: {problem}")
     img = cv2.imdecode(data, flags | _READ_FLAGS) if data.size else None
     if img is None:
-        raise FormatError(f"{path}: cannot read image (not an image file, or damaged)")
+        raise FormatError(f"{name}: cannot read image (not an image file, or damaged)")
     return img
 
 
@@ -108,6 +112,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
             :data:`MAX_PIXELS` pixels (checked from its header, before decoding).
     """
     return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
+
+
+def decode_rgb(data: bytes, name: str = "image") -> np.ndarray:
+    """:func:`read_rgb` of an image file's bytes (an upload, a request body), with the same checks; ``name``
+    names the image in messages."""
+    return cv2.cvtColor(_decode_bytes(np.frombuffer(data, dtype=np.uint8), name, cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
 
 
 def read_gray(path: str | Path) -> np.ndarray:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from segdet.detection.evaluate import coco_results, passes, save_report
 from segdet.draw import draw_detections, pr_figure
+from segdet.io import write_json
 
 
 class Detector(Protocol):
@@ -68,11 +69,15 @@ def run_detector(detector: Detector, items: Iterable[tuple[torch.Tensor, torch.T
 
 
 def publish_report(run, out_dir, metrics_path, ev, results: list[dict], summary: dict,
-                   samples: list[np.ndarray], title: str) -> None:
-    """Write an eval stage's files (``evaluate.save_report``) and log them to the stage's MLflow ``run``:
-    numeric metrics, the per-class table, a precision/recall plot and the sample images."""
+                   samples: list[np.ndarray], title: str, info_path=None, info: dict | None = None) -> None:
+    """Write an eval stage's files (``evaluate.save_report``; ``info``, what describes the run: device, timings
+    ..., to ``info_path``, beside the metrics) and log them to the stage's MLflow ``run``: the numbers of
+    ``summary`` and ``info``, the per-class table, a precision/recall plot and the sample images."""
     save_report(out_dir, metrics_path, ev, results, summary)
-    run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    if info_path is not None:
+        write_json(info_path, info or {})
+    run.log_metrics({k: v for k, v in {**summary, **(info or {})}.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
     run.log_artifact(Path(out_dir) / "per_class_ap.csv")
     ap = dict(zip(ev.per_class["class"], ev.per_class["ap50"], strict=True))
     run.log_image(pr_figure(ev.curves, ap, f"{title} precision/recall at IoU 0.5 (mAP {ev.summary['map50']:.3f})"),

@@ -141,12 +141,48 @@ def choose_thresholds(gt: dict, per_image: Iterable[dict[str, torch.Tensor]], fa
     return operating_thresholds(gt, results, fallback, iou_threshold)
 
 
+def voc_map50(gt: dict, per_image: Iterable[dict[str, torch.Tensor]], iou_threshold: float = 0.5) -> float:
+    """The ``map50`` of :func:`evaluate_detections` (VOC all-point AP@0.5, mean over the classes with ground truth)
+    of a detector's output on a split, given like :func:`choose_thresholds`' (a list, to pass it to both)."""
+    results: list[dict] = []
+    for image_id, dets in enumerate(per_image, 1):
+        results += coco_results(image_id, dets["boxes"], dets["scores"], dets["labels"])
+    aps = []
+    for cat in gt["categories"]:
+        _, tp, n_gt = match(gt, results, cat["id"], iou_threshold)
+        if n_gt:
+            ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+            aps.append(voc_ap(ctp / n_gt, ctp / np.maximum(ctp + cfp, 1)))
+    return float(np.mean(aps)) if aps else 0.0
+
+
 def passes(dets: dict[str, torch.Tensor], cut: float | list[float]) -> torch.Tensor:
     """``bool [M]``: which detections score at least ``cut`` (one value, or one per class, labels 1..C)."""
     if isinstance(cut, (int, float)):
         return dets["scores"] >= cut
     scores = dets["scores"]
     return scores >= torch.tensor(cut, dtype=scores.dtype, device=scores.device)[dets["labels"] - 1]
+
+
+class DetPredictor:
+    """A detector at its operating point ``cut`` (one score, or one per class, labels 1..C), for ``segdet predict`` and
+    the served ``segdet-rcnn`` / ``segdet-yolo`` models: ``uint8[H, W, 3]`` RGB in, ``{"boxes" [M, 4] xyxy image
+    pixels, "scores" [M], "labels" [M] 1..C}`` (numpy) out. :meth:`predict` takes another ``score_threshold`` for
+    one call (a request's); the detector drops nothing below the operating point before NMS."""
+
+    def __init__(self, kind: str, detector, cut: float | list[float]):
+        import threading
+
+        self.kind, self.detector, self.classes, self.cut = kind, detector, list(detector.classes), cut
+        self._lock = threading.Lock()  # min_score is the detector's state; one image at a time
+
+    def predict(self, image, score_threshold: float | None = None) -> dict:
+        cut = self.cut if score_threshold is None else float(score_threshold)
+        with self._lock:
+            self.detector.min_score = min(cut) if isinstance(cut, list) else cut
+            dets = self.detector.detect(torch.from_numpy(image).permute(2, 0, 1).contiguous())[0]
+        keep = passes(dets, cut)
+        return {k: v[keep].numpy() for k, v in dets.items()}
 
 
 def describe_cut(cut: float | list[float], classes: list[str]) -> str:

@@ -18,7 +18,7 @@ from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
 from segdet.io import write_image
 from segdet.nets.unet import UNet, build_unet
-from segdet.nets.weights import CheckpointError
+from segdet.nets.weights import CheckpointError, load_checkpoint
 from segdet.segmentation.metrics import scores
 from segdet.stage import UserError
 
@@ -95,6 +95,37 @@ def predict_masks(
             mask = torch.from_numpy(largest_blob(mask.numpy()))
         out.append(mask)
     return out
+
+
+class UnetPredictor:
+    """The trained UNet on one image (``segdet predict``, the served ``segdet-unet`` model): ``uint8[H, W, 3]`` RGB in,
+    ``{"mask": bool[H, W], "lesion_fraction"}`` at the image's size out, as :func:`predict_masks` computes it."""
+
+    kind = "unet"
+
+    def __init__(self, ckpt: dict, device: torch.device, path: str, tta: bool = False, postprocess: bool = False):
+        self.model, cfg = load_unet(ckpt, path)
+        self.model.to(device)
+        self.classes = list(ckpt["classes"])
+        self.input_size, self.device = cfg["input_size"], device
+        self.tta, self.postprocess = tta, postprocess
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> dict:
+        from torchvision import tv_tensors
+
+        tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        mask = predict_masks(self.model, [tensor], self.input_size, self.device, tta=self.tta,
+                             postprocess=self.postprocess)[0]
+        mask = mask.numpy()
+        return {"mask": mask, "lesion_fraction": float(mask.mean())}
+
+
+def unet_predictor(files: list[Path], device: torch.device, settings) -> UnetPredictor:
+    """The :class:`UnetPredictor` of ``files`` (``[unet.pt]``) with ``settings.tta`` and ``settings.postprocess``
+    (a :class:`segdet.inference.PredictSettings`)."""
+    return UnetPredictor(load_checkpoint(files[0], map_location=device), device, str(files[0]), tta=settings.tta,
+                         postprocess=settings.postprocess)
 
 
 def evaluate_unet(

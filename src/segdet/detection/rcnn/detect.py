@@ -12,6 +12,7 @@ import torch
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from segdet.detection.boxes import decode
+from segdet.detection.evaluate import DetPredictor
 from segdet.detection.proposals import selective_search
 from segdet.detection.rcnn.features import embed_regions
 from segdet.detection.rcnn.model import RegionCNN
@@ -91,3 +92,16 @@ def load_rcnn(cnn: str | Path, svm: str | Path | dict[str, np.ndarray], *, devic
         except (OSError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{svm}: not an R-CNN SVM file ({exc})") from None
     return RCNNDetector(model, svm, crop_size=cfg["crop_size"], context=cfg["context"], device=device, **settings)
+
+
+def rcnn_predictor(files: list[Path], device: torch.device, settings) -> DetPredictor:
+    """R-CNN of ``files`` (``[rcnn_cnn.pt, rcnn_svm.npz]``) searching its own proposals with ``settings.proposals``
+    (a :class:`ProposalsConfig` or its fields), at ``settings.score_threshold`` (None: the per-class thresholds
+    stored with the SVMs), with ``settings.nms_iou`` and ``max_detections`` (a :class:`segdet.inference.PredictSettings`)."""
+    proposals = settings.proposals
+    if isinstance(proposals, dict):
+        proposals = ProposalsConfig(**proposals)
+    detector = load_rcnn(files[0], files[1], device=device, proposals=proposals, nms_iou=settings.nms_iou,
+                         max_detections=settings.max_detections)
+    cut = settings.score_threshold if settings.score_threshold is not None else detector.thresholds
+    return DetPredictor("rcnn", detector, cut)

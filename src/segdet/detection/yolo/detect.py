@@ -10,7 +10,7 @@ import torch
 from torchvision import tv_tensors
 
 from segdet.data.transforms import yolo_preprocess
-from segdet.detection.evaluate import choose_thresholds
+from segdet.detection.evaluate import DetPredictor, choose_thresholds
 from segdet.detection.yolo.decode import decode
 from segdet.nets.weights import CheckpointError, load_checkpoint, save_checkpoint_dict
 from segdet.nets.yolo import YOLOv1
@@ -84,6 +84,15 @@ def load_yolo_detector(path: str | Path, *, device: torch.device, **settings) ->
     ckpt = load_checkpoint(path, map_location=device)
     return YoloDetector(load_yolo(ckpt, str(path)), device=device, classes=list(ckpt["classes"]),
                         thresholds=score_thresholds(ckpt), **settings)
+
+
+def yolo_predictor(files: list[Path], device: torch.device, settings) -> DetPredictor:
+    """YOLOv1 of ``files`` (``[yolo.pt]``) at ``settings.score_threshold`` (None: the per-class thresholds stored in
+    the checkpoint), with ``settings.nms_iou`` and ``max_detections`` (a :class:`segdet.inference.PredictSettings`)."""
+    detector = load_yolo_detector(files[0], device=device, min_score=0.0, nms_iou=settings.nms_iou,
+                                  max_detections=settings.max_detections)
+    cut = settings.score_threshold if settings.score_threshold is not None else detector.thresholds
+    return DetPredictor("yolo", detector, cut)
 
 
 def choose_yolo_thresholds(detector: YoloDetector, dataset, gt: dict) -> list[float]:
