@@ -54,3 +54,7 @@ def test_dvc_repro_logs_one_parent_run_with_every_param_and_test_metric(pipeline
     assert all(r.data.tags["segdet.pipeline_run"] == record["pipeline_run"] for r in nested)
     assert record["git_commit"] == parent.data.tags["mlflow.source.git.commit"]
     assert record["git_dirty"] == "false"  # a fresh repository: only DVC's own files changed
+    # the eval stages registered their served models, from runs nested under this parent
+    assert set(record["registered_models"]) == {"segdet-unet", "segdet-rcnn", "segdet-yolo"}
+    for name, version in record["registered_models"].items():
+        assert client.get_model_version(name, version).run_id in record["stage_runs"].values()
