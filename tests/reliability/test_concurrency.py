@@ -349,7 +349,11 @@ def test_every_stage_run_is_in_the_store_once_and_finished(queued):
     for name, exp in queued.exps.items():
         by_stage = stage_runs(queued, name)
         counts = Counter({stage: len(runs) for stage, runs in by_stage.items()})
-        assert counts == Counter(dict.fromkeys(STAGES, 1)), f"{queued.store}: {name}: runs per stage {dict(counts)}"
+        # one parent run per experiment ("pipeline"), every stage run nested under it
+        assert counts == Counter(dict.fromkeys([*STAGES, "pipeline"], 1)), \
+            f"{queued.store}: {name}: runs per stage {dict(counts)}"
+        parent = by_stage["pipeline"][0].info.run_id
+        assert all(by_stage[s][0].data.tags["mlflow.parentRunId"] == parent for s in STAGES), name
         for stage, (run,) in by_stage.items():
             assert run.info.status == "FINISHED", f"{queued.store}: {name}: {stage} is {run.info.status}"
             assert run.info.lifecycle_stage == "active"
@@ -362,7 +366,7 @@ def test_every_stage_run_is_in_the_store_once_and_finished(queued):
     # nothing else in the store: no third copy of a run, nothing left RUNNING anywhere
     every = [r for e in client.search_experiments(view_type=ViewType.ALL)
              for r in client.search_runs([e.experiment_id], run_view_type=ViewType.ALL, max_results=1000)]
-    assert len(every) == len(STAGES) * len(queued.exps), [(r.info.run_name, r.info.status) for r in every]
+    assert len(every) == (len(STAGES) + 1) * len(queued.exps), [(r.info.run_name, r.info.status) for r in every]
     assert all(r.info.status == "FINISHED" for r in every), [(r.info.run_name, r.info.status) for r in every]
 
 
@@ -428,6 +432,9 @@ def test_the_database_holds_each_metric_step_once(queued):
     for run_id, key, n in stored:
         counts.setdefault(run_id, {})[key] = n
     for run_id, (name, stage, run) in runs.items():
+        if stage == "pipeline":  # the parent: its metrics come from the track stage, not run here (unet_eval target)
+            assert counts.get(run_id) is None, f"{queued.store}: {name}: parent run metrics {counts.get(run_id)}"
+            continue
         exp = queued.exps[name]
         per_epoch = set(exp.train_rows[0]) - {"epoch"} if stage == "unet_train" else set()
         expected = {k: exp.params["unet_train.epochs"] if k in per_epoch else 1 for k in run.data.metrics}

@@ -21,9 +21,9 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def test_dvc_repro_logs_one_parent_run_with_every_param_and_test_metric(pipeline_repo):
+def test_dvc_repro_logs_one_parent_run_with_every_param_and_test_metric(pipeline_repo, mlflow_store):
     record = json.loads((pipeline_repo / "reports" / "mlflow.json").read_text())
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=mlflow_store)  # the store the pipeline logged to (not a global left set)
     parent = client.get_run(record["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["segdet.stage"] == "pipeline"
     assert parent.info.run_name == "pipeline [workspace]"
