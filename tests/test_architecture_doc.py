@@ -39,3 +39,17 @@ def test_no_reference_to_the_external_design_document():
     hits = [f for f in tracked if f.endswith((".py", ".md", ".yaml", ".yml", ".toml")) and (ROOT / f).is_file()
             and f != "tests/test_architecture_doc.py" and "DESIGN.md" in (ROOT / f).read_text(errors="replace")]
     assert not hits, f"these files still point to DESIGN.md (now docs/architecture.md): {hits}"
+
+
+def test_readme_stays_a_short_guide_with_working_links():
+    """The README is read top to bottom by a newcomer: at most 350 lines, detail in docs/; every relative link and
+    image in it and in docs/ points to a file that exists."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 350, f"README.md has {len(readme.splitlines())} lines; move detail to docs/"
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)}: broken link {target}"
