@@ -99,6 +99,22 @@ def queue_start(repo: Path, log: Path, env: dict[str, str | None] | None = None,
     assert out.returncode == 0, f"dvc queue start -j {jobs} exited {out.returncode}:\n{log.read_text()}"
 
 
+def run_queue(repo: Path, log: Path, env: dict[str, str | None] | None = None, jobs: int = 2,
+              timeout: float = 900) -> str:
+    """:func:`queue_start`, then wait until no experiment is running or queued; returns ``dvc queue status``."""
+    queue_start(repo, log, env, jobs)
+    deadline = time.time() + timeout
+    try:
+        while True:
+            status = sh(["dvc", "queue", "status"], repo).stdout
+            if not any(s in status for s in ("Running", "Queued")):
+                return status
+            assert time.time() < deadline, status
+            time.sleep(3)
+    finally:
+        stop_leftover_workers(repo)
+
+
 def stop_leftover_workers(repo: Path) -> None:
     """End the queue workers of ``repo`` still alive 20 s after the queue is done (by their pid files)."""
     def worker(pid: int) -> bool:

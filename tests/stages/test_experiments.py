@@ -3,13 +3,12 @@
 ``dvc exp show``, and ``dvc plots diff`` renders their training curves."""
 
 import json
-import time
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.stages.conftest import make_repo, queue_start, sh, stop_leftover_workers
+from tests.stages.conftest import make_repo, run_queue, sh
 
 pytestmark = pytest.mark.slow
 
@@ -23,17 +22,7 @@ def queued(tmp_path_factory):
     for name, variant in NAMES.items():
         sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"unet_train.variant={variant}", "unet_eval"], repo,
            env=NO_URI)
-    queue_start(repo, repo.parent / "queue.log", NO_URI)
-    deadline = time.time() + 900
-    try:
-        while True:
-            status = sh(["dvc", "queue", "status"], repo).stdout
-            if not any(s in status for s in ("Running", "Queued")):
-                break
-            assert time.time() < deadline, status
-            time.sleep(3)
-    finally:
-        stop_leftover_workers(repo)
+    status = run_queue(repo, repo.parent / "queue.log", NO_URI)
     assert status.count("Success") == 2, status + sh(["dvc", "queue", "logs", "q-unet64"], repo, check=False).stdout
     return repo
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.stages.conftest import queue_start, sh, stop_leftover_workers
+from tests.stages.conftest import run_queue, sh
 
 pytestmark = pytest.mark.slow
 
@@ -83,17 +83,7 @@ def experiments(server, pipeline_repo, tmp_path_factory):
     sh(["git", "commit", "-qm", "the workspace's pipeline run"], repo)  # the baseline holds its results
     lr = yaml.safe_load((repo / "params.yaml").read_text())["unet_train"]["lr"]
     sh(["dvc", "exp", "run", "--queue", "-S", f"unet_train.lr={lr},{lr * 2}"], repo)
-    queue_start(repo, repo.parent / "queue.log", {"MLFLOW_TRACKING_URI": server}, jobs=1)
-    deadline = time.time() + 900
-    try:
-        while True:
-            status = sh(["dvc", "queue", "status"], repo).stdout
-            if not any(s in status for s in ("Running", "Queued")):
-                break
-            assert time.time() < deadline, status
-            time.sleep(3)
-    finally:
-        stop_leftover_workers(repo)
+    status = run_queue(repo, repo.parent / "queue.log", {"MLFLOW_TRACKING_URI": server}, jobs=1)
     assert status.count("Success") == 2, status + (repo.parent / "queue.log").read_text()[-3000:]
     exp = _get(server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="segdet")["experiment"]
     parents = _post(server, "/api/2.0/mlflow/runs/search", {
