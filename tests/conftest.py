@@ -28,8 +28,13 @@ def mlflow_store(tmp_path_factory) -> str:
 def pipeline_repo(tmp_path_factory) -> Path:
     """The tiny project (tests/stages/conftest.py) after a full ``dvc repro``, logged to the experiment ``segdet``.
     Shared by the detection stage tests and the reliability tests: one pipeline run instead of two."""
+    import shutil
+
     from tests.stages.conftest import make_repo, sh
 
     repo = make_repo(tmp_path_factory.mktemp("pipeline"))
     sh(["dvc", "repro", "-q"], repo, env={"MLFLOW_EXPERIMENT_NAME": None})
+    # what this first pipeline run wrote, for tests that compare with it after others ran experiments in the repo
+    shutil.copytree(repo / "reports", repo.parent / "first_run" / "reports")
+    shutil.copy2(repo / "params.yaml", repo.parent / "first_run" / "params.yaml")
     return repo

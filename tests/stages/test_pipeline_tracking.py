@@ -22,24 +22,25 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 
 def test_dvc_repro_logs_one_parent_run_with_every_param_and_test_metric(pipeline_repo, mlflow_store):
-    record = json.loads((pipeline_repo / "reports" / "mlflow.json").read_text())
+    first = pipeline_repo.parent / "first_run"  # the files as the plain dvc repro wrote them (tests/conftest.py)
+    record = json.loads((first / "reports" / "mlflow.json").read_text())
     client = MlflowClient(tracking_uri=mlflow_store)  # the store the pipeline logged to (not a global left set)
     parent = client.get_run(record["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["segdet.stage"] == "pipeline"
     assert parent.info.run_name == "pipeline [workspace]"
     # every leaf of params.yaml, named section.key as in the file
-    params = _leaves(yaml.safe_load((pipeline_repo / "params.yaml").read_text()))
+    params = _leaves(yaml.safe_load((first / "params.yaml").read_text()))
     assert set(parent.data.params) == set(params)
     assert float(parent.data.params["unet_train.lr"]) == params["unet_train.lr"]
     assert parent.data.params["data.seg.source"] == "synthetic"
     # the test metrics as the eval stages wrote them
-    reports = {name: json.loads((pipeline_repo / "reports" / f"{name}.json").read_text())
+    reports = {name: json.loads((first / "reports" / f"{name}.json").read_text())
                for name in ("unet_eval", "rcnn_eval", "yolo_eval")}
     assert parent.data.metrics["unet_eval.dice"] == pytest.approx(reports["unet_eval"]["dice"])
     assert parent.data.metrics["rcnn_eval.map50"] == pytest.approx(reports["rcnn_eval"]["map50"])
     assert parent.data.metrics["yolo_eval.map50"] == pytest.approx(reports["yolo_eval"]["map50"])
     # the speed figures, with the hardware they were measured on
-    info = {name: json.loads((pipeline_repo / "reports" / f"{name}_info.json").read_text())
+    info = {name: json.loads((first / "reports" / f"{name}_info.json").read_text())
             for name in ("unet_eval", "yolo_eval")}
     assert parent.data.metrics["unet_eval.images_per_second"] == pytest.approx(info["unet_eval"]["images_per_second"])
     assert parent.data.metrics["yolo_eval.fps"] == pytest.approx(info["yolo_eval"]["fps"])
