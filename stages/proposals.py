@@ -21,6 +21,7 @@ from segdet.data.datasets import DetectionDataset
 from segdet.data.formats import SPLITS
 from segdet.detection.proposals import proposal_table, propose_many, recall
 from segdet.io import atomic_dir, write_json
+from segdet.runtime import cpu_share
 from segdet.schema import flatten
 from segdet.stage import check_writable, run_stage
 
@@ -36,7 +37,7 @@ def main(argv=None):
     check_writable(args.out, args.report, args.info)
     cfg = load_section("proposals", load_params(args.params))
     settings = cfg
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or cpu_share()
     classes = args.manifests / "det_classes.txt"
     report = {"max_side": cfg.max_side}
     info = {"mode": cfg.mode, "workers": workers}  # and the timings: the run, not results (no DVC metrics)

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from segdet import tracking
+from segdet import distributed, tracking
 from segdet.config import load_params, load_section
 from segdet.data.datasets import read_classes
 from segdet.detection.rcnn.regions import load_split
@@ -34,7 +34,7 @@ def main(argv=None):
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_finetune", params)
     use_difficult = load_section("data", params).det.use_difficult
-    device = resolve_device(base.device)
+    device = distributed.init(resolve_device(base.device))  # cuda:LOCAL_RANK under torchrun
     seed_everything(base.seed)
     classes = read_classes(args.manifests / "det_classes.txt")
     root = Path.cwd()
@@ -48,6 +48,8 @@ def main(argv=None):
         _, result = finetune_rcnn(cfg, train_items=train, val_items=val, classes=classes, device=device,
                                   run_dir=args.run_dir, seed=base.seed, on_epoch=run.epoch_logger(args.plots, args.run_dir),
                                   on_transfer=run.log_transfer)
+        if not distributed.is_main():  # rank 0 writes the outputs and logs
+            return
         atomic_copy(result.best_checkpoint, args.model)
         best = result.history[result.best_epoch - 1]
         run.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_value,
@@ -57,5 +59,12 @@ def main(argv=None):
               f"(objects {best['val_fg_acc']:.3f}) at epoch {result.best_epoch} -> {args.model}")
 
 
+def run(argv=None):
+    try:
+        main(argv)
+    finally:
+        distributed.close()
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(main))
+    sys.exit(run_stage(run))

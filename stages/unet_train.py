@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from segdet import tracking
+from segdet import distributed, tracking
 from segdet.config import load_params, load_section
 from segdet.io import atomic_copy
 from segdet.runtime import device_name, resolve_device, seed_everything
@@ -30,7 +30,7 @@ def main(argv=None):
     check_writable(args.model, args.run_dir, args.plots)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("unet_train", params)
-    device = resolve_device(base.device)
+    device = distributed.init(resolve_device(base.device))  # cuda:LOCAL_RANK under torchrun
     seed_everything(base.seed)
     logged = {**flatten(base, "base."), **flatten(cfg, "unet_train.")}
     with (tracking.stage_run("unet_train", logged, device=device_name(device), system_metrics=True) as run,
@@ -41,6 +41,8 @@ def main(argv=None):
             root=Path.cwd(), device=device, run_dir=args.run_dir, seed=base.seed,
             on_epoch=run.epoch_logger(args.plots, args.run_dir), on_transfer=run.log_transfer,
         )
+        if not distributed.is_main():  # rank 0 writes the outputs and logs
+            return
         atomic_copy(result.best_checkpoint, args.model)
         run.log_metrics({"best_val_dice": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
@@ -48,5 +50,12 @@ def main(argv=None):
         print(f"unet_train: best val Dice {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}")
 
 
+def run(argv=None):
+    try:
+        main(argv)
+    finally:
+        distributed.close()
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(main))
+    sys.exit(run_stage(run))

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from segdet import tracking
+from segdet import distributed, tracking
 from segdet.config import load_params, load_section
 from segdet.data.datasets import DetectionDataset, read_classes
 from segdet.detection.yolo.detect import save_with_thresholds
@@ -35,7 +35,7 @@ def main(argv=None):
     base, cfg = load_section("base", params), load_section("yolo_train", params)
     ev = load_section("yolo_eval", params)  # the detection settings the operating thresholds are chosen with
     use_difficult = load_section("data", params).det.use_difficult
-    device = resolve_device(base.device)
+    device = distributed.init(resolve_device(base.device))  # cuda:LOCAL_RANK under torchrun
     seed_everything(base.seed)
     classes = read_classes(args.manifests / "det_classes.txt")
     logged = {**flatten(base, "base."), **flatten(cfg, "yolo_train."), "data.det.use_difficult": use_difficult}
@@ -47,6 +47,8 @@ def main(argv=None):
                                    device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
                                    on_epoch=run.epoch_logger(args.plots, args.run_dir), on_transfer=run.log_transfer,
                                    use_difficult=use_difficult)
+        if not distributed.is_main():  # rank 0 writes the outputs and logs
+            return
         thresholds = save_with_thresholds(model, result.best_checkpoint, args.model,
                                           DetectionDataset(args.manifests / "det_val.txt", classes),
                                           json.loads((args.manifests / "det_val_coco.json").read_text()),
@@ -61,5 +63,12 @@ def main(argv=None):
               + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, thresholds, strict=True)))
 
 
+def run(argv=None):
+    try:
+        main(argv)
+    finally:
+        distributed.close()
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(main))
+    sys.exit(run_stage(run))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import stage_script
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -24,11 +26,11 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _segdet_imports(script: Path) -> set[Path]:
-    """segdet modules a stage script imports, then what those import, transitively, including the imports
+def _segdet_imports(*scripts: Path) -> set[Path]:
+    """segdet modules stage scripts import, then what those import, transitively, including the imports
     inside functions (a module imported lazily still runs in the stage)."""
-    seen: set[Path] = set()
-    todo = [script]
+    seen: set[Path] = set(scripts)
+    todo = list(scripts)
     while todo:
         path = todo.pop()
         for node in ast.walk(ast.parse(path.read_text())):
@@ -50,10 +52,13 @@ def _segdet_imports(script: Path) -> set[Path]:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_list_every_segdet_module_it_imports(stage):
     spec = STAGES[stage]
-    script = ROOT / spec["cmd"].split()[1]
+    script = ROOT / stage_script(spec["cmd"])[0]
+    runs = [script]
+    if spec["cmd"].split()[1:3] == ["-m", "segdet.launch"]:  # the training stages start through the torchrun launcher
+        runs.append(_module_file("segdet.launch"))
     deps = {d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])}
     assert str(script.relative_to(ROOT)) in deps
-    needed = {str(f.relative_to(ROOT)) for f in _segdet_imports(script) if f.name != "__init__.py"}
+    needed = {str(f.relative_to(ROOT)) for f in _segdet_imports(*runs) if f.name != "__init__.py"}
     missing = sorted(needed - deps)
     assert not missing, f"dvc.yaml stage {stage!r} imports but does not list: {missing}"
 
@@ -61,9 +66,10 @@ def test_stage_deps_list_every_segdet_module_it_imports(stage):
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_list_no_module_it_does_not_run(stage):
     spec = STAGES[stage]
-    script = ROOT / spec["cmd"].split()[1]
+    script = ROOT / stage_script(spec["cmd"])[0]
+    launcher = [_module_file("segdet.launch")] if spec["cmd"].split()[1:3] == ["-m", "segdet.launch"] else []
     deps = {d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])}
-    needed = {str(f.relative_to(ROOT)) for f in _segdet_imports(script)}
+    needed = {str(f.relative_to(ROOT)) for f in _segdet_imports(script, *launcher)}
     extra = sorted(d for d in deps if d.startswith("src/segdet/") and d not in needed)
     assert not extra, f"dvc.yaml stage {stage!r} lists modules it never imports (reruns for nothing): {extra}"
 
@@ -139,8 +145,9 @@ def test_stage_paths_in_dvc_yaml_are_the_scripts_defaults(stage):
     """A stage runs with its script's default paths (``cmd`` passes none), so every data dep and out in
     dvc.yaml must lie under one of them and every default must be a dep, an out or a run folder."""
     spec = STAGES[stage]
-    script = ROOT / spec["cmd"].split()[1]
-    assert spec["cmd"].split()[2:] == [], f"{stage}: cmd passes arguments; the defaults are the contract"
+    script, args = stage_script(spec["cmd"])
+    script = ROOT / script
+    assert args == [], f"{stage}: cmd passes arguments; the defaults are the contract"
     defaults = _default_paths(script)
     files = {d if isinstance(d, str) else next(iter(d)) for key in ("deps", "outs", "metrics", "plots")
              for d in spec.get(key, [])}

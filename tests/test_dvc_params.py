@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import functools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import pytest
 import yaml
 
 from segdet.config import SECTIONS
+from tests.conftest import stage_script
 from tests.test_dvc_deps import _lock_code_as_is, _module_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +273,7 @@ class Reads:
 
 def stage_reads(stage: str) -> Reads:
     reads = Reads()
-    reads.section_loads(ROOT / STAGES[stage]["cmd"].split()[1])
+    reads.section_loads(ROOT / stage_script(STAGES[stage]["cmd"])[0])
     return reads
 
 
@@ -295,6 +297,7 @@ def test_stage_params_are_exactly_the_keys_its_code_reads(stage):
     reads = stage_reads(stage)
     assert not reads.problems, reads.problems
     read = set().union(*map(_leaves, reads.keys)) if reads.keys else set()
+    read |= set(re.findall(r"\$\{([\w.]+)\}", STAGES[stage]["cmd"]))  # the command's own params (base.nproc_per_node)
     listed = set().union(*(_leaves(tuple(p.split("."))) for p in _listed(stage))) if _listed(stage) else set()
     missing, extra = sorted(read - listed), sorted(listed - read)
     assert not missing, (f"dvc.yaml stage {stage!r} reads but does not list (DVC would skip a needed rerun): {missing}"

@@ -13,7 +13,7 @@ Models differ only in the ``step`` (batch -> loss) and ``evaluate`` functions th
 from __future__ import annotations
 
 import logging
-import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,17 +27,24 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from segdet import distributed
 from segdet.nets.weights import CheckpointError, TransferReport, load_checkpoint, save_checkpoint
 from segdet.stage import UserError
 
 log = logging.getLogger(__name__)
 
-#: ``step(model, batch, device) -> (loss, {"part": float, ...})``
+#: ``step(model, batch, device) -> (loss, {"part": float or 0-d tensor, ...})``
 StepFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN or infinite loss; the message says where and what to try."""
+
+
+#: batches between the host's looks at the running loss (progress bar, non-finite check)
+SYNC_EVERY = 10
+#: process r of a torchrun run seeds its augmentations with the epoch's seed + r * this (rank 0: the one-process seed)
+RANK_SEED_STRIDE = 7919
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -63,26 +70,31 @@ def train_one_epoch(
     desc: str = "train",
     grad_clip: float = 0.0,
     ema: AveragedModel | None = None,
+    sync_every: int = SYNC_EVERY,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the sample-weighted mean of ``loss`` and of each loss part.
+    """One pass over ``loader``; returns the sample-weighted mean of ``loss`` and of each loss part (over all
+    processes under ``torchrun``).
 
     ``grad_clip > 0`` clips the gradient norm to it before each step (as torchvision's references do);
-    ``ema`` (an exponential moving average of the weights) is updated after every optimizer step.
+    ``ema`` (an exponential moving average of the weights) is updated after every optimizer step. Losses are
+    summed on the device; the host waits for them only every ``sync_every`` batches (progress bar, non-finite
+    check naming the first bad batch) and at the end, so a GPU is never stalled step by step.
     """
     model.train()
-    sums: dict[str, float] = {}
+    sums: torch.Tensor | None = None
+    keys: list[str] = []
     seen = 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first non-finite batch, and its loss
+    bad_loss = torch.zeros((), device=device)
     bar = tqdm(loader, desc=f"{desc} epoch {epoch}", unit="batch", disable=not progress, leave=False)
+    total = len(loader) if hasattr(loader, "__len__") else None
     for i, batch in enumerate(bar):
         with torch.autocast(device.type, enabled=amp):
             loss, parts = step(model, batch, device)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"{desc}: the loss became {value} at epoch {epoch}, batch {i + 1}; training stopped. "
-                f"Try a lower learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the labels; "
-                "the last good checkpoint is last.pt of the previous epoch"
-            )
+        loss_value = loss.detach().float()
+        new_bad = (first_bad < 0) & ~torch.isfinite(loss_value)
+        first_bad = torch.where(new_bad, i, first_bad)
+        bad_loss = torch.where(new_bad, loss_value, bad_loss)
         optimizer.zero_grad(set_to_none=True)
         scaled = scaler is not None and scaler.is_enabled()
         (scaler.scale(loss) if scaled else loss).backward()
@@ -96,13 +108,31 @@ def train_one_epoch(
         else:
             optimizer.step()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update_parameters(distributed.unwrap(model))
         n = _batch_size(batch)
         seen += n
-        for k, v in {"loss": value, **parts}.items():
-            sums[k] = sums.get(k, 0.0) + v * n
-        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
-    return {k: v / max(seen, 1) for k, v in sums.items()}
+        keys = ["loss", *parts]
+        values = torch.stack([loss_value, *(torch.as_tensor(v, device=device).detach().float() for v in parts.values())])
+        sums = values * n if sums is None else sums + values * n
+        if (i + 1) % sync_every == 0 or (total is not None and i + 1 == total):
+            _check_finite(first_bad, bad_loss, desc, epoch, optimizer)
+            bar.set_postfix(loss=f"{float(sums[0]) / seen:.4f}")
+    if sums is None:
+        return {}
+    _check_finite(first_bad, bad_loss, desc, epoch, optimizer)
+    sums = distributed.all_sum(torch.cat([sums, torch.tensor([float(seen)], device=device)]))
+    return {k: float(v) / max(float(sums[-1]), 1.0) for k, v in zip(keys, sums[:-1].tolist(), strict=True)}
+
+
+def _check_finite(first_bad: torch.Tensor, loss: torch.Tensor, desc: str, epoch: int,
+                  optimizer: torch.optim.Optimizer) -> None:
+    bad = int(first_bad)
+    if bad >= 0:
+        raise NonFiniteLossError(
+            f"{desc}: the loss became {float(loss)} at epoch {epoch}, batch {bad + 1}; training stopped. "
+            f"Try a lower learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the labels; "
+            "the last good checkpoint is last.pt of the previous epoch"
+        )
 
 
 def keep_previous_run(run_dir: Path) -> Path:
@@ -171,11 +201,13 @@ def fit(
             being trained are stored beside it as ``train_model`` so that a resumed run continues exactly.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # under torchrun only rank 0 writes; the others train and wait
     best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
-    for stale in run_dir.glob(".*.pt.tmp-*"):  # a checkpoint write cut short by SIGKILL; the old file is intact
-        log.info("removing %s, the unfinished write of a killed run", stale)
-        stale.unlink()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.pt.tmp-*"):  # a checkpoint write cut short by SIGKILL; the old file is intact
+            log.info("removing %s, the unfinished write of a killed run", stale)
+            stale.unlink()
     amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     ema = None
@@ -184,7 +216,7 @@ def fit(
     history: list[dict] = []
     best_epoch, best_value = 0, None
     start = 1
-    keep_previous = not resume and last_path.is_file()  # done at this run's first checkpoint: not lost on a failed start
+    keep_previous = main and not resume and last_path.is_file()  # done at this run's first checkpoint: not lost on a failed start
     if resume:
         ckpt = load_checkpoint(resume, map_location=device)
         try:
@@ -209,15 +241,27 @@ def fit(
         best_epoch, best_value = metrics.get("best_epoch", 0), metrics.get("best_value")
         start = int(ckpt["epoch"]) + 1
         src_best = Path(resume).with_name("best.pt")
-        if src_best.is_file() and src_best.resolve() != best_path.resolve():
+        if main and src_best.is_file() and src_best.resolve() != best_path.resolve():
             shutil.copy2(src_best, best_path)
+        trained_by = int(ckpt.get("world_size", 1))
+        if trained_by != distributed.world() and main:
+            log.warning(
+                "%s was trained by %d process(es); this run has %d. The global batch, the learning rate and the "
+                "order of the images stay the same; each process now takes 1/%d of every batch, and the random "
+                "augmentations%s are drawn differently, so the result is not bit-identical to an uninterrupted "
+                "%d-process run", resume, trained_by, distributed.world(), distributed.world(),
+                " and (on CPU) the batch-norm statistics" if device.type != "cuda" else "", trained_by)
         log.info("resumed from %s after epoch %d (best %s = %s at epoch %d)", resume, start - 1, monitor,
                  best_value, best_epoch)
         if start > epochs:
             log.warning("the checkpoint is already at epoch %d >= epochs = %d: nothing to train", start - 1, epochs)
 
+    train_model = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else model itself
+
     def checkpoint(path: Path, epoch: int) -> None:
         nonlocal keep_previous
+        if not main:
+            return
         if keep_previous:
             keep_previous_run(run_dir)
             keep_previous = False
@@ -225,20 +269,26 @@ def fit(
             path, model=model if ema is None else ema.module, optimizer=optimizer, scheduler=scheduler,
             scaler=scaler, epoch=epoch, config=config or {}, classes=classes or [],
             metrics={"history": history, "best_epoch": best_epoch, "best_value": best_value, "monitor": monitor},
-            extra=None if ema is None else {"train_model": model.state_dict(), "ema_updates": int(ema.n_averaged)},
+            extra={"world_size": distributed.world(),
+                   **({} if ema is None else {"train_model": model.state_dict(), "ema_updates": int(ema.n_averaged)})},
         )
 
     for epoch in range(start, epochs + 1):
-        torch.manual_seed(epoch_seed(seed, epoch))
+        # augmentation draws differ between processes; the loader's generator (the image order) does not
+        torch.manual_seed(epoch_seed(seed, epoch) + RANK_SEED_STRIDE * distributed.rank())
         if generator is not None:
             generator.manual_seed(epoch_seed(seed, epoch))
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, optimizer, train_loader, step, device, epoch=epoch, scaler=scaler,
-                                amp=amp, progress=progress, desc=desc, grad_clip=grad_clip, ema=ema)
+        train = train_one_epoch(train_model, optimizer, train_loader, step, device, epoch=epoch, scaler=scaler,
+                                amp=amp, progress=progress and main, desc=desc, grad_clip=grad_clip, ema=ema)
         if scheduler is not None:
             scheduler.step()
-        val = evaluate(model if ema is None else ema.module)
+        # rank 0 validates (on the unwrapped model: no collective inside) and every process takes its result,
+        # so all agree on the best epoch
+        val = distributed.broadcast(evaluate(model if ema is None else ema.module) if main else None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's seconds include all its GPU work
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **val, "lr": lr,
                "seconds": time.perf_counter() - t0}
         history.append(row)
@@ -248,13 +298,14 @@ def fit(
             best_epoch, best_value = epoch, float(val[monitor])
             checkpoint(best_path, epoch)
         checkpoint(last_path, epoch)
-        if on_epoch is not None:
+        if on_epoch is not None and main:
             on_epoch(history)
         log.info("epoch %d/%d: %s", epoch, epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-    if not best_path.is_file():
+    if main and not best_path.is_file():
         log.warning("no best.pt from before the resume was found; the last epoch is used as the best")
         checkpoint(best_path, max(start - 1, epochs))
+    distributed.barrier()  # rank 0's checkpoints are complete before any process goes on
     return FitResult(history, best_epoch, best_value if best_value is not None else float("nan"), best_path,
                      last_path)
 
@@ -286,18 +337,47 @@ def announce_transfer(report: TransferReport | None, on_transfer: Callable[[Tran
         on_transfer(report)
 
 
-def loaders(train_ds, val_ds, *, batch_size: int, workers: int, device: torch.device, generator: torch.Generator,
-            collate_fn: Callable | None = None) -> tuple[DataLoader, DataLoader]:
-    """Shuffled training and ordered validation loaders (pinned memory on CUDA, shuffling from ``generator``)."""
+def resolve_workers(workers: int | str, device: torch.device) -> int:
+    """``workers: auto``: on CUDA this process's share of the cores (the machine's, or the share a DVC queue
+    worker leaves it, see :func:`segdet.runtime.cpu_share`, divided by the processes torchrun runs on this
+    node), at most 8; on CPU 0, because loading in the training process leaves the cores to the math."""
+    if workers != "auto":
+        return int(workers)
+    if device.type != "cuda":
+        return 0
+    from segdet.runtime import cpu_share
+
+    per_process = cpu_share() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, per_process - 1))  # one core stays with the training process
+
+
+def loaders(train_ds, val_ds, *, batch_size: int, workers: int | str, device: torch.device,
+            generator: torch.Generator, collate_fn: Callable | None = None, key: str = "batch_size"
+            ) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training and ordered validation loaders (shuffling from ``generator``; pinned memory on CUDA). Under torchrun ``batch_size`` (the parameter ``key``) is the global batch:
+    each process loads its share of it through :class:`segdet.distributed.ShardedRandomSampler`; validation is
+    not split (rank 0 runs it)."""
     pin = device.type == "cuda"
-    train = DataLoader(train_ds, batch_size, shuffle=True, generator=generator, num_workers=workers,
-                       collate_fn=collate_fn, pin_memory=pin)
-    val = DataLoader(val_ds, batch_size, num_workers=workers, collate_fn=collate_fn, pin_memory=pin)
+    n = resolve_workers(workers, device)
+    # no persistent_workers: each epoch's workers are seeded from the re-seeded generator, so a resumed run
+    # draws the same augmentations as an uninterrupted one
+    extra: dict = {}
+    if distributed.world() > 1:
+        train = DataLoader(train_ds, distributed.per_process(batch_size, key),
+                           sampler=distributed.ShardedRandomSampler(train_ds, generator), generator=generator,
+                           num_workers=n, collate_fn=collate_fn, pin_memory=pin, **extra)
+    else:
+        train = DataLoader(train_ds, batch_size, shuffle=True, generator=generator, num_workers=n,
+                           collate_fn=collate_fn, pin_memory=pin, **extra)
+    val = DataLoader(val_ds, batch_size, num_workers=n, collate_fn=collate_fn, pin_memory=pin, **extra)
     return train, val
 
 
 def load_best(model: nn.Module, result: FitResult, device: torch.device) -> nn.Module:
-    """``model`` with the weights of the run's best checkpoint (the epoch the monitored metric chose)."""
+    """``model`` with the weights of the run's best checkpoint (the epoch the monitored metric chose); under
+    torchrun only rank 0, which wrote it, loads it (the others' work ends with training)."""
+    if not distributed.is_main():
+        return model
     best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     return model

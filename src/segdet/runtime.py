@@ -1,4 +1,5 @@
-"""Device choice, seeding, the repository root and (later) distributed setup."""
+"""Device choice, seeding, the repository root, and the share of the machine a stage takes when DVC's queue
+runs several experiments side by side (``dvc queue start -j N``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def repo_root(start: str | Path | None = None) -> Path:
 def resolve_device(name: str = "auto"):
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` as asked.
 
+    With ``auto`` on a machine with several GPUs, an experiment run by a DVC queue worker next to others
+    takes a GPU of its own: the lowest free :func:`queue_slot`, modulo the GPUs. (Under torchrun,
+    :func:`segdet.distributed.init` puts each process on ``cuda:LOCAL_RANK``.)
+
     Raises:
         ConfigError: a device was asked for that this machine does not have (names ``base.device``).
     """
@@ -35,7 +40,12 @@ def resolve_device(name: str = "auto"):
     from segdet.schema import ConfigError
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        gpus = torch.cuda.device_count()
+        if gpus > 1 and "LOCAL_RANK" not in os.environ and queue_workers() > 1:
+            return torch.device("cuda", queue_slot() % gpus)
+        return torch.device("cuda")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"base.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
@@ -73,6 +83,85 @@ def hardware(device) -> str:
     except (OSError, StopIteration):
         pass
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def cores() -> int:
+    """Cores this process may run on (its CPU affinity: a container's or a batch scheduler's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def queue_workers() -> int:
+    """DVC experiment-queue workers running on this machine now (``dvc queue start -j N`` starts N of them,
+    each running one experiment at a time): processes ``dvc exp queue-worker dvc-exp-<repo>-<n>@localhost``.
+    0 outside Linux or when none runs."""
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended while we looked
+            continue
+        if b"queue-worker" in args and any(a.startswith(b"dvc-exp-") for a in args):
+            count += 1
+    return count
+
+
+def cpu_share() -> int:
+    """The cores this experiment should use: all of :func:`cores`, or 1/N of them while N DVC queue workers run
+    experiments side by side (so ``dvc queue start -j N`` does not run N x cores threads on the cores)."""
+    return max(1, cores() // max(1, queue_workers()))
+
+
+def share_machine() -> int:
+    """Limit this process (PyTorch and OpenCV threads, what its child processes inherit through
+    ``OMP_NUM_THREADS``) to :func:`cpu_share`; returns the number of cores. Called by every stage at start."""
+    import logging
+
+    share, total = cpu_share(), cores()
+    if share < total:
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        import torch
+
+        torch.set_num_threads(share)
+        try:
+            import cv2
+
+            cv2.setNumThreads(share)
+        except ImportError:
+            pass
+        logging.getLogger(__name__).info(
+            "%d DVC queue workers share this machine: this experiment uses %d of its %d cores",
+            queue_workers(), share, total)
+    return share
+
+
+_slot_lock = None  # the open lock file of this process's slot, held until it exits
+
+
+def queue_slot() -> int:
+    """A number no other running experiment of this repository holds (0, 1, ...): the lowest free slot,
+    taken with an exclusive ``flock`` on ``.dvc/tmp/segdet-slots/<n>.lock`` that the operating system releases
+    when this process ends. Used to give each queued experiment its own GPU."""
+    global _slot_lock
+    import fcntl
+
+    if _slot_lock is not None:
+        return _slot_lock[0]
+    folder = repo_root() / ".dvc" / "tmp" / "segdet-slots"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        fh = open(folder / f"{n}.lock", "w")  # noqa: SIM115 (held open on purpose)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            n += 1
+            continue
+        _slot_lock = (n, fh)
+        return n
 
 
 def seed_everything(seed: int) -> None:

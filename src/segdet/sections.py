@@ -24,6 +24,7 @@ class BaseConfig:
 
     seed: int = param(0, ge=0)
     device: str = param("auto", pattern=DEVICE_PATTERN)
+    nproc_per_node: int = param(1, ge=1, le=1024)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class UnetTrainConfig:
     rotate: float = param(0.0, ge=0.0, le=180.0)
     scale: float = param(0.0, ge=0.0, lt=1.0)
     color_jitter: float = param(0.0, ge=0.0, le=1.0)
-    workers: int = param(0, ge=0, le=64)
+    workers: int | Literal["auto"] = param("auto", ge=0, le=64)
     amp: bool = True
     weights: str | None = param(None, false_is_null=True)
     init_from: str | None = param(None, false_is_null=True)
@@ -250,7 +251,7 @@ class YoloTrainConfig:
     augment: bool = True
     hflip: float = param(0.5, ge=0.0, le=1.0)
     vflip: float = param(0.0, ge=0.0, le=1.0)
-    workers: int = param(0, ge=0, le=64)
+    workers: int | Literal["auto"] = param("auto", ge=0, le=64)
     amp: bool = True
     val_score_threshold: float = param(0.05, ge=0.0, le=1.0)
     weights: str | None = param(None, false_is_null=True)

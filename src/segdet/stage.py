@@ -1,6 +1,7 @@
 """What every stage script shares: the user-error base class and ``run_stage``.
 
-The lowest module of the package (it imports nothing from segdet), so a stage's DVC deps do not grow with
+The lowest module of the package (it imports nothing from segdet at load; ``run_stage`` calls
+:func:`segdet.runtime.share_machine`), so a stage's DVC deps do not grow with
 the CLI or with error classes of modules the stage never runs.
 """
 
@@ -23,8 +24,13 @@ class UserError(ValueError):
 
 
 def setup_logging() -> None:
-    """INFO logs of segdet, warnings only from chatty libraries."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """INFO logs of segdet, warnings only from chatty libraries; under torchrun, processes other than rank 0
+    only warn (their messages are prefixed with the rank)."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -55,7 +61,10 @@ def write_fault(exc: OSError) -> str | None:
 def check_writable(*paths: str | Path) -> None:
     """Fail now, before any work, when an output path cannot be written (its folder, or the nearest existing
     folder above it, is read-only, not ours, or on a full disk): a stage that finds out after an hour of
-    training has already replaced some of its outputs. Raises ``OSError`` (reported by :func:`run_stage`)."""
+    training has already replaced some of its outputs. Raises ``OSError`` (reported by :func:`run_stage`).
+    Under torchrun only rank 0 writes outputs, so only it checks."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     for path in map(Path, paths):
         # an output is written beside itself and renamed into place (segdet.io): its parent folder must be
         # writable, and a folder written into (a run folder) must be writable itself
@@ -76,6 +85,9 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     read-only folder), prints ``ERROR: ...`` and gives exit status 1."""
     setup_logging()
     signal.signal(signal.SIGTERM, _terminate)
+    from segdet.runtime import share_machine  # noqa: PLC0415 (keeps this module free of segdet imports at load)
+
+    share_machine()
     return report_errors(main, argv)
 
 

@@ -416,6 +416,21 @@ def _open_store(root: Path) -> tuple[str, str]:
     return uri, exp_id
 
 
+class QuietRun(StageRun):
+    """What a training process other than rank 0 gets from :func:`stage_run` under torchrun: every logging call
+    does nothing (only rank 0 logs to MLflow, so a run of N processes is one MLflow run)."""
+
+    def __init__(self) -> None:
+        self.run, self.run_id, self.parent_run_id = None, None, None
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("log_") or name == "set_tags":
+            return lambda *args, **kwargs: None
+        if name == "epoch_logger":
+            return lambda *args, **kwargs: (lambda history: None)
+        return super().__getattribute__(name)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -435,7 +450,12 @@ def stage_run(
         root: the repository root (default: found from the working directory).
         device: ``cpu`` or the accelerator's name, logged as ``segdet.device``.
         system_metrics: log CPU, memory (and GPU, with ``pynvml``) use as ``system/...`` metrics (training stages).
+
+    Under torchrun only rank 0 opens a run; the other processes get a :class:`QuietRun`.
     """
+    if os.environ.get("RANK", "0") != "0":
+        yield QuietRun()
+        return
     root = repo_root(root)
     _, exp_id = _open_store(root)
     client = MlflowClient()
@@ -447,6 +467,8 @@ def stage_run(
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     all_tags.update(_process_tags())
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        all_tags["segdet.processes"] = os.environ["WORLD_SIZE"]  # torchrun: the processes this run trained with
     _end_orphaned_runs(client, exp_id)
     if mlflow.active_run() is not None:  # never nest into a run left open by the caller
         mlflow.end_run()

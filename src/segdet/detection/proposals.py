@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from segdet.data.formats import read_bgr
+from segdet.runtime import cpu_share
 from segdet.sections import ProposalsConfig
 
 MODES = ("fast", "quality")
@@ -74,7 +75,7 @@ def propose_many(paths: list[str | Path], settings: ProposalsConfig, workers: in
                  ) -> Iterator[tuple[str, np.ndarray, float]]:
     """``(path, boxes, seconds)`` for each image, in input order, computed by ``workers`` processes
     (0: all cores; 1: in this process)."""
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cpu_share()
     jobs = [(str(p), settings) for p in paths]
     if workers == 1:
         yield from map(_work, jobs)

@@ -49,6 +49,10 @@ def validate(model: UNet, loader: DataLoader, loss_fn: SegLoss, device: torch.de
     return {"val_loss": total / n, "val_dice": dice / n, "val_iou": iou / n}
 
 
+def _memory_format(device: torch.device) -> torch.memory_format:
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 def train_unet(
     cfg: UnetTrainConfig,
     *,
@@ -73,8 +77,9 @@ def train_unet(
     model = build_unet(cfg.variant, num_classes=len(CLASSES))
     announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
     model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # NHWC convolutions: what tensor cores take under AMP
         torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
 
     generator = torch.Generator()
     augment = seg_transforms(cfg.input_size, train=cfg.augment, rotate=cfg.rotate, scale=cfg.scale,
@@ -86,7 +91,7 @@ def train_unet(
                         f"{val_manifest} ({len(val_ds)}); give the split that has none some images (data.split, "
                         "or the source's own split lists)")
     train_loader, val_loader = loaders(train_ds, val_ds, batch_size=cfg.batch_size, workers=cfg.workers,
-                                       device=device, generator=generator)
+                                       device=device, generator=generator, key="unet_train.batch_size")
 
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -94,7 +99,7 @@ def train_unet(
 
     def step(model, batch, device):
         images, masks = batch
-        logits = model(images.to(device, non_blocking=True))
+        logits = model(images.to(device, non_blocking=True, memory_format=_memory_format(device)))
         return loss_fn(logits, masks.to(device, non_blocking=True))
 
     result = fit(

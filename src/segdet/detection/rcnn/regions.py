@@ -43,7 +43,7 @@ def proposals_by_image(frame: pd.DataFrame) -> dict[str, torch.Tensor]:
     """Proposal table (the proposals parquet of docs/architecture.md) -> ``{image path: float32 [K, 4]}``."""
     out = {}
     for image, group in frame.groupby("image", sort=False):
-        out[image] = torch.from_numpy(group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32))
+        out[image] = torch.from_numpy(group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32, copy=True))
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from segdet import distributed
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.rcnn.regions import Item, RegionBatches, label_regions
 from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best
@@ -19,15 +20,18 @@ from segdet.sections import RcnnFinetuneConfig
 log = logging.getLogger(__name__)
 
 
-def region_batches(items: list[Item], num_classes: int, cfg: RcnnFinetuneConfig, batches: int) -> RegionBatches:
-    """Ground-truth boxes and proposals of every image, labelled by IoU >= ``cfg.fg_iou``."""
+def region_batches(items: list[Item], num_classes: int, cfg: RcnnFinetuneConfig, batches: int,
+                   shares: int = 1) -> RegionBatches:
+    """Ground-truth boxes and proposals of every image, labelled by IoU >= ``cfg.fg_iou``; each mini-batch holds
+    ``1/shares`` of ``fg_per_batch`` and ``bg_per_batch`` (a process's share of the global batch under torchrun)."""
     images, regions, labels = [], [], []
     for image, props, gt_boxes, gt_labels in items:
         boxes = torch.cat([gt_boxes.float(), props.float()])
         images.append(image)
         regions.append(boxes)
         labels.append(label_regions(boxes, gt_boxes, gt_labels, num_classes, cfg.fg_iou)["label"])
-    return RegionBatches(images, regions, labels, fg=cfg.fg_per_batch, bg=cfg.bg_per_batch, batches=batches,
+    return RegionBatches(images, regions, labels, fg=cfg.fg_per_batch // shares, bg=cfg.bg_per_batch // shares,
+                         batches=batches,
                          crop_size=cfg.crop_size, context=cfg.context)
 
 
@@ -71,7 +75,11 @@ def finetune_rcnn(
     model = RegionCNN(cfg.backbone, len(classes))
     announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
     model.to(device)
-    train = region_batches(train_items, len(classes), cfg, cfg.batches_per_epoch)
+    # under torchrun each process draws its share of every mini-batch (its own regions: the engine seeds each
+    # process differently); the fixed validation sample stays whole (rank 0 validates)
+    for key in ("fg_per_batch", "bg_per_batch"):
+        distributed.per_process(getattr(cfg, key), f"rcnn_finetune.{key}")
+    train = region_batches(train_items, len(classes), cfg, cfg.batches_per_epoch, shares=distributed.world())
     torch.manual_seed(seed + 1)  # a fixed validation sample
     val = list(region_batches(val_items or train_items, len(classes), cfg, cfg.val_batches))
     if not val_items:

@@ -209,7 +209,8 @@ def train_yolo(
                         f"{val_manifest} ({len(val_ds)}); give the split that has none some images (data.split, "
                         "or the source's own split lists)")
     train_loader, val_loader = loaders(train_ds, val_ds, batch_size=cfg.batch_size, workers=cfg.workers,
-                                       device=device, generator=generator, collate_fn=collate)
+                                       device=device, generator=generator, collate_fn=collate,
+                                       key="yolo_train.batch_size")
     trainable = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
