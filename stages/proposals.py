@@ -7,7 +7,6 @@ Reads ``data/manifests/det_{train,val,test}.txt`` and params ``proposals``; writ
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

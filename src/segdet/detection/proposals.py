@@ -9,7 +9,6 @@ removed, and at most ``max_proposals`` kept in selective search's own (hierarchi
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
