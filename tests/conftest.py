@@ -11,13 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 
 
-
 def stage_script(cmd: str) -> tuple[str, list[str]]:
     """The script of a dvc.yaml stage command and the arguments after it (training stages start as
     ``python -m segdet.launch ${base.nproc_per_node} stages/x.py``, the others as ``python stages/x.py``)."""
     words = cmd.split()
     at = next(i for i, w in enumerate(words) if w.endswith(".py"))
     return words[at], words[at + 1:]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def mlflow_store(tmp_path_factory) -> str:

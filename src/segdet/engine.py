@@ -255,6 +255,8 @@ def fit(
                  best_value, best_epoch)
         if start > epochs:
             log.warning("the checkpoint is already at epoch %d >= epochs = %d: nothing to train", start - 1, epochs)
+            if on_epoch is not None and main and history:
+                on_epoch(history)  # the outputs (per-epoch CSV) still describe the run
 
     train_model = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else model itself
 
