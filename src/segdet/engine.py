@@ -112,7 +112,9 @@ def train_one_epoch(
         n = _batch_size(batch)
         seen += n
         keys = ["loss", *parts]
-        values = torch.stack([loss_value, *(torch.as_tensor(v, device=device).detach().float() for v in parts.values())])
+        # float64 sums, as the host's Python floats would be
+        values = torch.stack([loss_value.double(),
+                              *(torch.as_tensor(v, device=device).detach().double() for v in parts.values())])
         sums = values * n if sums is None else sums + values * n
         if (i + 1) % sync_every == 0 or (total is not None and i + 1 == total):
             _check_finite(first_bad, bad_loss, desc, epoch, optimizer)
@@ -120,7 +122,7 @@ def train_one_epoch(
     if sums is None:
         return {}
     _check_finite(first_bad, bad_loss, desc, epoch, optimizer)
-    sums = distributed.all_sum(torch.cat([sums, torch.tensor([float(seen)], device=device)]))
+    sums = distributed.all_sum(torch.cat([sums, torch.tensor([float(seen)], device=device, dtype=sums.dtype)]))
     return {k: float(v) / max(float(sums[-1]), 1.0) for k, v in zip(keys, sums[:-1].tolist(), strict=True)}
 
 

@@ -18,12 +18,14 @@ from segdet.detection.rcnn.regions import label_regions
 @torch.no_grad()
 def embed_regions(model: RegionCNN, image: torch.Tensor, boxes: torch.Tensor, crop_size: int, context: float,
                   device: torch.device, batch: int = 512) -> torch.Tensor:
-    """Penultimate CNN features ``float32 [K, D]`` (on CPU) of ``boxes`` in uint8 ``image [3, H, W]``."""
-    norm = normalise(image)
+    """Penultimate CNN features ``float32 [K, D]`` (on CPU) of ``boxes`` in uint8 ``image [3, H, W]``. The image
+    goes to ``device`` once and is warped there (roi_align on the GPU), not each crop."""
+    norm = normalise(image.to(device, non_blocking=True))
+    boxes = boxes.to(device)
     out = []
     for start in range(0, len(boxes), batch):
         crops = warp(norm, boxes[start:start + batch], crop_size, context)
-        out.append(model.embed(crops.to(device)).float().cpu())
+        out.append(model.embed(crops).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.feature_dim)
 
 

@@ -64,7 +64,7 @@ class RegionCNN(nn.Module):
 
 def normalise(image: torch.Tensor) -> torch.Tensor:
     """uint8 ``[3, H, W]`` -> float ImageNet-normalised (so the image mean is 0, as is roi_align's padding)."""
-    return (image.float() / 255.0 - _MEAN) / _STD
+    return (image.float() / 255.0 - _MEAN.to(image.device)) / _STD.to(image.device)
 
 
 def warp(image: torch.Tensor, boxes: torch.Tensor, crop_size: int, context: float, sampling_ratio: int = 2
