@@ -32,7 +32,7 @@ class SegLoss(nn.Module):
             raise ValueError(f"Wrong loss {kind!r}. Available options are: {', '.join(LOSSES)}")
         self.kind = kind
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
         terms = self.kind.split("+")  # whole names: "dice" holds the letters "ce"
         if "ce" in terms:
@@ -40,4 +40,4 @@ class SegLoss(nn.Module):
         if "dice" in terms:
             parts["dice"] = soft_dice_loss(logits, target)
         loss = sum(parts.values())
-        return loss, {k: float(v.detach()) for k, v in parts.items()}
+        return loss, {k: v.detach() for k, v in parts.items()}  # tensors: no host sync per step

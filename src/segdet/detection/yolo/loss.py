@@ -34,7 +34,7 @@ class YoloLoss(nn.Module):
         self.l_coord, self.l_noobj = l_coord, l_noobj
 
     def forward(self, pred: torch.Tensor, targets: list[dict[str, torch.Tensor]]
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``pred [N, S, S, B*5+C]``; ``targets[n]`` has ``boxes [k, 4]`` xyxy in input pixels and ``labels [k]``
         in ``1..C``. Returns ``(loss, {"coord", "obj", "noobj", "class"})`` (each averaged over the batch).
 
@@ -73,7 +73,7 @@ class YoloLoss(nn.Module):
         parts = {"coord": self.l_coord * coord / n, "obj": obj / n, "noobj": self.l_noobj * noobj / n,
                  "class": cls / n}
         loss = sum(parts.values())
-        return loss, {k: float(v.detach()) for k, v in parts.items()}
+        return loss, {k: v.detach() for k, v in parts.items()}  # tensors: no host sync per step
 
     def assign(self, targets: list[dict[str, torch.Tensor]]
                ) -> tuple[list[int], list[int], list[int], list[list[float]], list[int]]:
