@@ -116,10 +116,12 @@ def cpu_share() -> int:
 
 def share_machine() -> int:
     """Limit this process (PyTorch and OpenCV threads, what its child processes inherit through
-    ``OMP_NUM_THREADS``) to :func:`cpu_share`; returns the number of cores. Called by every stage at start."""
+    ``OMP_NUM_THREADS``) to :func:`cpu_share`; returns the number of cores. Called by every stage at start; the
+    share is kept in ``SEGDET_CPU_SHARE`` (``share/cores``) and tagged on the stage's MLflow run."""
     import logging
 
     share, total = cpu_share(), cores()
+    os.environ["SEGDET_CPU_SHARE"] = f"{share}/{total}"  # tagged on the stage's MLflow run
     if share < total:
         os.environ["OMP_NUM_THREADS"] = str(share)
         import torch

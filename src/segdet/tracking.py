@@ -467,6 +467,8 @@ def stage_run(
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     all_tags.update(_process_tags())
+    if os.environ.get("SEGDET_CPU_SHARE"):  # the cores this stage took (its share under dvc queue start -j N)
+        all_tags["segdet.cpu_share"] = os.environ["SEGDET_CPU_SHARE"]
     if os.environ.get("WORLD_SIZE", "1") != "1":
         all_tags["segdet.processes"] = os.environ["WORLD_SIZE"]  # torchrun: the processes this run trained with
     _end_orphaned_runs(client, exp_id)

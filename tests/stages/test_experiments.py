@@ -70,3 +70,15 @@ def test_plots_diff_renders_the_training_curves_of_both(queued, tmp_path):
     assert "UNet loss" in html and "UNet validation Dice and IoU" in html
     for name in NAMES:
         assert name in html
+
+
+def test_experiments_run_side_by_side_share_the_cores(queued):
+    """Under ``dvc queue start -j 2`` the first stage of each experiment (both start at once) took half the cores."""
+    from segdet.runtime import cores
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{queued / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("segdet")
+    for name in NAMES:
+        query = f"tags.`segdet.stage` = 'prepare' and tags.`segdet.dvc_exp_name` = '{name}'"
+        (run,) = client.search_runs([exp.experiment_id], query)
+        assert run.data.tags["segdet.cpu_share"] == f"{max(1, cores() // 2)}/{cores()}"
