@@ -6,7 +6,7 @@ from torchvision.ops import box_iou
 
 from segdet.detection.rcnn.detect import RCNNDetector
 from segdet.detection.rcnn.features import extract_features, iter_chunks
-from segdet.detection.rcnn.model import RegionCNN, warp
+from segdet.detection.rcnn.model import RegionCNN, normalise, warp
 from segdet.detection.rcnn.regions import RegionBatches, label_regions
 from segdet.detection.rcnn.svm import load_svm, save_svm, train_svms
 from segdet.nets.weights import transfer_weights
@@ -28,19 +28,46 @@ def test_region_cnn_shapes_and_torchvision_names():
         RegionCNN("resnet18", 2)
 
 
-def test_warp_is_one_batched_call_matching_per_box_resize():
-    image = torch.arange(3 * 40 * 60, dtype=torch.float32).reshape(3, 40, 60)
+def test_warp_of_an_exact_box_is_the_pixels_and_context_pads_with_the_mean():
+    y, x = torch.meshgrid(torch.arange(40), torch.arange(60), indexing="ij")
+    image = torch.stack([x + 2 * y + 10 * c for c in range(3)]).to(torch.uint8)  # linear: sub-samples average exactly
     boxes = torch.tensor([[0.0, 0.0, 60.0, 40.0], [10.0, 5.0, 30.0, 25.0]])
     crops = warp(image, boxes, crop_size=20, context=0)
-    assert crops.shape == (2, 3, 20, 20)
-    # box 2 is exactly 20 x 20 pixels: warped without context it is the pixels themselves
-    assert torch.allclose(crops[1], image[:, 5:25, 10:30], atol=1e-3)
-    # the whole image resized to 20 x 20 matches an area-style bilinear downscale on average
-    ref = F.interpolate(image[None], size=(20, 20), mode="area")[0]
-    assert torch.allclose(crops[0].mean(), ref.mean(), rtol=1e-3)
-    # context pads with zeros (the normalised image mean) outside the image
-    padded = warp(torch.ones(3, 40, 60), torch.tensor([[0.0, 0.0, 60.0, 40.0]]), crop_size=20, context=2)
-    assert padded[0, :, 0, 0].abs().max() < 0.5 and padded[0, :, 10, 10].min() > 0.99
+    assert crops.shape == (2, 3, 20, 20) and crops.dtype == torch.float32
+    # box 2 is exactly 20 x 20 pixels: warped without context it is the pixels themselves, normalised
+    torch.testing.assert_close(crops[1], normalise(image[:, 5:25, 10:30]), atol=1e-5, rtol=0)
+    # context pads with the image mean (0 once normalised) outside the image
+    white = torch.full((3, 40, 60), 255, dtype=torch.uint8)
+    padded = warp(white, torch.tensor([[0.0, 0.0, 60.0, 40.0]]), crop_size=20, context=2)
+    assert padded[0, :, 0, 0].abs().max() < 0.01 and (padded[0, :, 10, 10] - normalise(white)[:, 0, 0]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("crop", [48, 227])
+@pytest.mark.parametrize("sampling", [1, 2])
+def test_cpu_warp_matches_batched_roi_align(crop, sampling):
+    """The CPU warp (OpenCV, uint8) gives roi_align's samples: the pipeline's warp on the GPU. Tolerance: uint8
+    rounding (1/255 = 0.017 once normalised, twice with sampling 2) and OpenCV's 1/32-pixel bilinear weights;
+    boxes cross every border, some far outside, some smaller than a pixel per output pixel (up-sampled)."""
+    import cv2
+    from torchvision.ops import roi_align
+
+    g = torch.Generator().manual_seed(crop + sampling)
+    rgb = cv2.GaussianBlur((torch.rand(120, 160, 3, generator=g) * 255).to(torch.uint8).numpy(), (5, 5), 1.5)
+    image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    xy = torch.rand(300, 2, generator=g) * torch.tensor([200.0, 160.0]) - 20
+    wh = torch.rand(300, 2, generator=g) * 90 + 2
+    boxes = torch.cat([xy, xy + wh], 1)
+    ours = warp(image, boxes, crop, context=crop * 16 / 227, sampling_ratio=sampling)
+    from segdet.detection.boxes import dilate
+
+    rois = dilate(boxes, crop, crop * 16 / 227)
+    ref = roi_align(normalise(image)[None], [rois], output_size=(crop, crop), spatial_scale=1.0,
+                    sampling_ratio=sampling, aligned=True)
+    diff = (ours - ref).abs()
+    assert diff.mean() < 0.01, diff.mean()  # a uint8 rounding alone averages 0.25 / 255 / 0.226 = 0.0043
+    # larger differences only where a sample falls on roi_align's cut-off one pixel outside the image, which
+    # OpenCV's 1/32-pixel coordinates can put on either side: a few pixels in ten thousand
+    assert (diff > 0.05).float().mean() < 1e-3, (diff > 0.05).float().mean()
 
 
 def test_label_regions_hand_computed():

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segdet.detection.rcnn.model import RegionCNN, normalise, warp
+from segdet.detection.rcnn.model import RegionCNN, warp
 from segdet.detection.rcnn.regions import label_regions
 
 
@@ -20,11 +20,10 @@ def embed_regions(model: RegionCNN, image: torch.Tensor, boxes: torch.Tensor, cr
                   device: torch.device, batch: int = 512) -> torch.Tensor:
     """Penultimate CNN features ``float32 [K, D]`` (on CPU) of ``boxes`` in uint8 ``image [3, H, W]``. The image
     goes to ``device`` once and is warped there (roi_align on the GPU), not each crop."""
-    norm = normalise(image.to(device, non_blocking=True))
-    boxes = boxes.to(device)
+    image = image.to(device, non_blocking=True)
     out = []
     for start in range(0, len(boxes), batch):
-        crops = warp(norm, boxes[start:start + batch], crop_size, context)
+        crops = warp(image, boxes[start:start + batch], crop_size, context).to(device)
         out.append(model.embed(crops).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.feature_dim)
 

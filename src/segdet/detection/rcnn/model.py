@@ -63,20 +63,60 @@ class RegionCNN(nn.Module):
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` -> float ImageNet-normalised (so the image mean is 0, as is roi_align's padding)."""
+    """uint8 ``[..., 3, H, W]`` -> float ImageNet-normalised (so the image mean is 0, as is the warp's padding)."""
     return (image.float() / 255.0 - _MEAN.to(image.device)) / _STD.to(image.device)
+
+
+#: the ImageNet mean colour in uint8: what the CPU warp pads with (0 once normalised, to within 0.01)
+_MEAN_U8 = tuple(float(round(m * 255)) for m in IMAGENET_MEAN)
 
 
 def warp(image: torch.Tensor, boxes: torch.Tensor, crop_size: int, context: float, sampling_ratio: int = 2
          ) -> torch.Tensor:
-    """All ``boxes [K, 4]`` of one normalised image ``[3, H, W]`` warped to ``[K, 3, crop, crop]`` at once.
+    """All ``boxes [K, 4]`` of one uint8 image ``[3, H, W]`` warped to normalised ``[K, 3, crop, crop]``.
 
     Each box is dilated so ``context`` pixels of surrounding image appear around it after warping
-    (R-CNN's p = 16 at 227 pixels); area outside the image reads as 0, the (normalised) image mean.
+    (R-CNN's p = 16 at 227 pixels); area outside the image reads as the image mean (0 once normalised).
     ``sampling_ratio``: bilinear samples per output pixel and axis (2: anti-aliased when shrinking).
+    Where the image is: on the GPU one batched ``roi_align`` call (``aligned=True``); on the CPU
+    :func:`warp_cv2`, the same samples with OpenCV (several times faster there: docs/benchmarks.md).
     """
     if len(boxes) == 0:
-        return image.new_zeros((0, 3, crop_size, crop_size))
-    rois = dilate(boxes.to(image.dtype), crop_size, context)
-    return roi_align(image[None], [rois], output_size=(crop_size, crop_size), spatial_scale=1.0,
-                     sampling_ratio=sampling_ratio, aligned=True)
+        return torch.zeros((0, 3, crop_size, crop_size), device=image.device)
+    rois = dilate(boxes.float(), crop_size, context)
+    if image.device.type == "cpu":
+        return normalise(warp_cv2(image, rois, crop_size, sampling_ratio))
+    return roi_align(normalise(image)[None], [rois.to(image.device)], output_size=(crop_size, crop_size),
+                     spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+
+
+def warp_cv2(image: torch.Tensor, rois: torch.Tensor, crop_size: int, sampling_ratio: int = 2) -> torch.Tensor:
+    """``roi_align(image[None], [rois], crop_size, aligned=True, sampling_ratio=s)`` of a uint8 ``[3, H, W]`` image,
+    computed with OpenCV's SIMD code in uint8: each region is sampled bilinearly by ``cv2.warpAffine`` on an
+    ``s * crop`` grid (roi_align's sample positions: the centres of the sub-bins) and each ``s x s`` block
+    averaged (``INTER_AREA`` at exactly 1/s). As in roi_align, a sample within one pixel outside the image reads
+    the edge pixel and one further out the padding (here the mean colour). Differences: uint8 rounding and
+    OpenCV's 1/32-pixel interpolation weights (tested tolerance: tests/detection/test_rcnn.py).
+    Returns uint8 ``[K, 3, crop, crop]``."""
+    import cv2
+    import numpy as np
+
+    s = max(int(sampling_ratio), 1)
+    n = crop_size * s
+    hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.uint8)
+    h, w = hwc.shape[:2]
+    padded = cv2.copyMakeBorder(hwc, 1, 1, 1, 1, cv2.BORDER_REPLICATE)  # coordinates below shift by this pixel
+    fill = np.array(_MEAN_U8, np.uint8)
+    centres = np.arange(n) + 0.5
+    out = np.empty((len(rois), crop_size, crop_size, 3), np.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(rois.double().tolist()):
+        bw, bh = (x2 - x1) / n, (y2 - y1) / n
+        # output pixel (u, v) samples the image at (x1 - 0.5 + (u + 0.5) bw, y1 - 0.5 + (v + 0.5) bh)
+        m = np.array([[bw, 0.0, x1 + 0.5 + 0.5 * bw], [0.0, bh, y1 + 0.5 + 0.5 * bh]])
+        grid = cv2.warpAffine(padded, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=_MEAN_U8)
+        xs, ys = x1 - 0.5 + centres * bw, y1 - 0.5 + centres * bh
+        grid[:, (xs < -1) | (xs > w)] = fill
+        grid[(ys < -1) | (ys > h)] = fill
+        out[k] = grid if s == 1 else cv2.resize(grid, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)

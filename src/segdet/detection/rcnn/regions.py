@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import box_iou
 
 from segdet.data.datasets import DetectionDataset
-from segdet.detection.rcnn.model import normalise, warp
+from segdet.detection.rcnn.model import warp
 
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -83,7 +83,7 @@ class RegionBatches:
         crops, labels = [], []
         for i in pick[:, 0].unique().tolist():
             rows = pick[pick[:, 0] == i, 1]
-            crops.append(warp(normalise(self.images[i]), self.regions[i][rows], self.crop_size, self.context))
+            crops.append(warp(self.images[i], self.regions[i][rows], self.crop_size, self.context))
             labels.append(self.labels[i][rows])
         return torch.cat(crops), torch.cat(labels)
 

@@ -1,0 +1,189 @@
+"""How close the models come to what this machine can do: achieved GFLOP/s as a share of the measured peak.
+
+Peak: a large fp32 matrix product and a large 3x3 convolution with torch, on the same threads. Models: each
+model's training step (forward, backward, optimizer step) and inference (no autograd) in the layout its stage
+uses, FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; what
+the peak measures too), time the best of ``--repeats`` timed runs after warm-up. ``share`` = achieved / the
+higher of the two peaks.
+
+    python -m bench.roofline [--json reports/roofline.json] [--device cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from segdet.detection.rcnn.model import RegionCNN
+from segdet.detection.yolo.loss import YoloLoss
+from segdet.nets.unet import build_unet
+from segdet.nets.yolo import YOLOv1
+from segdet.runtime import hardware
+from segdet.segmentation.losses import SegLoss
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, inner: int = 1) -> float:
+    """The fastest of ``repeats`` timings of ``inner`` calls of ``fn`` (after ``warmup`` calls), per call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def peaks(device: torch.device, quick: bool) -> dict[str, float]:
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    matmul = 2 * n**3 / best_seconds(lambda: a @ b, device, 2, 5 if quick else 10)
+    x = torch.randn(8, 128, 56, 56, device=device).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(device, memory_format=torch.channels_last).eval()
+    with torch.no_grad():
+        flops = count_flops(lambda: conv(x))
+        seconds = best_seconds(lambda: conv(x), device, 2, 5 if quick else 10)
+    return {"matmul": matmul / 1e9, "conv": flops / seconds / 1e9}
+
+
+@dataclass
+class Case:
+    name: str
+    mode: str  # train | infer
+    setting: str
+    run: Callable[[], object]
+
+
+def _train_step(model, optimizer, forward_loss):
+    def run():
+        loss = forward_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return run
+
+
+def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool) -> list[Case]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = build_unet(variant, num_classes=2).to(device, memory_format=fmt)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 2, (batch, size, size), device=device)
+    loss = SegLoss("ce+dice")
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    layout = "channels-last" if channels_last else "NCHW"
+    train = _train_step(model, opt, lambda: (model.train(), loss(model(x), y)[0])[1])
+
+    def infer():
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+    return [Case(variant, "train", f"{size} px, batch {batch}, {layout}", train),
+            Case(variant, "infer", f"{size} px, batch {batch}, {layout}", infer)]
+
+
+def yolo_cases(device, backbone: str, size: int, batch: int) -> list[Case]:
+    torch.manual_seed(0)
+    model = YOLOv1(backbone, 5, input_size=size, head="conv", head_channels=128, hidden=1024).to(
+        device, memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(3, 2, generator=g) * size * 0.7
+        wh = torch.rand(3, 2, generator=g) * size * 0.25 + 8
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, 6, (3,), generator=g)})
+    loss = YoloLoss(model.S, model.B, model.C, size)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    train = _train_step(model, opt, lambda: (model.train(), loss(model(x), targets)[0])[1])
+    x1 = x[:1]
+
+    def infer():
+        model.eval()
+        with torch.inference_mode():
+            model(x1)
+    name = f"yolov1-{backbone}-{size}"
+    return [Case(name, "train", f"{size} px, batch {batch}, conv head, channels-last", train),
+            Case(name, "infer", f"{size} px, batch 1, channels-last", infer)]
+
+
+def rcnn_cases(device, crop: int, batch: int, feature_batch: int) -> list[Case]:
+    torch.manual_seed(0)
+    model = RegionCNN("small", 6).to(device)
+    x = torch.randn(batch, 3, crop, crop, device=device)
+    y = torch.randint(0, 6, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
+    train = _train_step(model, opt, lambda: (model.train(), F.cross_entropy(model(x), y))[1])
+    xf = torch.randn(feature_batch, 3, crop, crop, device=device)
+
+    def features():
+        model.eval()
+        with torch.inference_mode():
+            model.embed(xf)
+    return [Case("rcnn-small", "train", f"{crop} px crops, batch {batch}", train),
+            Case("rcnn-small", "infer", f"features of {feature_batch} regions at {crop} px", features)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke test)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    quick = args.quick
+    repeats = 2 if quick else args.repeats
+    peak = peaks(device, quick)
+    top = max(peak.values())
+    if quick:
+        cases = (unet_cases(device, "unet32", 32, 2, False) + yolo_cases(device, "small", 64, 2)
+                 + rcnn_cases(device, 24, 8, 16))
+    else:
+        cases = (unet_cases(device, "unet32", 96, 8, False) + unet_cases(device, "unet32", 96, 8, True)
+                 + unet_cases(device, "unet32", 128, 8, True) + unet_cases(device, "unet64", 96, 8, True)
+                 + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 448, 8)
+                 + rcnn_cases(device, 48, 128, 512))
+    rows = []
+    for case in cases:
+        flops = count_flops(case.run)
+        seconds = best_seconds(case.run, device, 2 if quick else 3, repeats)
+        gflops = flops / seconds / 1e9
+        rows.append({"name": case.name, "mode": case.mode, "setting": case.setting, "gflop": flops / 1e9,
+                     "seconds": seconds, "gflops": gflops, "share": gflops / top})
+        print(f"{case.name:22s} {case.mode:5s} {case.setting:45s} {flops / 1e9:8.2f} GFLOP {seconds * 1e3:8.1f} ms "
+              f"{gflops:7.1f} GFLOP/s  {gflops / top:5.2f} of peak", flush=True)
+    result = {"hardware": hardware(device), "threads": torch.get_num_threads(),
+              "peak_gflops": peak, "models": rows}
+    print(f"peak: matmul {peak['matmul']:.1f} GFLOP/s, conv {peak['conv']:.1f} GFLOP/s on {result['hardware']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
