@@ -1,8 +1,8 @@
 """DVC stage ``report``: one summary of the pipeline run, R-CNN against YOLOv1 beside the papers' figures.
 
-Reads ``reports/{unet,rcnn,yolo}_eval.json``, ``reports/proposals.json``, their ``*_info.json`` files and params
-``data.{seg,det}.{source,path}`` (to name the data); writes ``reports/summary.md`` and its plots
-``reports/summary/*.png``, and logs both to MLflow.
+Reads ``reports/{unet,rcnn,yolo}_eval.json``, ``reports/proposals.json``, their ``*_info.json`` files, params
+``data.{seg,det}.{source,path}`` (to name the data) and each stage's seconds from its MLflow run (``stage_seconds``);
+writes ``reports/summary.md`` and its plots ``reports/summary/*.png``, and logs both to MLflow.
 """
 
 import argparse
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import yaml
 
 from segdet import tracking
 from segdet.config import load_params, load_section
@@ -31,7 +32,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     check_writable(args.summary, args.figures)
     data = load_section("data", load_params(args.params))
-    summary = build_summary(read_reports(args.reports), det_data=_describe(data.det), seg_data=_describe(data.seg))
+    pipeline = [s for s in yaml.safe_load(Path("dvc.yaml").read_text())["stages"] if s not in ("report", "track")]
+    summary = build_summary(read_reports(args.reports), det_data=_describe(data.det), seg_data=_describe(data.seg),
+                            timings=tracking.stage_seconds(pipeline))
     with tracking.stage_run("report", {"data.det.source": data.det.source, "data.seg.source": data.seg.source}) as run:
         with atomic_dir(args.figures) as out:
             for name, image in summary.figures.items():

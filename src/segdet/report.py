@@ -155,9 +155,27 @@ def _bar_figure(groups: list[str], series: dict[str, list[float | None]], title:
     return figure_image(fig)
 
 
-def build_summary(reports: dict[str, dict], *, det_data: str, seg_data: str) -> Summary:
+def timing_lines(timings: dict[str, dict]) -> list[str]:
+    """The "Stage times" section: ``timings`` = ``{stage: {"seconds": s or None, "this_run": bool}}`` in pipeline
+    order (``segdet.tracking.stage_seconds``)."""
+    lines = ["## Stage times", "",
+             "Wall-clock seconds of each stage's process (imports included). Stages DVC restored from its cache did "
+             "not run; their time is that of their last run.", "",
+             "| stage | seconds | |", "|---|---|---|"]
+    for stage, t in timings.items():
+        note = "this run" if t["this_run"] else ("cached: its last run" if t["seconds"] is not None else "no run logged")
+        seconds = "-" if t["seconds"] is None else f"{t['seconds']:.1f}"
+        lines.append(f"| {stage} | {seconds} | {note} |")
+    ran = [t["seconds"] for t in timings.values() if t["this_run"] and t["seconds"] is not None]
+    every = [t["seconds"] for t in timings.values() if t["seconds"] is not None]
+    lines += [f"| **all stages** | {sum(every):.1f} | {sum(ran):.1f} s of it in this run (the stages before this report) |", ""]
+    return lines
+
+
+def build_summary(reports: dict[str, dict], *, det_data: str, seg_data: str,
+                  timings: dict[str, dict] | None = None) -> Summary:
     """The summary of one pipeline run from :func:`read_reports`' dict; ``det_data`` and ``seg_data`` name the
-    detection and segmentation data it ran on."""
+    detection and segmentation data it ran on; ``timings`` adds the stage times (:func:`timing_lines`)."""
     unet, rcnn, yolo, props = reports["unet"], reports["rcnn"], reports["yolo"], reports["proposals"]
     r_s, y_s = rcnn["seconds_per_image"], yolo["seconds_per_image"]
     ratio = r_s / y_s if y_s else None
@@ -256,4 +274,6 @@ def build_summary(reports: dict[str, dict], *, det_data: str, seg_data: str) -> 
                "unet_dice": unet["dice"], "proposal_recall_test": props["test"]["recall_0.5"]}
     if ratio is not None:
         metrics["yolo_speedup"] = ratio
+    if timings:
+        lines += ["", *timing_lines(timings)]
     return Summary("\n".join(lines), figures, metrics)

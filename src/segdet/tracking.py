@@ -488,11 +488,40 @@ def stage_run(
         status = "KILLED"
         raise
     finally:
+        _log_stage_seconds()
         mlflow.end_run(status=status)
         try:
             client.set_terminated(parent, status=status)
         except mlflow.exceptions.MlflowException as exc:  # the stage's own run is what matters
             log.warning("could not end the pipeline's parent run %s: %s", parent, exc)
+
+
+def _log_stage_seconds() -> None:
+    """Log ``stage_seconds``: wall-clock seconds since this stage's process started (imports included)."""
+    try:
+        import psutil
+
+        mlflow.log_metric("stage_seconds", time.time() - psutil.Process().create_time())
+    except Exception as exc:  # noqa: BLE001 (a timing never fails the stage)
+        log.warning("could not log stage_seconds: %s", exc)
+
+
+def stage_seconds(stages: list[str], root: str | Path | None = None) -> dict[str, dict]:
+    """``{stage: {"seconds": s or None, "this_run": bool}}``: each stage's ``stage_seconds`` from this pipeline
+    run (:func:`pipeline_run_id`), or else from its latest finished run (a stage DVC restored from its cache)."""
+    root = repo_root(root)
+    _, exp_id = _open_store(root)
+    client = MlflowClient()
+    current = pipeline_run_id()
+    out = {}
+    for stage in stages:
+        found = client.search_runs([exp_id], f"tags.`segdet.stage` = '{stage}' and attributes.status = 'FINISHED'",
+                                   order_by=["attributes.start_time DESC"], max_results=20)
+        now = [r for r in found if r.data.tags.get("segdet.pipeline_run") == current]
+        best = (now or found or [None])[0]
+        seconds = best.data.metrics.get("stage_seconds") if best is not None else None
+        out[stage] = {"seconds": seconds, "this_run": bool(now)}
+    return out
 
 
 def _relative_uri(uri: str, root: Path) -> str:

@@ -3,6 +3,7 @@ tiny project (the session's ``pipeline_repo``), the parent holds every parameter
 headline metrics of the metrics files, and the stage runs are nested under it."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -59,3 +60,24 @@ def test_dvc_repro_logs_one_parent_run_with_every_param_and_test_metric(pipeline
     assert set(record["registered_models"]) == {"segdet-unet", "segdet-rcnn", "segdet-yolo"}
     for name, version in record["registered_models"].items():
         assert client.get_model_version(name, version).run_id in record["stage_runs"].values()
+
+
+def test_summary_lists_every_stages_seconds_from_its_mlflow_run(pipeline_repo, mlflow_store):
+    """The report stage's "Stage times": every stage before it ran in this first dvc repro, with the seconds its
+    MLflow run logged (stage_seconds)."""
+    first = pipeline_repo.parent / "first_run"
+    summary = (first / "reports" / "summary.md").read_text()
+    rows = dict(re.findall(r"^\| (\w+) \| ([\d.]+) \| this run \|$", summary, re.M))
+    stages = [s for s in yaml.safe_load((pipeline_repo / "dvc.yaml").read_text())["stages"] if s not in ("report", "track")]
+    assert list(rows) == stages
+    client = MlflowClient(tracking_uri=mlflow_store)
+    record = json.loads((first / "reports" / "mlflow.json").read_text())
+    for stage in ("unet_train", "yolo_train"):
+        (run,) = client.search_runs([client.get_run(record["parent_run_id"]).info.experiment_id],
+                                    f"tags.`segdet.stage` = '{stage}' and tags.`segdet.pipeline_run` = "
+                                    f"'{client.get_run(record['parent_run_id']).data.tags['segdet.pipeline_run']}'")
+        seconds = run.data.metrics["stage_seconds"]
+        assert float(rows[stage]) == pytest.approx(seconds, abs=0.06)
+        assert seconds >= (run.info.end_time - run.info.start_time) / 1000  # the process ran at least as long as its run
+    total = float(re.search(r"^\| \*\*all stages\*\* \| ([\d.]+) \|", summary, re.M).group(1))
+    assert total == pytest.approx(sum(map(float, rows.values())), abs=0.5)
