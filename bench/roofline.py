@@ -130,21 +130,23 @@ def yolo_cases(device, backbone: str, size: int, batch: int) -> list[Case]:
             Case(name, "infer", f"{size} px, batch 1, channels-last", infer)]
 
 
-def rcnn_cases(device, crop: int, batch: int, feature_batch: int) -> list[Case]:
+def rcnn_cases(device, crop: int, batch: int, feature_batch: int, channels_last: bool = False) -> list[Case]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = RegionCNN("small", 6).to(device)
-    x = torch.randn(batch, 3, crop, crop, device=device)
+    model = RegionCNN("small", 6).to(device, memory_format=fmt)
+    x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 6, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
     train = _train_step(model, opt, lambda: (model.train(), F.cross_entropy(model(x), y))[1])
-    xf = torch.randn(feature_batch, 3, crop, crop, device=device)
+    xf = torch.randn(feature_batch, 3, crop, crop, device=device).contiguous(memory_format=fmt)
+    layout = "channels-last" if channels_last else "NCHW"
 
     def features():
         model.eval()
         with torch.inference_mode():
             model.embed(xf)
-    return [Case("rcnn-small", "train", f"{crop} px crops, batch {batch}", train),
-            Case("rcnn-small", "infer", f"features of {feature_batch} regions at {crop} px", features)]
+    return [Case("rcnn-small", "train", f"{crop} px crops, batch {batch}, {layout}", train),
+            Case("rcnn-small", "infer", f"features of {feature_batch} regions at {crop} px, {layout}", features)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = (unet_cases(device, "unet32", 96, 8, False) + unet_cases(device, "unet32", 96, 8, True)
                  + unet_cases(device, "unet32", 128, 8, True) + unet_cases(device, "unet64", 96, 8, True)
                  + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 448, 8)
-                 + rcnn_cases(device, 48, 128, 512))
+                 + rcnn_cases(device, 48, 128, 512) + rcnn_cases(device, 48, 128, 512, True))
     rows = []
     for case in cases:
         flops = count_flops(case.run)
