@@ -27,8 +27,9 @@ def unet_repo(tmp_path_factory):
 
 def test_training_writes_checkpoint_curve_and_mlflow_run(unet_repo):
     ckpt = torch.load(unet_repo / "models" / "unet.pt", weights_only=True)
-    assert set(ckpt) == {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "classes", "metrics"}
-    assert ckpt["config"]["variant"] == "unet32"
+    assert set(ckpt) == {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "classes", "metrics",
+                         "world_size"}
+    assert ckpt["config"]["variant"] == "unet32" and ckpt["world_size"] == 1  # one process: no torchrun
     curve = pd.read_csv(unet_repo / "reports" / "unet_train.csv")
     assert curve["epoch"].tolist() == [1, 2]
     assert {"train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"} <= set(curve.columns)
