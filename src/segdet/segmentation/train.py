@@ -37,7 +37,7 @@ def validate(model: UNet, loader: DataLoader, loss_fn: SegLoss, device: torch.de
     model.eval()
     total, n, dice, iou = 0.0, 0, 0.0, 0.0
     for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
+        images, masks = images.to(device, memory_format=torch.channels_last), masks.to(device)
         logits = model(images)
         loss, _ = loss_fn(logits, masks)
         s = scores(logits.argmax(1), masks)
@@ -47,10 +47,6 @@ def validate(model: UNet, loader: DataLoader, loss_fn: SegLoss, device: torch.de
         n += len(images)
     n = max(n, 1)
     return {"val_loss": total / n, "val_dice": dice / n, "val_iou": iou / n}
-
-
-def _memory_format(device: torch.device) -> torch.memory_format:
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def train_unet(
@@ -76,10 +72,11 @@ def train_unet(
     torch.manual_seed(seed)  # model initialisation
     model = build_unet(cfg.variant, num_classes=len(CLASSES))
     announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
-    model.to(device)
-    if device.type == "cuda":  # NHWC convolutions: what tensor cores take under AMP
+    # channels-last (NHWC) convolutions: what tensor cores take under AMP, and on the CPU (oneDNN) 14 % faster
+    # training steps and 28 % faster inference (bench/roofline.py, docs/benchmarks.md)
+    model.to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
 
     generator = torch.Generator()
     augment = seg_transforms(cfg.input_size, train=cfg.augment, rotate=cfg.rotate, scale=cfg.scale,
@@ -99,7 +96,7 @@ def train_unet(
 
     def step(model, batch, device):
         images, masks = batch
-        logits = model(images.to(device, non_blocking=True, memory_format=_memory_format(device)))
+        logits = model(images.to(device, non_blocking=True, memory_format=torch.channels_last))
         return loss_fn(logits, masks.to(device, non_blocking=True))
 
     result = fit(

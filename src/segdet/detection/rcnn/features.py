@@ -23,7 +23,8 @@ def embed_regions(model: RegionCNN, image: torch.Tensor, boxes: torch.Tensor, cr
     image = image.to(device, non_blocking=True)
     out = []
     for start in range(0, len(boxes), batch):
-        crops = warp(image, boxes[start:start + batch], crop_size, context).to(device)
+        crops = warp(image, boxes[start:start + batch], crop_size, context)
+        crops = crops.to(device).contiguous(memory_format=torch.channels_last)  # the CPU warp's are already NHWC
         out.append(model.embed(crops).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.feature_dim)
 

@@ -52,7 +52,8 @@ class RegionCNN(nn.Module):
             raise CheckpointError(f"{path}: not an R-CNN region CNN checkpoint (its config has no crop_size)")
         model = cls(cfg["backbone"], len(ckpt["classes"]))
         model.load_state_dict(ckpt["model"])
-        return model.eval(), cfg
+        # channels-last (NHWC), as the warp's crops come: 1.4x the feature speed on CPU (bench/roofline.py)
+        return model.eval().to(memory_format=torch.channels_last), cfg
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
