@@ -144,7 +144,7 @@ def check_rcnn(args, device, work: Path) -> dict:
     dry = args.dry_run
     _, val, classes = det_manifests(args.data, work, dry)
     backbone, crop = ("small", 24) if dry else ("alexnet", 227)
-    model = RegionCNN(backbone, len(classes))
+    model = RegionCNN(backbone, len(classes)).to(memory_format=torch.channels_last)
     d = model.feature_dim
     rng = np.random.default_rng(0)
     svm = {"classes": np.array(classes), "svm_weight": rng.normal(size=(len(classes), d)).astype(np.float32) * 0.01,

@@ -1,10 +1,13 @@
 """How close the models come to what this machine can do: achieved GFLOP/s as a share of the measured peak.
 
-Peak: a large fp32 matrix product and a large 3x3 convolution with torch, on the same threads. Models: each
+Peak: a large matrix product and a large 3x3 convolution with torch, on the same threads, in float32 and in the
+precision the stages' ``amp: true`` can train in here (bfloat16 on a CPU with AMX and ``base.cpu_bf16``, float16 on
+CUDA). Models: each
 model's training step (forward, backward, optimizer step) and inference (no autograd) in the layout its stage
 uses, FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; what
 the peak measures too), time the best of ``--repeats`` timed runs after warm-up. ``share`` = achieved / the
-higher of the two peaks.
+higher of the two peaks of the same precision. Training steps run in float32 and, with such an ``amp``, under
+autocast too; inference runs in float32, as the evaluation stages do.
 
     python -m bench.roofline [--json reports/roofline.json] [--device cuda] [--quick]
 """
@@ -17,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import torch
@@ -25,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.yolo.loss import YoloLoss
+from segdet.engine import autocast_dtype
 from segdet.nets.unet import build_unet
 from segdet.nets.yolo import YOLOv1
 from segdet.runtime import hardware
@@ -57,12 +62,12 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def peaks(device: torch.device, quick: bool) -> dict[str, float]:
+def peaks(device: torch.device, quick: bool, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     n = 1024 if quick else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     matmul = 2 * n**3 / best_seconds(lambda: a @ b, device, 2, 5 if quick else 10)
-    x = torch.randn(8, 128, 56, 56, device=device).contiguous(memory_format=torch.channels_last)
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(device, memory_format=torch.channels_last).eval()
+    x = torch.randn(8, 128, 56, 56, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(device, dtype, memory_format=torch.channels_last).eval()
     with torch.no_grad():
         flops = count_flops(lambda: conv(x))
         seconds = best_seconds(lambda: conv(x), device, 2, 5 if quick else 10)
@@ -75,11 +80,20 @@ class Case:
     mode: str  # train | infer
     setting: str
     run: Callable[[], object]
+    precision: str = "float32"
+
+
+#: the precision the next training steps built run in (main sets it to the stages' amp for a second pass)
+AMP: list[torch.dtype | None] = [None]
 
 
 def _train_step(model, optimizer, forward_loss):
+    dtype = AMP[0]
+    device = next(model.parameters()).device
+
     def run():
-        loss = forward_loss()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = forward_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -160,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     repeats = 2 if quick else args.repeats
     peak = peaks(device, quick)
-    top = max(peak.values())
+    amp = autocast_dtype(device, cpu_bf16=True)  # what amp: true (with base.cpu_bf16 on a CPU) trains in here
+    amp_name = str(amp).removeprefix("torch.") if amp is not None else None
+    if amp is not None:
+        peak.update({f"{k}_{amp_name}": v for k, v in peaks(device, quick, amp).items()})
+    top = {"float32": max(peak["matmul"], peak["conv"])}
+    if amp is not None:
+        top[amp_name] = max(peak[f"matmul_{amp_name}"], peak[f"conv_{amp_name}"])
     if quick:
         cases = (unet_cases(device, "unet32", 32, 2, False) + yolo_cases(device, "small", 64, 2)
                  + rcnn_cases(device, 24, 8, 16))
@@ -169,18 +189,27 @@ def main(argv: list[str] | None = None) -> int:
                  + unet_cases(device, "unet32", 128, 8, True) + unet_cases(device, "unet64", 96, 8, True)
                  + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 448, 8)
                  + rcnn_cases(device, 48, 128, 512) + rcnn_cases(device, 48, 128, 512, True))
+    if amp is not None:  # the training steps again, as the stages run them: under autocast
+        AMP[0] = amp
+        extra = (unet_cases(device, "unet32", 32, 2, True) + yolo_cases(device, "small", 64, 2)
+                 + rcnn_cases(device, 24, 8, 16, True)) if quick else (
+            unet_cases(device, "unet32", 96, 8, True) + unet_cases(device, "unet32", 128, 8, True)
+            + unet_cases(device, "unet64", 96, 8, True) + yolo_cases(device, "small", 256, 8)
+            + yolo_cases(device, "small", 448, 8) + rcnn_cases(device, 48, 128, 512, True))
+        cases += [dataclass_replace(c, precision=amp_name) for c in extra if c.mode == "train"]
     rows = []
     for case in cases:
         flops = count_flops(case.run)
         seconds = best_seconds(case.run, device, 2 if quick else 3, repeats)
         gflops = flops / seconds / 1e9
-        rows.append({"name": case.name, "mode": case.mode, "setting": case.setting, "gflop": flops / 1e9,
-                     "seconds": seconds, "gflops": gflops, "share": gflops / top})
-        print(f"{case.name:22s} {case.mode:5s} {case.setting:45s} {flops / 1e9:8.2f} GFLOP {seconds * 1e3:8.1f} ms "
-              f"{gflops:7.1f} GFLOP/s  {gflops / top:5.2f} of peak", flush=True)
+        share = gflops / top[case.precision]
+        rows.append({"name": case.name, "mode": case.mode, "setting": case.setting, "precision": case.precision,
+                     "gflop": flops / 1e9, "seconds": seconds, "gflops": gflops, "share": share})
+        print(f"{case.name:17s} {case.mode:5s} {case.precision:8s} {case.setting:47s} {flops / 1e9:7.2f} GFLOP "
+              f"{seconds * 1e3:7.1f} ms {gflops:7.1f} GFLOP/s {share:5.2f} of the {case.precision} peak", flush=True)
     result = {"hardware": hardware(device), "threads": torch.get_num_threads(),
               "peak_gflops": peak, "models": rows}
-    print(f"peak: matmul {peak['matmul']:.1f} GFLOP/s, conv {peak['conv']:.1f} GFLOP/s on {result['hardware']}")
+    print("peak GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" on {result['hardware']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

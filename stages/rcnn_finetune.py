@@ -47,7 +47,7 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, weights=weights)  # a runs:/ URI is now a downloaded file
         _, result = finetune_rcnn(cfg, train_items=train, val_items=val, classes=classes, device=device,
                                   run_dir=args.run_dir, seed=base.seed, on_epoch=run.epoch_logger(args.plots, args.run_dir),
-                                  on_transfer=run.log_transfer)
+                                  on_transfer=run.log_transfer, cpu_bf16=base.cpu_bf16)
         if not distributed.is_main():  # rank 0 writes the outputs and logs
             return
         atomic_copy(result.best_checkpoint, args.model)

@@ -39,7 +39,7 @@ def main(argv=None):
         model, result = train_unet(
             cfg, train_manifest=args.manifests / "seg_train.txt", val_manifest=args.manifests / "seg_val.txt",
             root=Path.cwd(), device=device, run_dir=args.run_dir, seed=base.seed,
-            on_epoch=run.epoch_logger(args.plots, args.run_dir), on_transfer=run.log_transfer,
+            on_epoch=run.epoch_logger(args.plots, args.run_dir), on_transfer=run.log_transfer, cpu_bf16=base.cpu_bf16,
         )
         if not distributed.is_main():  # rank 0 writes the outputs and logs
             return

@@ -46,7 +46,7 @@ def main(argv=None):
                                    val_manifest=args.manifests / "det_val.txt", classes=classes, root=Path.cwd(),
                                    device=device, run_dir=args.run_dir, seed=base.seed, rcnn_checkpoint=args.rcnn,
                                    on_epoch=run.epoch_logger(args.plots, args.run_dir), on_transfer=run.log_transfer,
-                                   use_difficult=use_difficult)
+                                   use_difficult=use_difficult, cpu_bf16=base.cpu_bf16)
         if not distributed.is_main():  # rank 0 writes the outputs and logs
             return
         thresholds = save_with_thresholds(model, result.best_checkpoint, args.model,

@@ -6,8 +6,8 @@ killed run resumes from) and ``best.pt`` whenever the monitored metric improves.
 moves the checkpoints of the run before it to ``run_dir/previous/``, so that run can still be resumed. Each epoch re-seeds
 PyTorch and the loader's generator from ``(seed, epoch)``, so a run resumed from ``last.pt`` after epoch
 k ends with the same weights as a run that was never interrupted. A non-finite loss stops training
-with :class:`NonFiniteLossError`. AMP when asked: float16 autocast + GradScaler on CUDA, bfloat16 autocast on a CPU
-with AMX (:func:`autocast_dtype`).
+with :class:`NonFiniteLossError`. AMP when asked: float16 autocast + GradScaler on CUDA, and with ``cpu_bf16``
+bfloat16 autocast on a CPU with AMX (:func:`autocast_dtype`).
 Models differ only in the ``step`` (batch -> loss) and ``evaluate`` functions they pass in.
 """
 
@@ -48,15 +48,16 @@ SYNC_EVERY = 10
 RANK_SEED_STRIDE = 7919
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """What ``amp: true`` trains in: float16 (with a GradScaler) on CUDA; bfloat16 on a CPU with AMX units (Intel
-    Xeon 4th generation and later: about 2x the fp32 speed of the stages' networks, docs/benchmarks.md); None
-    (float32) elsewhere, where bfloat16 is emulated or unmeasured."""
+def autocast_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
+    """What ``amp: true`` trains in: float16 (with a GradScaler) on CUDA; with ``cpu_bf16`` (``base.cpu_bf16``)
+    bfloat16 on a CPU with AMX units (Intel Xeon 4th generation and later: about 2x the float32 speed of the
+    stages' networks, at 0.01 to 0.02 of each test metric on the default data: docs/benchmarks.md); None (float32)
+    elsewhere."""
     from segdet.runtime import cpu_has_amx
 
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and cpu_has_amx():
+    if device.type == "cpu" and cpu_bf16 and cpu_has_amx():
         return torch.bfloat16
     return None
 
@@ -194,6 +195,7 @@ def fit(
     seed: int = 0,
     generator: torch.Generator | None = None,
     amp: bool = False,
+    cpu_bf16: bool = False,
     resume: str | Path | None = None,
     config: dict | None = None,
     classes: list[str] | None = None,
@@ -224,7 +226,7 @@ def fit(
         for stale in run_dir.glob(".*.pt.tmp-*"):  # a checkpoint write cut short by SIGKILL; the old file is intact
             log.info("removing %s, the unfinished write of a killed run", stale)
             stale.unlink()
-    amp = autocast_dtype(device) if amp else None
+    amp = autocast_dtype(device, cpu_bf16) if amp else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # bfloat16 needs no loss scaling
     if amp is not None:
         log.info("mixed precision: %s autocast on %s", str(amp).removeprefix("torch."), device)

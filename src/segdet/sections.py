@@ -25,6 +25,7 @@ class BaseConfig:
     seed: int = param(0, ge=0)
     device: str = param("auto", pattern=DEVICE_PATTERN)
     nproc_per_node: int = param(1, ge=1, le=1024)
+    cpu_bf16: bool = False
 
 
 @dataclass(frozen=True)

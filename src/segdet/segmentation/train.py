@@ -61,6 +61,7 @@ def train_unet(
     on_epoch: Callable[[list[dict]], None] | None = None,
     on_transfer: Callable[[TransferReport], None] | None = None,
     progress: bool = True,
+    cpu_bf16: bool = False,
 ) -> tuple[UNet, FitResult]:
     """Train a UNet; ``run_dir`` receives ``last.pt`` (resume) and ``best.pt`` (highest val Dice).
 
@@ -103,7 +104,7 @@ def train_unet(
         model, optimizer, scheduler, train_loader,
         step=step, evaluate=lambda m: validate(m, val_loader, loss_fn, device),
         epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_dice", mode="max", seed=seed,
-        generator=generator, amp=cfg.amp, resume=cfg.weights, config=dataclasses.asdict(cfg),
+        generator=generator, amp=cfg.amp, cpu_bf16=cpu_bf16, resume=cfg.weights, config=dataclasses.asdict(cfg),
         classes=CLASSES, on_epoch=on_epoch, progress=progress, desc=cfg.variant,
     )
     return load_best(model, result, device), result

@@ -67,6 +67,7 @@ def finetune_rcnn(
     on_epoch: Callable[[list[dict]], None] | None = None,
     on_transfer: Callable[[TransferReport], None] | None = None,
     progress: bool = True,
+    cpu_bf16: bool = False,
 ) -> tuple[RegionCNN, FitResult]:
     """Fine-tune a :class:`RegionCNN`; ``run_dir`` gets ``last.pt`` and ``best.pt`` (lowest val loss).
     ``cfg.weights`` resumes a run from its checkpoint (model, optimizer, scheduler, epoch)."""
@@ -95,6 +96,6 @@ def finetune_rcnn(
     config = {**dataclasses.asdict(cfg), "num_classes": len(classes)}
     result = fit(model, optimizer, scheduler, train, step=step, evaluate=lambda m: validate(m, val, device),
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_loss", mode="min", seed=seed,
-                 amp=cfg.amp, resume=cfg.weights, config=config, classes=classes, on_epoch=on_epoch,
+                 amp=cfg.amp, cpu_bf16=cpu_bf16, resume=cfg.weights, config=config, classes=classes, on_epoch=on_epoch,
                  progress=progress, desc=f"rcnn {cfg.backbone}")
     return load_best(model, result, device), result

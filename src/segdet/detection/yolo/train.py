@@ -166,6 +166,7 @@ def train_yolo(
     on_transfer: Callable[[TransferReport], None] | None = None,
     progress: bool = True,
     use_difficult: bool = False,
+    cpu_bf16: bool = False,
 ) -> tuple[YOLOv1, FitResult]:
     """Train YOLOv1; ``run_dir`` gets ``last.pt`` (resume) and ``best.pt`` (highest validation mAP@0.5).
 
@@ -227,7 +228,7 @@ def train_yolo(
                  evaluate=lambda m: validate(m, val_loader, loss_fn, device, classes, cfg.val_score_threshold,
                                              use_difficult),
                  epochs=cfg.epochs, device=device, run_dir=run_dir, monitor="val_map50", mode="max", seed=seed,
-                 generator=generator, amp=cfg.amp, resume=cfg.weights, config=config, classes=classes,
+                 generator=generator, amp=cfg.amp, cpu_bf16=cpu_bf16, resume=cfg.weights, config=config, classes=classes,
                  on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}", grad_clip=cfg.grad_clip,
                  ema_decay=cfg.ema_decay)
     return load_best(model, result, device), result
