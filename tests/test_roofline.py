@@ -28,4 +28,4 @@ def test_quick_roofline_writes_the_documented_json(tmp_path):
     # a training step counts forward and backward: about three forward passes of the same batch
     unet = {m["mode"]: m for m in models if m["name"] == "unet32" and m["precision"] == "float32"}
     assert 2.5 < unet["train"]["gflop"] / unet["infer"]["gflop"] < 3.5
-    assert "of peak" in done.stdout and "peak: matmul" in done.stdout
+    assert "of the float32 peak" in done.stdout and "peak GFLOP/s: matmul" in done.stdout
