@@ -59,12 +59,5 @@ def main(argv=None):
               f"(objects {best['val_fg_acc']:.3f}) at epoch {result.best_epoch} -> {args.model}")
 
 
-def run(argv=None):
-    try:
-        main(argv)
-    finally:
-        distributed.close()
-
-
 if __name__ == "__main__":
-    sys.exit(run_stage(run))
+    sys.exit(run_stage(distributed.closing(main)))

@@ -50,12 +50,5 @@ def main(argv=None):
         print(f"unet_train: best val Dice {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}")
 
 
-def run(argv=None):
-    try:
-        main(argv)
-    finally:
-        distributed.close()
-
-
 if __name__ == "__main__":
-    sys.exit(run_stage(run))
+    sys.exit(run_stage(distributed.closing(main)))

@@ -63,12 +63,5 @@ def main(argv=None):
               + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, thresholds, strict=True)))
 
 
-def run(argv=None):
-    try:
-        main(argv)
-    finally:
-        distributed.close()
-
-
 if __name__ == "__main__":
-    sys.exit(run_stage(run))
+    sys.exit(run_stage(distributed.closing(main)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -36,6 +36,9 @@ def world() -> int:
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+_rank = rank  # for ShardedRandomSampler, whose argument has the same name
 
 
 def local_rank() -> int:
@@ -75,6 +78,17 @@ def close() -> None:
     """Leave the process group (end of a training stage)."""
     if active():
         dist.destroy_process_group()
+
+
+def closing(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
+    """A training stage's ``main`` that leaves the process group when it ends, however it ends (for
+    ``run_stage``)."""
+    def run(argv: list[str] | None = None) -> None:
+        try:
+            main(argv)
+        finally:
+            close()
+    return run
 
 
 def per_process(batch_size: int, key: str) -> int:
@@ -137,7 +151,7 @@ class ShardedRandomSampler(DistributedSampler):
 
     def __init__(self, dataset, generator: torch.Generator, num_replicas: int | None = None, rank: int | None = None):
         super().__init__(dataset, num_replicas=world() if num_replicas is None else num_replicas,
-                         rank=globals()["rank"]() if rank is None else rank, shuffle=True, drop_last=False)
+                         rank=_rank() if rank is None else rank, shuffle=True, drop_last=False)
         self.generator = generator
 
     def __iter__(self) -> Iterator[int]:

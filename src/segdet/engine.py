@@ -376,22 +376,21 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
 def loaders(train_ds, val_ds, *, batch_size: int, workers: int | str, device: torch.device,
             generator: torch.Generator, collate_fn: Callable | None = None, key: str = "batch_size"
             ) -> tuple[DataLoader, DataLoader]:
-    """Shuffled training and ordered validation loaders (shuffling from ``generator``; pinned memory on CUDA). Under torchrun ``batch_size`` (the parameter ``key``) is the global batch:
-    each process loads its share of it through :class:`segdet.distributed.ShardedRandomSampler`; validation is
-    not split (rank 0 runs it)."""
+    """Shuffled training and ordered validation loaders (shuffling from ``generator``; pinned memory on CUDA).
+    Under torchrun ``batch_size`` (the parameter ``key``) is the global batch: each process loads its share of it
+    through :class:`segdet.distributed.ShardedRandomSampler`; validation is not split (rank 0 runs it).
+    No ``persistent_workers``: each epoch's workers are seeded from the re-seeded generator, so a resumed run
+    draws the same augmentations as an uninterrupted one."""
     pin = device.type == "cuda"
     n = resolve_workers(workers, device)
-    # no persistent_workers: each epoch's workers are seeded from the re-seeded generator, so a resumed run
-    # draws the same augmentations as an uninterrupted one
-    extra: dict = {}
     if distributed.world() > 1:
         train = DataLoader(train_ds, distributed.per_process(batch_size, key),
                            sampler=distributed.ShardedRandomSampler(train_ds, generator), generator=generator,
-                           num_workers=n, collate_fn=collate_fn, pin_memory=pin, **extra)
+                           num_workers=n, collate_fn=collate_fn, pin_memory=pin)
     else:
         train = DataLoader(train_ds, batch_size, shuffle=True, generator=generator, num_workers=n,
-                           collate_fn=collate_fn, pin_memory=pin, **extra)
-    val = DataLoader(val_ds, batch_size, num_workers=n, collate_fn=collate_fn, pin_memory=pin, **extra)
+                           collate_fn=collate_fn, pin_memory=pin)
+    val = DataLoader(val_ds, batch_size, num_workers=n, collate_fn=collate_fn, pin_memory=pin)
     return train, val
 
 

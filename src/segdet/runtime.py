@@ -119,10 +119,11 @@ def queue_workers() -> int:
     return count
 
 
-def cpu_share() -> int:
+def cpu_share(workers: int | None = None) -> int:
     """The cores this experiment should use: all of :func:`cores`, or 1/N of them while N DVC queue workers run
-    experiments side by side (so ``dvc queue start -j N`` does not run N x cores threads on the cores)."""
-    return max(1, cores() // max(1, queue_workers()))
+    experiments side by side (so ``dvc queue start -j N`` does not run N x cores threads on the cores); ``workers``
+    is N when the caller has counted them already (:func:`queue_workers`)."""
+    return max(1, cores() // max(1, queue_workers() if workers is None else workers))
 
 
 def share_machine() -> int:
@@ -131,7 +132,8 @@ def share_machine() -> int:
     share is kept in ``SEGDET_CPU_SHARE`` (``share/cores``) and tagged on the stage's MLflow run."""
     import logging
 
-    share, total = cpu_share(), cores()
+    workers = queue_workers()
+    share, total = cpu_share(workers), cores()
     os.environ["SEGDET_CPU_SHARE"] = f"{share}/{total}"  # tagged on the stage's MLflow run
     if share < total:
         os.environ["OMP_NUM_THREADS"] = str(share)
@@ -146,7 +148,7 @@ def share_machine() -> int:
             pass
         logging.getLogger(__name__).info(
             "%d DVC queue workers share this machine: this experiment uses %d of its %d cores",
-            queue_workers(), share, total)
+            workers, share, total)
     return share
 
 

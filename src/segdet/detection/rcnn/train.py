@@ -20,18 +20,17 @@ from segdet.sections import RcnnFinetuneConfig
 log = logging.getLogger(__name__)
 
 
-def region_batches(items: list[Item], num_classes: int, cfg: RcnnFinetuneConfig, batches: int,
-                   shares: int = 1) -> RegionBatches:
-    """Ground-truth boxes and proposals of every image, labelled by IoU >= ``cfg.fg_iou``; each mini-batch holds
-    ``1/shares`` of ``fg_per_batch`` and ``bg_per_batch`` (a process's share of the global batch under torchrun)."""
+def region_batches(items: list[Item], num_classes: int, cfg: RcnnFinetuneConfig, batches: int, fg: int, bg: int
+                   ) -> RegionBatches:
+    """Ground-truth boxes and proposals of every image, labelled by IoU >= ``cfg.fg_iou``; ``batches`` mini-batches
+    of ``fg`` positive and ``bg`` background regions."""
     images, regions, labels = [], [], []
     for image, props, gt_boxes, gt_labels in items:
         boxes = torch.cat([gt_boxes.float(), props.float()])
         images.append(image)
         regions.append(boxes)
         labels.append(label_regions(boxes, gt_boxes, gt_labels, num_classes, cfg.fg_iou)["label"])
-    return RegionBatches(images, regions, labels, fg=cfg.fg_per_batch // shares, bg=cfg.bg_per_batch // shares,
-                         batches=batches,
+    return RegionBatches(images, regions, labels, fg=fg, bg=bg, batches=batches,
                          crop_size=cfg.crop_size, context=cfg.context)
 
 
@@ -78,11 +77,12 @@ def finetune_rcnn(
     model.to(device, memory_format=torch.channels_last)  # NHWC: 1.5x the training speed on CPU (roofline)
     # under torchrun each process draws its share of every mini-batch (its own regions: the engine seeds each
     # process differently); the fixed validation sample stays whole (rank 0 validates)
-    for key in ("fg_per_batch", "bg_per_batch"):
-        distributed.per_process(getattr(cfg, key), f"rcnn_finetune.{key}")
-    train = region_batches(train_items, len(classes), cfg, cfg.batches_per_epoch, shares=distributed.world())
+    train = region_batches(train_items, len(classes), cfg, cfg.batches_per_epoch,
+                           fg=distributed.per_process(cfg.fg_per_batch, "rcnn_finetune.fg_per_batch"),
+                           bg=distributed.per_process(cfg.bg_per_batch, "rcnn_finetune.bg_per_batch"))
     torch.manual_seed(seed + 1)  # a fixed validation sample
-    val = list(region_batches(val_items or train_items, len(classes), cfg, cfg.val_batches))
+    val = list(region_batches(val_items or train_items, len(classes), cfg, cfg.val_batches, fg=cfg.fg_per_batch,
+                              bg=cfg.bg_per_batch))
     if not val_items:
         log.warning("the val split is empty: validating on training regions")
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
