@@ -96,9 +96,10 @@ def test_metrics_without_their_info_file_name_both(tmp_path):
 def test_stage_times_table_totals_and_marks_cached_stages():
     from segdet.report import timing_lines
 
-    lines = timing_lines({"prepare": {"seconds": 2.0, "this_run": False}, "unet_train": {"seconds": 10.25, "this_run": True},
-                          "unet_eval": {"seconds": None, "this_run": False}})
-    assert "| prepare | 2.0 | cached: its last run |" in lines
-    assert "| unet_train | 10.2 | this run |" in lines
-    assert "| unet_eval | - | no run logged |" in lines
-    assert "| **all stages** | 12.2 | 10.2 s of it in this run (the stages before this report) |" in lines
+    lines = timing_lines({"prepare": {"seconds": 2.0, "peak_rss_mb": 310.4, "this_run": False},
+                          "unet_train": {"seconds": 10.25, "peak_rss_mb": 1020.6, "this_run": True},
+                          "unet_eval": {"seconds": None, "peak_rss_mb": None, "this_run": False}})
+    assert "| prepare | 2.0 | 310 | cached: its last run |" in lines
+    assert "| unet_train | 10.2 | 1021 | this run |" in lines
+    assert "| unet_eval | - | - | no run logged |" in lines
+    assert "| **all stages** | 12.2 | | 10.2 s of it in this run (the stages before this report) |" in lines

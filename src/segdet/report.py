@@ -156,19 +156,21 @@ def _bar_figure(groups: list[str], series: dict[str, list[float | None]], title:
 
 
 def timing_lines(timings: dict[str, dict]) -> list[str]:
-    """The "Stage times" section: ``timings`` = ``{stage: {"seconds": s or None, "this_run": bool}}`` in pipeline
-    order (``segdet.tracking.stage_seconds``)."""
+    """The "Stage times" section: ``timings`` = ``{stage: {"seconds": s or None, "peak_rss_mb": m or None,
+    "this_run": bool}}`` in pipeline order (``segdet.tracking.stage_seconds``)."""
     lines = ["## Stage times", "",
-             "Wall-clock seconds of each stage's process (imports included). Stages DVC restored from its cache did "
-             "not run; their time is that of their last run.", "",
-             "| stage | seconds | |", "|---|---|---|"]
+             "Wall-clock seconds of each stage's process (imports included) and its peak resident memory. Stages DVC "
+             "restored from its cache did not run; their figures are those of their last run.", "",
+             "| stage | seconds | peak memory (MB) | |", "|---|---|---|---|"]
     for stage, t in timings.items():
         note = "this run" if t["this_run"] else ("cached: its last run" if t["seconds"] is not None else "no run logged")
         seconds = "-" if t["seconds"] is None else f"{t['seconds']:.1f}"
-        lines.append(f"| {stage} | {seconds} | {note} |")
+        rss = "-" if t.get("peak_rss_mb") is None else f"{t['peak_rss_mb']:.0f}"
+        lines.append(f"| {stage} | {seconds} | {rss} | {note} |")
     ran = [t["seconds"] for t in timings.values() if t["this_run"] and t["seconds"] is not None]
     every = [t["seconds"] for t in timings.values() if t["seconds"] is not None]
-    lines += [f"| **all stages** | {sum(every):.1f} | {sum(ran):.1f} s of it in this run (the stages before this report) |", ""]
+    lines += [f"| **all stages** | {sum(every):.1f} | | {sum(ran):.1f} s of it in this run (the stages before this "
+              "report) |", ""]
     return lines
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -497,17 +498,28 @@ def stage_run(
 
 
 def _log_stage_seconds() -> None:
-    """Log ``stage_seconds``: wall-clock seconds since this stage's process started (imports included)."""
+    """Log ``stage_seconds``: wall-clock seconds since this stage's process started (imports included), and
+    ``stage_peak_rss_mb``: the process's peak resident memory so far (``getrusage``'s ``ru_maxrss``), with
+    ``stage_peak_rss_children_mb`` for the largest worker process it waited for (the proposals stage's pool)."""
     try:
+        import resource
+
         import psutil
 
-        mlflow.log_metric("stage_seconds", time.time() - psutil.Process().create_time())
+        unit = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        metrics = {"stage_seconds": time.time() - psutil.Process().create_time(),
+                   "stage_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / unit
+        if children:
+            metrics["stage_peak_rss_children_mb"] = children
+        mlflow.log_metrics(metrics)
     except Exception as exc:  # noqa: BLE001 (a timing never fails the stage)
         log.warning("could not log stage_seconds: %s", exc)
 
 
 def stage_seconds(stages: list[str], root: str | Path | None = None) -> dict[str, dict]:
-    """``{stage: {"seconds": s or None, "this_run": bool}}``: each stage's ``stage_seconds`` from this pipeline
+    """``{stage: {"seconds": s or None, "peak_rss_mb": m or None, "this_run": bool}}``: each stage's
+    ``stage_seconds`` and ``stage_peak_rss_mb`` from this pipeline
     run (:func:`pipeline_run_id`), or else from its latest finished run (a stage DVC restored from its cache)."""
     root = repo_root(root)
     _, exp_id = _open_store(root)
@@ -519,8 +531,9 @@ def stage_seconds(stages: list[str], root: str | Path | None = None) -> dict[str
                                    order_by=["attributes.start_time DESC"], max_results=20)
         now = [r for r in found if r.data.tags.get("segdet.pipeline_run") == current]
         best = (now or found or [None])[0]
-        seconds = best.data.metrics.get("stage_seconds") if best is not None else None
-        out[stage] = {"seconds": seconds, "this_run": bool(now)}
+        metrics = best.data.metrics if best is not None else {}
+        out[stage] = {"seconds": metrics.get("stage_seconds"), "peak_rss_mb": metrics.get("stage_peak_rss_mb"),
+                      "this_run": bool(now)}
     return out
 
 

@@ -374,6 +374,8 @@ def test_eval_metrics_are_the_ones_dvc_shows(queued):
     for name, exp in queued.exps.items():
         logged = dict(one_run(queued, name, "unet_eval").data.metrics)
         assert logged.pop("stage_seconds") > 0  # every stage run's own wall time (the summary's Stage times)
+        assert logged.pop("stage_peak_rss_mb") > 100  # and its peak memory in MB
+        logged.pop("stage_peak_rss_children_mb", None)  # the largest child process it waited for, if any
         expected = {k: float(v) for k, v in {**exp.eval_metrics, **exp.eval_info}.items() if isinstance(v, (int, float))}
         assert {"dice", "iou", "thresholded_jaccard", "images_per_second"} <= set(expected)
         best_epoch = max(exp.train_rows, key=lambda row: row["val_dice"])["epoch"]

@@ -63,11 +63,13 @@ def test_dvc_repro_logs_one_parent_run_with_every_param_and_test_metric(pipeline
 
 
 def test_summary_lists_every_stages_seconds_from_its_mlflow_run(pipeline_repo, mlflow_store):
-    """The report stage's "Stage times": every stage before it ran in this first dvc repro, with the seconds its
-    MLflow run logged (stage_seconds)."""
+    """The report stage's "Stage times": every stage before it ran in this first dvc repro, with the seconds and
+    the peak memory its MLflow run logged (stage_seconds, stage_peak_rss_mb)."""
     first = pipeline_repo.parent / "first_run"
     summary = (first / "reports" / "summary.md").read_text()
-    rows = dict(re.findall(r"^\| (\w+) \| ([\d.]+) \| this run \|$", summary, re.M))
+    found = re.findall(r"^\| (\w+) \| ([\d.]+) \| (\d+) \| this run \|$", summary, re.M)
+    rows = {stage: seconds for stage, seconds, _ in found}
+    memory = {stage: int(mb) for stage, _, mb in found}
     stages = [s for s in yaml.safe_load((pipeline_repo / "dvc.yaml").read_text())["stages"] if s not in ("report", "track")]
     assert list(rows) == stages
     client = MlflowClient(tracking_uri=mlflow_store)
@@ -79,5 +81,8 @@ def test_summary_lists_every_stages_seconds_from_its_mlflow_run(pipeline_repo, m
         seconds = run.data.metrics["stage_seconds"]
         assert float(rows[stage]) == pytest.approx(seconds, abs=0.06)
         assert seconds >= (run.info.end_time - run.info.start_time) / 1000  # the process ran at least as long as its run
+        peak = run.data.metrics["stage_peak_rss_mb"]
+        assert memory[stage] == round(peak)
+        assert 150 < peak < 8000  # a process that imported torch and trained, in MB (not KiB, not bytes)
     total = float(re.search(r"^\| \*\*all stages\*\* \| ([\d.]+) \|", summary, re.M).group(1))
     assert total == pytest.approx(sum(map(float, rows.values())), abs=0.5)
