@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from segdet.data.formats import read_bgr
 from segdet.runtime import cpu_share
@@ -92,14 +95,86 @@ def proposal_table(images: list[str], boxes: list[np.ndarray]) -> pd.DataFrame:
     return frame
 
 
-def recall(gt_boxes: list[np.ndarray], proposals: list[np.ndarray], iou: float) -> float:
-    """Fraction of ground-truth boxes ``[n, 4]`` covered by some proposal with IoU >= ``iou``."""
+#: the proposals parquet's columns (docs/architecture.md); the rows of one image are consecutive
+SCHEMA = pa.schema([("image", pa.string()), ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()),
+                    ("y2", pa.float32())])
+
+
+class ProposalWriter:
+    """Write the proposals parquet one image at a time, a row group every ``group_images`` images, so a split's
+    proposals are never all in memory. ``with ProposalWriter(path) as w: w.add(image, boxes [K, 4])``."""
+
+    def __init__(self, path: str | Path, group_images: int = 64):
+        self.path, self.group_images = Path(path), group_images
+        self.pending: list[tuple[str, np.ndarray]] = []
+        self.writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> ProposalWriter:
+        self.writer = pq.ParquetWriter(self.path, SCHEMA)
+        return self
+
+    def add(self, image: str, boxes: np.ndarray) -> None:
+        self.pending.append((image, np.asarray(boxes, np.float32).reshape(-1, 4)))
+        if len(self.pending) >= self.group_images:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            frame = proposal_table([i for i, _ in self.pending], [b for _, b in self.pending])
+            self.writer.write_table(pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False))
+            self.pending.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.flush()
+        self.writer.close()
+
+
+def iter_proposals(path: str | Path, images: Iterable[str], batch_rows: int = 65536) -> Iterator[np.ndarray]:
+    """The proposals ``float32 [K, 4]`` of each of ``images`` (in that order; ``[0, 4]`` for an image without rows)
+    from a proposals parquet, streamed: one batch of rows and the images read ahead of their turn are in memory,
+    not the split's proposals. Reading in the file's own order (the split manifest's, as the proposals stage
+    writes it) reads ahead nothing."""
+    pf = pq.ParquetFile(path)
+    present = set()
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["image"]):
+        present.update(pc.unique(batch.column(0)).to_pylist())
+    batches = pf.iter_batches(batch_size=batch_rows, columns=["image", "x1", "y1", "x2", "y2"])
+    ready: dict[str, np.ndarray] = {}  # images whose rows are all read
+    current: str | None = None
+    parts: list[np.ndarray] = []
+    for image in images:
+        while image in present and image not in ready:
+            batch = next(batches, None)
+            if batch is None:  # end of the file: the last image's rows are complete
+                ready[current] = np.concatenate(parts)
+                break
+            names = batch.column(0).to_numpy(zero_copy_only=False)
+            xyxy = np.stack([batch.column(k).to_numpy() for k in range(1, 5)], 1).astype(np.float32, copy=False)
+            starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+            for start, end in zip(starts, np.r_[starts[1:], len(names)], strict=True):
+                if names[start] != current:
+                    if current is not None:
+                        ready[current] = np.concatenate(parts)
+                    current, parts = names[start], []
+                parts.append(xyxy[start:end])
+        yield ready.pop(image, np.zeros((0, 4), np.float32))
+
+
+def covered(gt: np.ndarray, proposals: np.ndarray, iou: float) -> int:
+    """How many ground-truth boxes ``[n, 4]`` some proposal covers with IoU >= ``iou``."""
     import torch
     from torchvision.ops import box_iou
 
+    if not len(gt) or not len(proposals):
+        return 0
+    return int((box_iou(torch.as_tensor(gt), torch.as_tensor(proposals)).max(1).values >= iou).sum())
+
+
+def recall(gt_boxes: list[np.ndarray], proposals: list[np.ndarray], iou: float) -> float:
+    """Fraction of ground-truth boxes ``[n, 4]`` covered by some proposal with IoU >= ``iou``."""
     hit = total = 0
     for gt, props in zip(gt_boxes, proposals, strict=True):
         total += len(gt)
-        if len(gt) and len(props):
-            hit += int((box_iou(torch.as_tensor(gt), torch.as_tensor(props)).max(1).values >= iou).sum())
+        hit += covered(gt, props, iou)
     return hit / total if total else float("nan")

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
 from segdet.data.datasets import DetectionDataset
+from segdet.detection.proposals import iter_proposals
 from segdet.detection.rcnn.model import warp
 
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -37,14 +36,6 @@ def label_regions(boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.
         if sel.any():
             iou_class[:, c - 1] = ious[:, sel].max(1).values
     return {"iou": best, "label": label, "gt_box": gt_boxes[arg].float(), "iou_class": iou_class}
-
-
-def proposals_by_image(frame: pd.DataFrame) -> dict[str, torch.Tensor]:
-    """Proposal table (the proposals parquet of docs/architecture.md) -> ``{image path: float32 [K, 4]}``."""
-    out = {}
-    for image, group in frame.groupby("image", sort=False):
-        out[image] = torch.from_numpy(group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32, copy=True))
-    return out
 
 
 class RegionBatches:
@@ -91,18 +82,17 @@ class RegionBatches:
 def iter_split(manifest: str | Path, classes: list[str], root: str | Path, proposals: str | Path,
                use_difficult: bool = False) -> Iterator[tuple[str, Item]]:
     """``(image path, (image uint8 [3, H, W], proposals [K, 4], gt_boxes [n, 4], gt_labels [n]))`` per
-    manifest line, read lazily (one image in memory at a time).
+    manifest line, read lazily (one image and its proposals in memory at a time).
 
     Proposals come from the proposals stage's parquet (docs/architecture.md); an image without a row gets none.
     VOC difficult objects are in the ground truth only with ``use_difficult`` (``data.det.use_difficult``).
     """
     ds = DetectionDataset(manifest, classes, root, use_difficult=use_difficult)
-    by_image = proposals_by_image(pd.read_parquet(proposals))
-    for i, pair in enumerate(ds.pairs):
+    streamed = iter_proposals(proposals, (pair.image for pair in ds.pairs))
+    for i, (pair, props) in enumerate(zip(ds.pairs, streamed, strict=True)):
         image, target = ds[i]
-        props = by_image.get(pair.image, torch.zeros(0, 4))
-        yield pair.image, (image.as_subclass(torch.Tensor), props, target["boxes"].as_subclass(torch.Tensor),
-                           target["labels"])
+        yield pair.image, (image.as_subclass(torch.Tensor), torch.from_numpy(props),
+                           target["boxes"].as_subclass(torch.Tensor), target["labels"])
 
 
 def load_split(manifest: str | Path, classes: list[str], root: str | Path, proposals: str | Path,
