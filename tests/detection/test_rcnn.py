@@ -268,3 +268,29 @@ def test_box_regression_moves_proposals_onto_the_objects(tmp_path):
     # the proposals average IoU ~0.67 with their square; regressed, they must land far closer
     assert before.mean() < 0.7 and after.mean() > before.mean() + 0.2, (before.mean(), after.mean())
     assert (after > before).mean() >= 0.95
+
+
+def test_regions_of_several_images_share_batches_but_keep_their_own_features(tmp_path):
+    """extract_features runs fixed batches of 512 crops across image boundaries (a constant shape keeps the
+    heap from growing with the split); each region still gets the features of its own crop: the same as
+    embedding each image alone, for images with more, fewer and no regions than a batch."""
+    from segdet.detection.rcnn.features import embed_regions
+
+    rng = np.random.default_rng(3)
+    items = []
+    for k in (700, 0, 300, 1, 530):  # crosses batch boundaries, and an image with no regions at all
+        image = torch.from_numpy(rng.integers(0, 256, (3, 60, 70), dtype=np.uint8))
+        xy = torch.from_numpy(rng.uniform(0, 40, (k, 2)).astype(np.float32))
+        props = torch.cat([xy, xy + torch.from_numpy(rng.uniform(4, 20, (k, 2)).astype(np.float32))], 1)
+        items.append((image, props, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)))
+    model = _Identity(2)
+    meta = extract_features(model, iter(items), tmp_path / "f", crop_size=16, context=0, device=torch.device("cpu"),
+                            chunk_images=2, progress=False)
+    assert meta["regions"] == 1531 and meta["images"] == 5
+    chunks = list(iter_chunks(tmp_path / "f"))
+    got = np.concatenate([c["features"] for c in chunks]).astype(np.float32)
+    image_of = np.concatenate([c["image"] for c in chunks])
+    for i, (image, props, _, _) in enumerate(items):
+        alone = embed_regions(model, image, props, 16, 0, torch.device("cpu")).numpy()
+        np.testing.assert_allclose(got[image_of == i], alone.astype(np.float16).astype(np.float32), rtol=0, atol=1e-2)
+        assert (image_of == i).sum() == len(props)
