@@ -294,3 +294,29 @@ def test_regions_of_several_images_share_batches_but_keep_their_own_features(tmp
         alone = embed_regions(model, image, props, 16, 0, torch.device("cpu")).numpy()
         np.testing.assert_allclose(got[image_of == i], alone.astype(np.float16).astype(np.float32), rtol=0, atol=1e-2)
         assert (image_of == i).sum() == len(props)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 300, 511, 512, 700, 1031])
+def test_per_image_batches_come_in_a_few_sizes_and_cover_every_region(n):
+    """embed_regions' batch sizes (512, then powers of two down to 16, the last padded): a handful of shapes
+    whatever the number of regions, at most 15 padded crops, and every region in a batch."""
+    from segdet.detection.rcnn.features import batch_sizes
+
+    sizes = batch_sizes(n)
+    assert set(sizes) <= {512, 256, 128, 64, 32, 16}
+    assert n <= sum(sizes) < n + 16
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_padded_batches_give_each_region_its_own_features():
+    from segdet.detection.rcnn.features import embed_regions
+
+    rng = np.random.default_rng(5)
+    image = torch.from_numpy(rng.integers(0, 256, (3, 50, 60), dtype=np.uint8))
+    xy = torch.from_numpy(rng.uniform(0, 30, (531, 2)).astype(np.float32))
+    boxes = torch.cat([xy, xy + 12], 1)
+    got = embed_regions(_Identity(2), image, boxes, 16, 0, torch.device("cpu"))
+    alone = torch.cat([embed_regions(_Identity(2), image, boxes[i:i + 1], 16, 0, torch.device("cpu"))
+                       for i in (0, 300, 512, 530)])
+    assert got.shape == (531, 3)
+    torch.testing.assert_close(got[[0, 300, 512, 530]], alone, atol=1e-5, rtol=0)

@@ -22,11 +22,34 @@ def embed_regions(model: RegionCNN, image: torch.Tensor, boxes: torch.Tensor, cr
     goes to ``device`` once and is warped there (roi_align on the GPU), not each crop."""
     image = image.to(device, non_blocking=True)
     out = []
-    for start in range(0, len(boxes), batch):
-        crops = warp(image, boxes[start:start + batch], crop_size, context)
+    start = 0
+    for size in batch_sizes(len(boxes), batch):
+        part = boxes[start:start + size]
+        if len(part) < size:  # the last few: padded with copies of a box to the smallest batch size
+            part = torch.cat([part, part[:1].expand(size - len(part), 4)])
+        crops = warp(image, part, crop_size, context)
         crops = crops.to(device).contiguous(memory_format=torch.channels_last)  # the CPU warp's are already NHWC
         out.append(model.embed(crops).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.feature_dim)
+        start += size
+    return torch.cat(out)[: len(boxes)] if out else torch.zeros(0, model.feature_dim)
+
+
+def batch_sizes(n: int, batch: int = 512, smallest: int = 16) -> list[int]:
+    """Split ``n`` regions into CNN batches whose sizes come from a few fixed values: full ``batch``es, then the
+    powers of two of the rest down to ``smallest`` (the last one padded up to it). Batches of any size (one per
+    image's remainder) made glibc's heap grow with every image (docs/benchmarks.md, scaling); with a handful of
+    shapes the freed blocks are reused. ``sum(sizes) - n < smallest``."""
+    sizes = [batch] * (n // batch)
+    rest = n % batch
+    size = batch // 2
+    while rest > 0 and size >= smallest:
+        if rest >= size:
+            sizes.append(size)
+            rest -= size
+        size //= 2
+    if rest > 0:
+        sizes.append(smallest)
+    return sizes
 
 
 def extract_features(model: RegionCNN, items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
