@@ -270,10 +270,9 @@ def test_box_regression_moves_proposals_onto_the_objects(tmp_path):
     assert (after > before).mean() >= 0.95
 
 
-def test_regions_of_several_images_share_batches_but_keep_their_own_features(tmp_path):
-    """extract_features runs fixed batches of 512 crops across image boundaries (a constant shape keeps the
-    heap from growing with the split); each region still gets the features of its own crop: the same as
-    embedding each image alone, for images with more, fewer and no regions than a batch."""
+def test_written_features_are_each_regions_own_across_batch_and_chunk_boundaries(tmp_path):
+    """extract_features writes each region the features of its own crop: the same as embedding its image alone,
+    for images with more, fewer and no regions than a batch, across chunk boundaries."""
     from segdet.detection.rcnn.features import embed_regions
 
     rng = np.random.default_rng(3)

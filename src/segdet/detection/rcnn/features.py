@@ -75,61 +75,20 @@ def extract_features(model: RegionCNN, items: list[tuple[torch.Tensor, torch.Ten
             chunks += 1
             buffer.clear()
 
-    # Regions of consecutive images share full CNN batches of ``batch`` crops: every forward pass has the same
-    # shape, so the allocator reuses the same blocks (per-image batches of every size made the heap grow with
-    # the number of images: 2.2 GB after 150 images, bench/scaling.py) and oneDNN compiles one kernel set.
-    batch = 512
-    waiting: list[tuple[dict, torch.Tensor]] = []  # (an image's record, its boxes), oldest first
-    crops: list[torch.Tensor] = []  # warped crops not yet through the CNN, in the order of ``waiting``
-    queued = done = 0  # crops warped / embedded of the images in ``waiting``
-    parts: list[torch.Tensor] = []  # features of the images in ``waiting``, in order
-
-    def embed(count: int) -> None:
-        """Run the first ``count`` queued crops through the CNN; finish the images whose regions are all done."""
-        nonlocal queued, done
-        nonlocal crops
-        flat = torch.cat(crops) if len(crops) > 1 else crops[0]
-        head, rest = flat[:count], flat[count:]
-        crops = [rest] if len(rest) else []
-        with torch.no_grad():
-            parts.append(model.embed(head.to(device).contiguous(memory_format=torch.channels_last)).float().cpu())
-        done += count
-        while waiting:
-            record, boxes = waiting[0]
-            if done < len(boxes):
-                break
-            feats = torch.cat(parts) if len(parts) > 1 else parts[0]
-            record["features"] = feats[: len(boxes)].numpy().astype(np.float16)
-            parts[:] = [feats[len(boxes):]]
-            done -= len(boxes)
-            queued -= len(boxes)
-            waiting.pop(0)
-            buffer.append(record)
-            if len(buffer) >= chunk_images:
-                flush()
-
     for i, (image, props, gt_boxes, gt_labels) in enumerate(tqdm(items, desc="features", unit="img",
                                                                  disable=not progress)):
         boxes = torch.cat([gt_boxes.float(), props.float()])
+        feats = embed_regions(model, image, boxes, crop_size, context, device)  # a few fixed batch shapes
         lab = label_regions(boxes, gt_boxes, gt_labels, model.num_classes)
         is_gt = torch.zeros(len(boxes), dtype=torch.bool)
         is_gt[: len(gt_boxes)] = True
-        waiting.append(({"image": np.full(len(boxes), i, np.int32), "boxes": boxes.numpy(), "is_gt": is_gt.numpy(),
-                         "label": lab["label"].numpy().astype(np.int16), "iou": lab["iou"].numpy().astype(np.float16),
-                         "gt_box": lab["gt_box"].numpy(), "iou_class": lab["iou_class"].numpy().astype(np.float16)},
-                        boxes))
-        image = image.to(device, non_blocking=True)
-        for start in range(0, len(boxes), batch):
-            crops.append(warp(image, boxes[start:start + batch], crop_size, context))
-        queued += len(boxes)
+        buffer.append({"features": feats.numpy().astype(np.float16), "image": np.full(len(boxes), i, np.int32),
+                       "boxes": boxes.numpy(), "is_gt": is_gt.numpy(), "label": lab["label"].numpy().astype(np.int16),
+                       "iou": lab["iou"].numpy().astype(np.float16), "gt_box": lab["gt_box"].numpy(),
+                       "iou_class": lab["iou_class"].numpy().astype(np.float16)})
         regions += len(boxes)
-        while queued - done >= batch:
-            embed(batch)
-    if queued > done:
-        embed(queued - done)
-    for record, _ in waiting:  # images without regions
-        record["features"] = np.zeros((0, model.feature_dim), np.float16)
-        buffer.append(record)
+        if len(buffer) >= chunk_images:
+            flush()
     flush()
     meta = {"images": i + 1 if regions else 0, "regions": regions, "chunks": chunks, "dim": model.feature_dim}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
