@@ -1,8 +1,9 @@
 """R-CNN costs: batched roi_align warping against a per-crop cv2.resize loop, and proposals per second.
 
 1. Warping 2000 boxes of one image to 227 x 227 (16 px of context, the paper's settings) and to 48 x 48: one
-   batched ``torchvision.ops.roi_align`` call, the pipeline's ``warp`` (on the CPU: OpenCV ``warpAffine`` on
-   roi_align's sample grid) and a Python loop of crop + ``cv2.resize`` per box (the usual hand-written way, one
+   batched ``torchvision.ops.roi_align`` call with a fixed sampling ratio, the pipeline's ``warp`` (on the CPU:
+   OpenCV ``warpAffine`` on roi_align's sample grid, each box with its own sample count up to the ratio:
+   ``sampling_counts``) and a Python loop of crop + ``cv2.resize`` per box (the usual hand-written way, one
    sample per pixel), all producing the normalised float tensor the CNN takes.
 2. Selective search throughput (images/s) with 1 worker against all cores.
 

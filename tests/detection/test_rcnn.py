@@ -45,11 +45,16 @@ def test_warp_of_an_exact_box_is_the_pixels_and_context_pads_with_the_mean():
 @pytest.mark.parametrize("crop", [48, 227])
 @pytest.mark.parametrize("sampling", [1, 2])
 def test_cpu_warp_matches_batched_roi_align(crop, sampling):
-    """The CPU warp (OpenCV, uint8) gives roi_align's samples: the pipeline's warp on the GPU. Tolerance: uint8
-    rounding (1/255 = 0.017 once normalised, twice with sampling 2) and OpenCV's 1/32-pixel bilinear weights;
-    boxes cross every border, some far outside, some smaller than a pixel per output pixel (up-sampled)."""
+    """The CPU warp (OpenCV, uint8) gives roi_align's samples: the pipeline's warp on the GPU. Each box is sampled
+    with its own count (``sampling_counts``: 1 for an enlarged box, up to ``sampling`` for a shrunk one), so the
+    reference is roi_align called with each count on its boxes. Tolerance: uint8 rounding (1/255 = 0.017 once
+    normalised, twice with 2 samples) and OpenCV's 1/32-pixel bilinear weights; boxes cross every border, some far
+    outside, some smaller than a pixel per output pixel (enlarged)."""
     import cv2
     from torchvision.ops import roi_align
+
+    from segdet.detection.boxes import dilate
+    from segdet.detection.rcnn.model import sampling_counts, warp_roi_align
 
     g = torch.Generator().manual_seed(crop + sampling)
     rgb = cv2.GaussianBlur((torch.rand(120, 160, 3, generator=g) * 255).to(torch.uint8).numpy(), (5, 5), 1.5)
@@ -58,16 +63,35 @@ def test_cpu_warp_matches_batched_roi_align(crop, sampling):
     wh = torch.rand(300, 2, generator=g) * 90 + 2
     boxes = torch.cat([xy, xy + wh], 1)
     ours = warp(image, boxes, crop, context=crop * 16 / 227, sampling_ratio=sampling)
-    from segdet.detection.boxes import dilate
-
     rois = dilate(boxes, crop, crop * 16 / 227)
-    ref = roi_align(normalise(image)[None], [rois], output_size=(crop, crop), spatial_scale=1.0,
-                    sampling_ratio=sampling, aligned=True)
+    counts = sampling_counts(rois, crop, sampling)
+    ref = warp_roi_align(normalise(image), rois, crop, counts)  # the GPU's warp, here on the CPU
+    one_by_one = [roi_align(normalise(image)[None], [rois[k : k + 1]], output_size=(crop, crop), spatial_scale=1.0,
+                            sampling_ratio=int(counts[k]), aligned=True)[0] for k in (0, 1, 2, len(rois) - 1)]
+    torch.testing.assert_close(ref[[0, 1, 2, len(rois) - 1]], torch.stack(one_by_one))  # grouped calls keep the order
     diff = (ours - ref).abs()
     assert diff.mean() < 0.01, diff.mean()  # a uint8 rounding alone averages 0.25 / 255 / 0.226 = 0.0043
     # larger differences only where a sample falls on roi_align's cut-off one pixel outside the image, which
     # OpenCV's 1/32-pixel coordinates can put on either side: a few pixels in ten thousand
     assert (diff > 0.05).float().mean() < 1e-3, (diff > 0.05).float().mean()
+    if sampling == 2:
+        # one sample for an enlarged box is what roi_align's 2 x 2 average in its sub-pixel bin gives (bilinear
+        # interpolation is exact within a pixel): on average as close to sampling_ratio=2 everywhere as rounding
+        fixed = roi_align(normalise(image)[None], [rois], output_size=(crop, crop), spatial_scale=1.0,
+                          sampling_ratio=2, aligned=True)
+        assert (ours - fixed).abs().mean() < 0.01
+
+
+def test_sampling_counts_follow_the_box_size():
+    from segdet.detection.rcnn.model import sampling_counts
+
+    # crop 48: sides 10 and 48 (enlarged or 1:1) -> 1 sample; 49 and 96 -> 2; 200 -> ceil(200/48) = 5, capped at 2;
+    # the longer side decides (a 10 x 60 box is shrunk along y)
+    rois = torch.tensor([[0, 0, 10, 10], [0, 0, 48, 48], [0, 0, 49, 20], [5, 5, 101, 101], [0, 0, 200, 200],
+                         [0, 0, 10, 60]], dtype=torch.float32)
+    assert sampling_counts(rois, 48, 2).tolist() == [1, 1, 2, 2, 2, 2]
+    assert sampling_counts(rois, 48, 4).tolist() == [1, 1, 2, 2, 4, 2]
+    assert sampling_counts(rois, 48, 1).tolist() == [1] * 6
 
 
 def test_label_regions_hand_computed():

@@ -64,12 +64,25 @@ class RegionCNN(nn.Module):
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` -> float ImageNet-normalised (so the image mean is 0, as is the warp's padding)."""
-    return (image.float() / 255.0 - _MEAN.to(image.device)) / _STD.to(image.device)
+    """uint8 ``[..., 3, H, W]`` -> float ImageNet-normalised (so the image mean is 0, as is the warp's padding).
+    One fused pass, ``x * (1 / (255 std)) - mean / std``: a batch of 2000 crops at 227 px is 1.2 GB of floats."""
+    scale = (1.0 / (255.0 * _STD)).to(image.device)
+    return torch.addcmul((-_MEAN / _STD).to(image.device), image, scale)
 
 
 #: the ImageNet mean colour in uint8: what the CPU warp pads with (0 once normalised, to within 0.01)
 _MEAN_U8 = tuple(float(round(m * 255)) for m in IMAGENET_MEAN)
+
+
+def sampling_counts(rois: torch.Tensor, crop_size: int, sampling_ratio: int = 2) -> torch.Tensor:
+    """Bilinear samples per output pixel and axis for each of ``rois [K, 4]``: as many as the box has pixels per
+    output pixel along its longer side (roi_align's adaptive count, ``ceil(side / crop)``), at least 1 and at
+    most ``sampling_ratio``. A box that is enlarged needs one: bilinear interpolation is exact between pixel
+    centres, and roi_align's several samples in a bin narrower than a pixel average to its centre value
+    (exactly, unless they straddle a pixel centre). A box that shrinks gets up to ``sampling_ratio``, so
+    it stays anti-aliased. At the paper's 227 px nearly every proposal is enlarged: a quarter of the work."""
+    side = torch.maximum(rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1])
+    return torch.ceil(side / crop_size).clamp(1, max(int(sampling_ratio), 1)).to(torch.int64)
 
 
 def warp(image: torch.Tensor, boxes: torch.Tensor, crop_size: int, context: float, sampling_ratio: int = 2
@@ -78,46 +91,64 @@ def warp(image: torch.Tensor, boxes: torch.Tensor, crop_size: int, context: floa
 
     Each box is dilated so ``context`` pixels of surrounding image appear around it after warping
     (R-CNN's p = 16 at 227 pixels); area outside the image reads as the image mean (0 once normalised).
-    ``sampling_ratio``: bilinear samples per output pixel and axis (2: anti-aliased when shrinking).
-    Where the image is: on the GPU one batched ``roi_align`` call (``aligned=True``); on the CPU
-    :func:`warp_cv2`, the same samples with OpenCV (several times faster there: docs/benchmarks.md).
+    ``sampling_ratio``: the most bilinear samples per output pixel and axis (2: anti-aliased when shrinking;
+    :func:`sampling_counts` gives each box its own). Where the image is: on the GPU ``roi_align``
+    (``aligned=True``), one batched call per sample count; on the CPU :func:`warp_cv2`, the same samples with
+    OpenCV (several times faster there: docs/benchmarks.md).
     """
     if len(boxes) == 0:
         return torch.zeros((0, 3, crop_size, crop_size), device=image.device)
     rois = dilate(boxes.float(), crop_size, context)
+    counts = sampling_counts(rois, crop_size, sampling_ratio)
     if image.device.type == "cpu":
-        return normalise(warp_cv2(image, rois, crop_size, sampling_ratio))
-    return roi_align(normalise(image)[None], [rois.to(image.device)], output_size=(crop_size, crop_size),
-                     spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+        return normalise(warp_cv2(image, rois, crop_size, counts))
+    return warp_roi_align(normalise(image), rois, crop_size, counts)
 
 
-def warp_cv2(image: torch.Tensor, rois: torch.Tensor, crop_size: int, sampling_ratio: int = 2) -> torch.Tensor:
-    """``roi_align(image[None], [rois], crop_size, aligned=True, sampling_ratio=s)`` of a uint8 ``[3, H, W]`` image,
-    computed with OpenCV's SIMD code in uint8: each region is sampled bilinearly by ``cv2.warpAffine`` on an
-    ``s * crop`` grid (roi_align's sample positions: the centres of the sub-bins) and each ``s x s`` block
-    averaged (``INTER_AREA`` at exactly 1/s). As in roi_align, a sample within one pixel outside the image reads
-    the edge pixel and one further out the padding (here the mean colour). Differences: uint8 rounding and
-    OpenCV's 1/32-pixel interpolation weights (tested tolerance: tests/detection/test_rcnn.py).
-    Returns uint8 ``[K, 3, crop, crop]``."""
+def warp_roi_align(image: torch.Tensor, rois: torch.Tensor, crop_size: int, counts: torch.Tensor) -> torch.Tensor:
+    """``roi_align`` (``aligned=True``) of a float ``[3, H, W]`` image: one batched call per sample count of
+    ``counts`` (:func:`sampling_counts`), the results in the order of ``rois``. The warp on the GPU."""
+    out = torch.empty((len(rois), 3, crop_size, crop_size), device=image.device, dtype=image.dtype)
+    rois, counts = rois.to(image.device), counts.to(image.device)
+    for s in counts.unique().tolist():
+        sel = counts == s
+        out[sel] = roi_align(image[None], [rois[sel]], output_size=(crop_size, crop_size), spatial_scale=1.0,
+                             sampling_ratio=int(s), aligned=True)
+    return out
+
+
+def warp_cv2(image: torch.Tensor, rois: torch.Tensor, crop_size: int, counts: torch.Tensor | int = 2) -> torch.Tensor:
+    """``roi_align(image[None], [roi], crop_size, aligned=True, sampling_ratio=s)`` of a uint8 ``[3, H, W]`` image for
+    each of ``rois``, ``s`` its entry of ``counts`` (or ``counts`` for all), computed with OpenCV's SIMD code in
+    uint8: each region is sampled bilinearly by ``cv2.warpAffine`` on an ``s * crop`` grid (roi_align's sample
+    positions: the centres of the sub-bins) and each ``s x s`` block averaged (``INTER_AREA`` at exactly 1/s).
+    As in roi_align, a sample within one pixel outside the image reads the edge pixel and one further out the
+    padding (here the mean colour). Differences: uint8 rounding and OpenCV's 1/32-pixel interpolation weights
+    (tested tolerance: tests/detection/test_rcnn.py). Returns uint8 ``[K, 3, crop, crop]``."""
     import cv2
     import numpy as np
 
-    s = max(int(sampling_ratio), 1)
-    n = crop_size * s
+    if isinstance(counts, int):
+        counts = torch.full((len(rois),), max(counts, 1), dtype=torch.int64)
     hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.uint8)
     h, w = hwc.shape[:2]
     padded = cv2.copyMakeBorder(hwc, 1, 1, 1, 1, cv2.BORDER_REPLICATE)  # coordinates below shift by this pixel
     fill = np.array(_MEAN_U8, np.uint8)
-    centres = np.arange(n) + 0.5
     out = np.empty((len(rois), crop_size, crop_size, 3), np.uint8)
-    for k, (x1, y1, x2, y2) in enumerate(rois.double().tolist()):
+    for k, ((x1, y1, x2, y2), s) in enumerate(zip(rois.double().tolist(), counts.tolist(), strict=True)):
+        n = crop_size * s
         bw, bh = (x2 - x1) / n, (y2 - y1) / n
         # output pixel (u, v) samples the image at (x1 - 0.5 + (u + 0.5) bw, y1 - 0.5 + (v + 0.5) bh)
         m = np.array([[bw, 0.0, x1 + 0.5 + 0.5 * bw], [0.0, bh, y1 + 0.5 + 0.5 * bh]])
-        grid = cv2.warpAffine(padded, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=_MEAN_U8)
-        xs, ys = x1 - 0.5 + centres * bw, y1 - 0.5 + centres * bh
-        grid[:, (xs < -1) | (xs > w)] = fill
-        grid[(ys < -1) | (ys > h)] = fill
-        out[k] = grid if s == 1 else cv2.resize(grid, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
+        grid = cv2.warpAffine(padded, m, (n, n), dst=out[k] if s == 1 else None,
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=_MEAN_U8)
+        if x1 - 0.5 + 0.5 * bw < -1 or x2 - 0.5 - 0.5 * bw > w:  # samples more than a pixel outside: padding
+            xs = x1 - 0.5 + (np.arange(n) + 0.5) * bw
+            grid[:, (xs < -1) | (xs > w)] = fill
+        if y1 - 0.5 + 0.5 * bh < -1 or y2 - 0.5 - 0.5 * bh > h:
+            ys = y1 - 0.5 + (np.arange(n) + 0.5) * bh
+            grid[(ys < -1) | (ys > h)] = fill
+        if s > 1:
+            cv2.resize(grid, (crop_size, crop_size), dst=out[k], interpolation=cv2.INTER_AREA)
     return torch.from_numpy(out).permute(0, 3, 1, 2)
