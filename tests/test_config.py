@@ -80,6 +80,12 @@ def test_device_must_be_a_known_kind():
         load_section("base", {"base": {"device": "gpu"}})
 
 
+def test_yolo_cell_objects_needs_a_predictor_each():
+    assert load_section("yolo_train", {"yolo_train": {"cell_objects": 2}}).cell_objects == 2
+    with pytest.raises(ConfigError, match=r"yolo_train\.cell_objects = 3 must not exceed boxes_per_cell = 2"):
+        load_section("yolo_train", {"yolo_train": {"cell_objects": 3}})
+
+
 def test_error_names_the_params_file(tmp_path):
     f = tmp_path / "my.yaml"
     f.write_text("data:\n  seed: -2\n")

@@ -233,6 +233,7 @@ class YoloTrainConfig:
     backbone: Literal["small", "darknet24", "vgg16", "resnet18", "alexnet"] = "small"
     input_size: int | Literal["auto"] = param(256, ge=32, le=2048)
     boxes_per_cell: int = param(2, ge=1, le=10)
+    cell_objects: int = param(1, ge=1, le=10)
     head: Literal["fc", "conv"] = "conv"
     head_channels: int = param(128, ge=8)
     hidden: int = param(1024, ge=8)
@@ -263,6 +264,9 @@ class YoloTrainConfig:
     def __post_init__(self) -> None:
         if self.weights and self.init_from:
             raise ConfigError("yolo_train.weights (resume) and yolo_train.init_from exclude each other; set one to null")
+        if self.cell_objects > self.boxes_per_cell:
+            raise ConfigError(f"yolo_train.cell_objects = {self.cell_objects} must not exceed boxes_per_cell = "
+                              f"{self.boxes_per_cell}: each object a cell trains needs its own predictor")
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(
                 f"yolo_train.warmup_epochs = {self.warmup_epochs} must be less than epochs = {self.epochs}"

@@ -78,6 +78,47 @@ def test_responsible_predictors_differ_per_image_of_a_batch():
     assert parts == pytest.approx({k: (first[k] + second[k]) / 2 for k in first})
 
 
+def _two_in_one_cell():
+    """S=2, B=2, C=2, 100 px input; cell (0, 0) predicts (12.5, 7, 37.5, 43) with predictor 0 and
+    (5, 5, 25, 25) with predictor 1."""
+    pred = _pred()
+    pred[0, 0, 0, 5:10] = torch.tensor([0.3, 0.3, 0.2, 0.2, 0.3])
+    return pred
+
+
+def test_cell_objects_two_objects_of_a_class_train_two_predictors():
+    # big (10, 10, 40, 50) centre (25, 30) and small (4, 4, 24, 24) centre (14, 14): both in cell (0, 0), class 2.
+    # The big one picks first: IoU 825/1275 with predictor 0, 225/1375 with predictor 1 -> predictor 0.
+    # The small one gets predictor 1 (IoU 361/439 with (5, 5, 25, 25)), though predictor 0 overlaps it as well.
+    target = [{"boxes": torch.tensor([[4.0, 4.0, 24.0, 24.0], [10.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2, 2])}]
+    pred = _two_in_one_cell()
+    big_iou, small_iou = 825 / 1275, 361 / 439
+    big = (0.5 - 0.5) ** 2 + (0.5 - 0.6) ** 2 + (0.5 - math.sqrt(0.3)) ** 2 + (0.6 - math.sqrt(0.4)) ** 2
+    # small: x = 14/50 = 0.28, y 0.28, w = h = 0.2
+    small = 2 * (0.3 - 0.28) ** 2 + 2 * (math.sqrt(0.2) - math.sqrt(0.2)) ** 2
+    _, parts = YoloLoss(2, 2, 2, 100, cell_objects=2)(pred, target)
+    assert parts["coord"] == pytest.approx(5 * (big + small))
+    assert parts["obj"] == pytest.approx((0.8 - big_iou) ** 2 + (0.3 - small_iou) ** 2)
+    assert parts["noobj"] == 0.0  # both predictors of the cell are responsible, no other cell predicts
+    assert parts["class"] == pytest.approx(0.2**2 + 0.4**2)  # counted once for the cell
+    # the paper's rule (cell_objects 1) trains the big one only; predictor 1 is pushed to 0
+    _, paper = YoloLoss(2, 2, 2, 100)(pred, target)
+    assert paper["coord"] == pytest.approx(5 * big)
+    assert paper["noobj"] == pytest.approx(0.5 * 0.3**2)
+
+
+def test_cell_objects_other_class_and_third_object_stay_lost():
+    # in cell (0, 0): big (class 2), then a smaller one of class 1, then a smallest of class 2: only the big and
+    # the smallest train; with a third object of class 2 and B = 2, the third is dropped as well
+    boxes = torch.tensor([[10.0, 10.0, 40.0, 50.0], [5.0, 5.0, 30.0, 30.0], [4.0, 4.0, 24.0, 24.0], [20, 20, 26, 26]])
+    loss = YoloLoss(2, 2, 2, 100, cell_objects=2)
+    img, rows, cols, gts, labels, ranks = loss.assign([{"boxes": boxes, "labels": torch.tensor([2, 1, 2, 2])}])
+    assert gts == [boxes[0].tolist(), boxes[2].tolist()]
+    assert (labels, ranks, rows, cols) == ([2, 2], [0, 1], [0, 0], [0, 0])
+    with pytest.raises(ValueError, match="cell_objects = 3 must lie in"):
+        YoloLoss(2, 2, 2, 100, cell_objects=3)
+
+
 def test_loss_without_objects_is_only_noobj_and_gradients_flow():
     pred = _pred().requires_grad_(True)
     loss, parts = YoloLoss(2, 2, 2, 100)(pred, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])

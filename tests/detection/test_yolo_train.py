@@ -246,3 +246,17 @@ def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
     dense = _centres_manifest(tmp_path, [[(2, 2), (8, 8)], [(60, 60)]])
     assert lost_to_grid(dense, tmp_path, (8, 12, 14)) == {8: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
     assert auto_input_size(cfg, dense, tmp_path) == 14 * 32  # small backbone: 32 px of input a cell step
+
+
+def test_lost_to_grid_with_cell_objects_keeps_same_class_pairs(tmp_path):
+    from segdet.data.formats import write_voc_xml
+    from segdet.detection.yolo.train import lost_to_grid
+
+    # one 100 px image, all centres in cell (0, 0) at S=8 (12.5 px cells): a big square, a smaller square and a
+    # circle. cell_objects 1 keeps the big one (2 of 3 lost); 2 keeps both squares (the circle is lost: the
+    # cell's class is the big one's); at S=14 (7.1 px) the circle at (11, 11) has its own cell.
+    write_voc_xml(tmp_path / "0.xml", "0.jpg", 100, 100, [("square", (1, 1, 12, 12)), ("square", (3, 3, 8, 8)),
+                                                       ("circle", (9, 9, 13, 13))])
+    (tmp_path / "m.txt").write_text(f"{tmp_path / '0.jpg'} {tmp_path / '0.xml'}\n")
+    assert lost_to_grid(tmp_path / "m.txt", tmp_path, (8, 14)) == {8: pytest.approx(2 / 3), 14: pytest.approx(1 / 3)}
+    assert lost_to_grid(tmp_path / "m.txt", tmp_path, (8, 14), cell_objects=2) == {8: pytest.approx(1 / 3), 14: 0.0}

@@ -13,6 +13,11 @@ predictors, ``1noobj`` for every other predictor and ``p`` the class probabiliti
 cell, w, h fractions of the image; square roots use ``sign(w) * sqrt(|w|)`` so a linear output that goes
 negative still has a gradient. One object per cell, as YOLOv1 has one set of class probabilities per cell:
 when several centres fall in one cell, the largest object is kept.
+
+``cell_objects`` > 1 (at most B) lets a cell train up to that many objects, each on its own predictor:
+the largest object picks its predictor first (highest IoU), the next-largest the best of those left, and
+so on. Only objects of the largest one's class join it (the cell's class probabilities stay one-hot), and
+the class term counts each cell once. On dense scenes this keeps objects the paper's rule throws away.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 class YoloLoss(nn.Module):
-    def __init__(self, S: int, B: int, C: int, input_size: int, l_coord: float = 5.0, l_noobj: float = 0.5):
+    def __init__(self, S: int, B: int, C: int, input_size: int, l_coord: float = 5.0, l_noobj: float = 0.5,
+                 cell_objects: int = 1):
         super().__init__()
+        if not 1 <= cell_objects <= B:
+            raise ValueError(f"cell_objects = {cell_objects} must lie in [1, B = {B}]")
         self.S, self.B, self.C, self.size = S, B, C, input_size
-        self.l_coord, self.l_noobj = l_coord, l_noobj
+        self.l_coord, self.l_noobj, self.cell_objects = l_coord, l_noobj, cell_objects
 
     def forward(self, pred: torch.Tensor, targets: list[dict[str, torch.Tensor]]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -44,7 +52,7 @@ class YoloLoss(nn.Module):
         pred = pred.float()
         n = pred.shape[0]
         boxes = pred[..., : B * 5].reshape(n, S, S, B, 5)
-        img_idx, rows, cols, gts, labels = self.assign(targets)
+        img_idx, rows, cols, gts, labels, ranks = self.assign(targets)
         obj_mask = torch.zeros(n, S, S, B, dtype=torch.bool, device=pred.device)
         coord = obj = cls = pred.new_zeros(())
         if len(img_idx):
@@ -55,8 +63,12 @@ class YoloLoss(nn.Module):
             cells = boxes[b_i, i, j]  # [M, B, 5]
             pred_xyxy = cell_boxes_to_xyxy(cells[..., :4].detach(), i[:, None], j[:, None], S, self.size)  # [M, B, 4]
             ious = _pairwise_iou(pred_xyxy, gt[:, None, :])  # [M, B]
-            r = ious.argmax(dim=1)
-            obj_mask[b_i, i, j, r] = True
+            rank = torch.tensor(ranks, device=pred.device)
+            r = torch.zeros(len(rank), dtype=torch.long, device=pred.device)
+            for k in range(max(ranks) + 1):  # rank k picks the best predictor ranks < k left free
+                sel = rank == k
+                r[sel] = ious[sel].masked_fill(obj_mask[b_i[sel], i[sel], j[sel]], -1.0).argmax(dim=1)
+                obj_mask[b_i[sel], i[sel], j[sel], r[sel]] = True
             m = torch.arange(len(r), device=pred.device)
             p = cells[m, r]  # [M, 5], the responsible predictors
             tx = (gt[:, 0] + gt[:, 2]) / 2 / self.size * S - j
@@ -66,9 +78,11 @@ class YoloLoss(nn.Module):
             coord = ((p[:, 0] - tx) ** 2 + (p[:, 1] - ty) ** 2 + (_signed_sqrt(p[:, 2]) - torch.sqrt(tw)) ** 2
                      + (_signed_sqrt(p[:, 3]) - torch.sqrt(th)) ** 2).sum()
             obj = ((p[:, 4] - ious[m, r]) ** 2).sum()
-            onehot = torch.zeros(len(r), C, device=pred.device)
-            onehot[m, torch.tensor(labels, device=pred.device) - 1] = 1.0
-            cls = ((pred[b_i, i, j, B * 5 :] - onehot) ** 2).sum()
+            first = rank == 0  # one class term per cell
+            onehot = torch.zeros(int(first.sum()), C, device=pred.device)
+            onehot[torch.arange(len(onehot), device=pred.device),
+                   torch.tensor(labels, device=pred.device)[first] - 1] = 1.0
+            cls = ((pred[b_i[first], i[first], j[first], B * 5 :] - onehot) ** 2).sum()
         noobj = (boxes[..., 4][~obj_mask] ** 2).sum()
         parts = {"coord": self.l_coord * coord / n, "obj": obj / n, "noobj": self.l_noobj * noobj / n,
                  "class": cls / n}
@@ -76,31 +90,35 @@ class YoloLoss(nn.Module):
         return loss, {k: v.detach() for k, v in parts.items()}  # tensors: no host sync per step
 
     def assign(self, targets: list[dict[str, torch.Tensor]]
-               ) -> tuple[list[int], list[int], list[int], list[list[float]], list[int]]:
+               ) -> tuple[list[int], list[int], list[int], list[list[float]], list[int], list[int]]:
         """The cell responsible for each object: the one holding its centre; when several centres fall in
-        one cell, the largest object keeps it. Returns parallel lists (image, row, column, box, label)."""
+        one cell, the largest object keeps it, and with ``cell_objects`` > 1 so do the next-largest of its
+        class, up to ``cell_objects``. Returns parallel lists (image, row, column, box, label, rank), rank
+        being the object's place by size among those its cell trains (0: the largest)."""
         S = self.S
-        img_idx, rows, cols, gts, labels = [], [], [], [], []
+        img_idx, rows, cols, gts, labels, ranks = [], [], [], [], [], []
         for b_idx, t in enumerate(targets):
             gt = t["boxes"].detach().float().cpu().tolist()
             if not gt:
                 continue
             lab = t["labels"].cpu().tolist()
             order = sorted(range(len(gt)), key=lambda k: -(gt[k][2] - gt[k][0]) * (gt[k][3] - gt[k][1]))
-            taken: set[tuple[int, int]] = set()
+            taken: dict[tuple[int, int], tuple[int, int]] = {}  # cell -> (its class, objects it trains)
             for k in order:  # the largest object wins a shared cell
                 x1, y1, x2, y2 = gt[k]
                 j = min(max(int((x1 + x2) / 2 / self.size * S), 0), S - 1)
                 i = min(max(int((y1 + y2) / 2 / self.size * S), 0), S - 1)
-                if (i, j) in taken:
+                cls, count = taken.get((i, j), (int(lab[k]), 0))
+                if cls != int(lab[k]) or count >= self.cell_objects:
                     continue
-                taken.add((i, j))
+                taken[i, j] = (cls, count + 1)
                 img_idx.append(b_idx)
                 rows.append(i)
                 cols.append(j)
                 gts.append(gt[k])
                 labels.append(int(lab[k]))
-        return img_idx, rows, cols, gts, labels
+                ranks.append(count)
+        return img_idx, rows, cols, gts, labels, ranks
 
 
 def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

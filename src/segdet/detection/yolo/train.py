@@ -47,24 +47,34 @@ def collate(batch):
          **({"difficult": t["difficult"]} if "difficult" in t else {})} for t in targets]
 
 
-def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...], use_difficult: bool = False
-                 ) -> dict[int, float]:
-    """For each grid S, the share of the objects of ``manifest`` whose centre falls in a cell that already
-    holds another object's centre (YOLOv1's one object per cell: these cannot be trained)."""
-    centres = []
+def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...], use_difficult: bool = False,
+                 cell_objects: int = 1) -> dict[int, float]:
+    """For each grid S, the share of the objects of ``manifest`` that YOLOv1 cannot train on that grid: those
+    whose centre falls in a cell already taken by a larger object (:meth:`YoloLoss.assign`: a cell trains its
+    largest object and, with ``cell_objects`` > 1, up to that many of the largest one's class)."""
+    images = []
     for pair in read_manifest(manifest):
         ann = parse_voc_xml(resolve(pair.label, Path(root)))
         w, h = ann.width, ann.height
         if not w or not h:
             with Image.open(resolve(pair.image, Path(root))) as im:
                 w, h = im.size
-        centres.append([((o.box[0] + o.box[2]) / 2 / w, (o.box[1] + o.box[3]) / 2 / h) for o in ann.objects
-                        if use_difficult or not o.difficult])
-    total = sum(map(len, centres))
+        objs = [o for o in ann.objects if use_difficult or not o.difficult]
+        objs.sort(key=lambda o: -(o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
+        images.append([((o.box[0] + o.box[2]) / 2 / w, (o.box[1] + o.box[3]) / 2 / h, o.name) for o in objs])
+    total = sum(map(len, images))
     lost = {}
     for S in grids:
-        taken = sum(len({(min(int(y * S), S - 1), min(int(x * S), S - 1)) for x, y in image}) for image in centres)
-        lost[S] = (total - taken) / total if total else 0.0
+        kept = 0
+        for image in images:
+            cells: dict[tuple[int, int], tuple[str, int]] = {}
+            for x, y, name in image:
+                cell = (min(int(y * S), S - 1), min(int(x * S), S - 1))
+                cls, count = cells.get(cell, (name, 0))
+                if cls == name and count < cell_objects:
+                    cells[cell] = (cls, count + 1)
+                    kept += 1
+        lost[S] = (total - kept) / total if total else 0.0
     return lost
 
 
@@ -73,7 +83,7 @@ def auto_input_size(cfg: YoloTrainConfig, train_manifest: str | Path, root: str 
     """``input_size: auto``: the smallest input whose grid (of :data:`AUTO_GRIDS`) loses at most
     :data:`AUTO_MAX_LOST` of the training objects to shared cells, else the largest; logged with the shares."""
     step = 2 * build_backbone(cfg.backbone).stride
-    lost = lost_to_grid(train_manifest, root, AUTO_GRIDS, use_difficult)
+    lost = lost_to_grid(train_manifest, root, AUTO_GRIDS, use_difficult, cfg.cell_objects)
     S = next((g for g in AUTO_GRIDS if lost[g] <= AUTO_MAX_LOST), AUTO_GRIDS[-1])
     log.info("yolo_train.input_size = auto: %d px (S = %d); training objects sharing a cell: %s", S * step, S,
              ", ".join(f"S={g} {100 * v:.1f}%" for g, v in lost.items()))
@@ -217,7 +227,7 @@ def train_yolo(
         optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = YoloLoss(model.S, model.B, model.C, cfg.input_size, cfg.l_coord, cfg.l_noobj)
+    loss_fn = YoloLoss(model.S, model.B, model.C, cfg.input_size, cfg.l_coord, cfg.l_noobj, cfg.cell_objects)
 
     def step(model, batch, device):
         images, targets = batch
