@@ -1,5 +1,6 @@
 """YOLOv1 training on a handful of tiny synthetic scenes: resume, transfer from the R-CNN CNN, augmentation."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -246,6 +247,10 @@ def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
     dense = _centres_manifest(tmp_path, [[(2, 2), (8, 8)], [(60, 60)]])
     assert lost_to_grid(dense, tmp_path, (8, 12, 14)) == {8: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
     assert auto_input_size(cfg, dense, tmp_path) == 14 * 32  # small backbone: 32 px of input a cell step
+    # both are squares: two objects a cell would lose none at S=8, but auto counts by the paper's rule (a dense
+    # scene needs the pixels of the larger input too)
+    assert lost_to_grid(dense, tmp_path, (8,), cell_objects=2) == {8: 0.0}
+    assert auto_input_size(dataclasses.replace(cfg, cell_objects=2), dense, tmp_path) == 14 * 32
 
 
 def test_lost_to_grid_with_cell_objects_keeps_same_class_pairs(tmp_path):
