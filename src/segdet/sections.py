@@ -116,7 +116,7 @@ def _require_path(prefix: str, source: str, path: str | None) -> None:
 class UnetTrainConfig:
     """``unet_train``: UNet training (ISIC-style lesion segmentation)."""
 
-    variant: Literal["unet32", "unet64", "unet128"] = "unet32"
+    variant: Literal["unet32", "unet64", "unet128", "resnet18"] = "unet32"
     input_size: int = param(96, ge=16, le=2048)
     batch_size: int = param(8, ge=1, le=1024)
     epochs: int = param(16, ge=1, le=10_000)

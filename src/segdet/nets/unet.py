@@ -6,6 +6,12 @@ each doubling the channels except the last, which keeps them because the decoder
 block upsamples x2, pads to the skip's size (so any input size works), concatenates the skip connection
 (the first decoder block sees 256 + 256 = 512 channels for base 32) and halves the channels back down to
 ``base``; a 1x1 conv maps to ``num_classes`` logits.
+
+``resnet18`` is the same encoder-decoder shape on torchvision's ResNet-18 as the encoder (the "Unet with a
+ResNet-18 encoder" of segmentation_models_pytorch): it downsamples by 4 in its first two layers, so it runs
+about twice the images a second of ``unet32`` on a CPU with three times the parameters, and learns faster per
+minute on real lesions (docs/benchmarks.md). Its encoder keeps torchvision's names under ``encoder.``, so an
+ImageNet ResNet-18 state dict given as ``init_from`` loads into it.
 """
 
 from __future__ import annotations
@@ -13,9 +19,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import models
+
+from segdet.nets.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 #: named variants -> base_channel. The width trades compute for quality (about 4x the FLOPs per doubling).
 VARIANTS = {"unet32": 32, "unet64": 64, "unet128": 128}
+#: variants with a pretrained-style encoder instead of the classic one
+ENCODER_VARIANTS = ("resnet18",)
 
 
 class DoubleConv(nn.Sequential):
@@ -94,12 +105,71 @@ class UNet(nn.Module):
         return self.outc(x)
 
 
-def build_unet(variant: str, num_classes: int = 2, in_channels: int = 3) -> UNet:
-    """A named UNet variant (``unet32``, ``unet64``, ``unet128``).
+class DecoderBlock(nn.Module):
+    """Nearest x2 upsample to the skip's size, concatenate the skip (if any), (conv 3x3 -> BN -> ReLU) x 2."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = DoubleConv(in_ch + skip_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
+        x = F.interpolate(x, size=size, mode="nearest")
+        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
+
+
+class ResNetUNet(nn.Module):
+    """UNet on a torchvision ResNet-18 encoder: ``[N, in_channels, H, W]`` in [0, 1] -> logits ``[N, num_classes, H, W]``.
+
+    The encoder's five stages (strides 2, 4, 8, 16, 32; 64, 64, 128, 256, 512 channels) feed a decoder of five
+    :class:`DecoderBlock` (256, 128, 64, 32, 16 channels), each upsampling x2 and taking the encoder map of its
+    size as the skip (the last, back at full size, has none), then a 3x3 conv to ``num_classes`` logits. The
+    input is ImageNet-normalised inside the network, so ImageNet weights (``init_from``) see what they expect.
+    """
+
+    DECODER = (256, 128, 64, 32, 16)
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 3):
+        super().__init__()
+        if num_classes < 1 or in_channels < 1:
+            raise ValueError("ResNetUNet: num_classes and in_channels must be positive")
+        self.num_classes = num_classes
+        r = models.resnet18(weights=None)
+        if in_channels != 3:
+            r.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        self.encoder = nn.ModuleDict({n: getattr(r, n) for n in names})
+        mean = torch.tensor(IMAGENET_MEAN if in_channels == 3 else [0.5] * in_channels).view(1, -1, 1, 1)
+        std = torch.tensor(IMAGENET_STD if in_channels == 3 else [0.25] * in_channels).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+        d = self.DECODER
+        skips = (256, 128, 64, 64, 0)
+        ins = (512, *d[:-1])
+        self.decoder = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, d))
+        self.head = nn.Conv2d(d[-1], num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        e = self.encoder
+        x0 = e["relu"](e["bn1"](e["conv1"]((x - self.mean) / self.std)))  # stride 2
+        x1 = e["layer1"](e["maxpool"](x0))  # 4
+        x2 = e["layer2"](x1)  # 8
+        x3 = e["layer3"](x2)  # 16
+        x = e["layer4"](x3)  # 32
+        for block, skip in zip(self.decoder, (x3, x2, x1, x0, None)):
+            x = block(x, skip, skip.shape[-2:] if skip is not None else size)
+        return self.head(x)
+
+
+def build_unet(variant: str, num_classes: int = 2, in_channels: int = 3) -> nn.Module:
+    """A named UNet variant (``unet32``, ``unet64``, ``unet128``, ``resnet18``).
 
     Raises:
         ValueError: for any other name, listing the valid ones.
     """
+    if variant == "resnet18":
+        return ResNetUNet(num_classes=num_classes, in_channels=in_channels)
     if variant not in VARIANTS:
-        raise ValueError(f"Wrong UNet variant {variant!r}. Available options are: {', '.join(VARIANTS)}")
+        raise ValueError(f"Wrong UNet variant {variant!r}. Available options are: "
+                         f"{', '.join([*VARIANTS, *ENCODER_VARIANTS])}")
     return UNet(VARIANTS[variant], num_classes=num_classes, in_channels=in_channels)

@@ -72,7 +72,9 @@ def train_unet(
     check_resumable(cfg.weights, "unet_train", "variant", cfg.variant)
     torch.manual_seed(seed)  # model initialisation
     model = build_unet(cfg.variant, num_classes=len(CLASSES))
-    announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
+    # "encoder.": a torchvision ResNet-18 state dict lands in the resnet18 variant's encoder
+    announce_transfer(init_from(model, cfg.init_from, prefixes=("", "encoder.")) if cfg.init_from else None,
+                      on_transfer)
     # channels-last (NHWC) convolutions: what tensor cores take under AMP, and on the CPU (oneDNN) 14 % faster
     # training steps and 28 % faster inference (bench/roofline.py, docs/benchmarks.md)
     model.to(device, memory_format=torch.channels_last)
