@@ -115,8 +115,9 @@ def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool)
         model.eval()
         with torch.inference_mode():
             model(x)
-    return [Case(variant, "train", f"{size} px, batch {batch}, {layout}", train),
-            Case(variant, "infer", f"{size} px, batch {batch}, {layout}", infer)]
+    name = variant if variant.startswith("unet") else f"unet-{variant}"  # resnet18 -> unet-resnet18
+    return [Case(name, "train", f"{size} px, batch {batch}, {layout}", train),
+            Case(name, "infer", f"{size} px, batch {batch}, {layout}", infer)]
 
 
 def yolo_cases(device, backbone: str, size: int, batch: int) -> list[Case]:
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cases = (unet_cases(device, "unet32", 96, 8, False) + unet_cases(device, "unet32", 96, 8, True)
                  + unet_cases(device, "unet32", 128, 8, True) + unet_cases(device, "unet64", 96, 8, True)
+                 + unet_cases(device, "resnet18", 96, 8, True) + unet_cases(device, "resnet18", 128, 8, True)
                  + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 448, 8)
                  + rcnn_cases(device, 48, 128, 512) + rcnn_cases(device, 48, 128, 512, True))
     if amp is not None:  # the training steps again, as the stages run them: under autocast

@@ -1,7 +1,9 @@
 import pytest
 import torch
+from torchvision import models
 
-from segdet.nets.unet import VARIANTS, UNet, build_unet
+from segdet.nets.unet import VARIANTS, ResNetUNet, UNet, build_unet
+from segdet.nets.weights import init_from
 
 
 def test_width_doubles_per_downsampling_and_first_decoder_block_sees_512_for_base_32():
@@ -27,7 +29,7 @@ def test_parameter_count_grows_about_4x_per_width_doubling():
 
 
 def test_unknown_variant_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Wrong UNet variant 'unet48'. Available options are: unet32, unet64, unet128"):
+    with pytest.raises(ValueError, match=r"Wrong UNet variant 'unet48'. Available options are: unet32, unet64, unet128, resnet18"):
         build_unet("unet48")
 
 
@@ -37,3 +39,48 @@ def test_any_input_size_gives_logits_of_the_same_size(size):
     with torch.no_grad():
         out = m(torch.randn(2, 3, *size))
     assert out.shape == (2, 2, *size)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53), (96, 96)])
+def test_resnet18_unet_gives_logits_of_the_input_size(size):
+    m = build_unet("resnet18", num_classes=3).eval()
+    assert isinstance(m, ResNetUNet)
+    with torch.no_grad():
+        out = m(torch.rand(2, 3, *size))
+    assert out.shape == (2, 3, *size)
+
+
+def test_resnet18_unet_encoder_is_torchvisions_resnet18_without_its_classifier():
+    # the encoder's parameters are exactly those of torchvision's ResNet-18 less the fc layer (11.18 M), and the
+    # decoder adds what smp's Unet decoder (256, 128, 64, 32, 16) adds: 14.33 M in all, as in docs/benchmarks.md
+    m = build_unet("resnet18")
+    r = models.resnet18(weights=None)
+    enc = sum(p.numel() for p in m.encoder.parameters())
+    assert enc == sum(p.numel() for n, p in r.named_parameters() if not n.startswith("fc."))
+    assert sum(p.numel() for p in m.parameters()) == 14_328_354
+
+
+def test_imagenet_resnet18_state_dict_loads_into_the_encoder(tmp_path):
+    r = models.resnet18(weights=None)
+    torch.nn.init.normal_(r.conv1.weight)  # a value no fresh network has
+    torch.save(r.state_dict(), tmp_path / "resnet18.pth")
+    m = build_unet("resnet18")
+    report = init_from(m, tmp_path / "resnet18.pth", prefixes=("", "encoder."))
+    assert report.unexpected == ["encoder.fc.bias", "encoder.fc.weight"] and not report.mismatched
+    assert len(report.loaded) == len(r.state_dict()) - 2
+    assert torch.equal(m.encoder["conv1"].weight, r.conv1.weight)
+    assert all(k.startswith(("decoder.", "head.")) for k in report.missing)
+
+
+def test_resnet18_unet_normalises_its_input_with_imagenet_statistics():
+    # the encoder's first conv sees (x - mean) / std: an image at the ImageNet mean arrives as zeros, one of
+    # mean + std as ones (images come in [0, 1], as the segmentation transforms give them)
+    m = build_unet("resnet18").eval()
+    seen = []
+    m.encoder["conv1"].register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        m(mean.view(1, 3, 1, 1).expand(1, 3, 32, 32))
+        m((mean + std).view(1, 3, 1, 1).expand(1, 3, 32, 32))
+    assert torch.allclose(seen[0], torch.zeros(1, 3, 32, 32), atol=1e-6)
+    assert torch.allclose(seen[1], torch.ones(1, 3, 32, 32), atol=1e-5)

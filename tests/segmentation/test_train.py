@@ -15,7 +15,8 @@ from segdet.data.synthetic.isic import generate_isic
 from segdet.engine import NonFiniteLossError, fit
 from segdet.nets.weights import load_checkpoint
 from segdet.sections import UnetTrainConfig
-from segdet.segmentation.evaluate import evaluate_unet
+from segdet.segmentation.evaluate import evaluate_unet, load_unet
+from segdet.stage import UserError
 from segdet.segmentation.train import train_unet
 
 CPU = torch.device("cpu")
@@ -94,6 +95,20 @@ def test_init_from_another_variant_reports_transfer(tiny, tmp_path):
     [report] = reports
     assert report.mismatched and "outc.bias" in report.loaded
     assert model.base_channel == 64
+
+
+def test_resnet18_variant_trains_resumes_and_evaluates_from_its_checkpoint(tiny, tmp_path):
+    # the checkpoint names its variant, so unet_eval rebuilds the ResNet-18 UNet and gets the same masks as the
+    # model that trained; a resume refuses a checkpoint of another variant
+    model, result = _train(tiny, tmp_path / "r18", _cfg(variant="resnet18", epochs=1))
+    ckpt = load_checkpoint(tmp_path / "r18" / "best.pt")
+    assert ckpt["config"]["variant"] == "resnet18"
+    loaded, _ = load_unet(ckpt)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).argmax(1), model.eval()(x).argmax(1))
+    with pytest.raises(UserError, match="variant"):
+        _train(tiny, tmp_path / "u32", _cfg(epochs=2, weights=str(tmp_path / "r18" / "last.pt")))
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
