@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from segdet.data.datasets import DetectionDataset, SegmentationDataset, detection_collate
-from segdet.data.formats import write_voc_xml
+from segdet.data.formats import reduction, write_voc_xml
 from segdet.data.pairs import Pair, coco_ground_truth, read_manifest, validate_det
 from segdet.data.transforms import det_transforms, seg_transforms
 
@@ -169,3 +169,46 @@ def test_coco_ground_truth_ids_follow_the_manifest_line_order(tmp_path):
         _, target = ds[k]
         x, y, w, h = a["bbox"]
         assert target["image_id"] == a["image_id"] and target["boxes"].tolist() == [[x, y, x + w, y + h]]
+
+
+@pytest.mark.parametrize(("width", "height", "side", "factor"), [
+    (4000, 3000, 96, 4),  # 3000 / 4 = 750 >= 4 x 96; 3000 / 8 = 375 < 384
+    (6000, 4000, 96, 8),  # 4000 / 8 = 500
+    (800, 800, 100, 2),  # 400 = 4 x 100 exactly
+    (512, 512, 96, 1),  # the isic2018-512 images at the preset's 96 px: decoded whole
+    (4000, 300, 96, 1),  # the shorter side decides
+])
+def test_reduction_keeps_four_source_pixels_for_each_resized_pixel(width, height, side, factor):
+    assert reduction(width, height, side) == factor
+
+
+def _photo(path, width, height):
+    """A smooth colour photo with fine noise, as a JPEG, and a disc mask of the same size as a PNG."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([np.sin(xx / 90) * 60 + 120, np.cos(yy / 70) * 60 + 120, (xx + yy) / (width + height) * 200], -1)
+    rgb = np.clip(rgb + rng.normal(0, 10, rgb.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).save(path / "photo.jpg", quality=92)
+    mask = (((xx - width / 2) ** 2 + (yy - height / 2) ** 2) < (height / 3) ** 2).astype(np.uint8) * 255
+    Image.fromarray(mask).save(path / "photo_segmentation.png")
+    return Pair("photo.jpg", "photo_segmentation.png", "")
+
+
+def test_a_large_photo_is_decoded_reduced_and_resizes_as_the_whole_one(tmp_path):
+    pair = _photo(tmp_path, 1600, 1200)  # at 96 px: decoded at 1/2 (600 >= 384), the mask whole
+    whole = SegmentationDataset([pair], tmp_path)
+    reduced = SegmentationDataset([pair], tmp_path, decode_at_least=96)
+    image, mask = reduced.read(0)
+    assert tuple(image.shape) == (3, 600, 800) and tuple(mask.shape) == (1200, 1600)
+    resize = seg_transforms(96, train=False)
+    a, ma = resize(*whole.read(0))
+    b, mb = resize(image, mask)
+    diff = (a - b).abs() * 255
+    assert diff.max() <= 4 and diff.mean() < 0.5  # within JPEG rounding of the whole photo's resize
+    assert torch.equal(ma, mb)
+
+
+def test_an_image_near_the_input_size_is_decoded_whole(tmp_path):
+    pair = _photo(tmp_path, 512, 384)
+    image, _ = SegmentationDataset([pair], tmp_path, decode_at_least=96).read(0)
+    assert torch.equal(image, SegmentationDataset([pair], tmp_path).read(0)[0])

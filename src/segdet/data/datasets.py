@@ -39,20 +39,25 @@ class SegmentationDataset(Dataset):
         manifest: a manifest path, or its pairs.
         root: folder that relative manifest paths start from (the repository root).
         transforms: joint transform called as ``transforms(image, mask)``.
+        decode_at_least: the side ``transforms`` resize to (training at ``input_size``): an image at least 8 x
+            larger (a full-size ISIC photo at 96 px) is decoded at 1/2 to 1/8 of its size
+            (:func:`segdet.data.formats.reduction`), while its mask stays whole; the resize to a fixed size puts
+            both on the same grid. None: decode whole.
     """
 
     def __init__(self, manifest: str | Path | Sequence[Pair], root: str | Path = ".",
-                 transforms: Callable | None = None):
+                 transforms: Callable | None = None, decode_at_least: int | None = None):
         self.pairs = _pairs(manifest)
         self.root = Path(root)
         self.transforms = transforms
+        self.decode_at_least = decode_at_least
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def read(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         p = self.pairs[i]
-        image = _to_image(read_rgb(resolve(p.image, self.root)))
+        image = _to_image(read_rgb(resolve(p.image, self.root), self.decode_at_least))
         mask = torch.from_numpy(read_gray(resolve(p.label, self.root)) > 0).to(torch.int64)
         return image, tv_tensors.Mask(mask)
 

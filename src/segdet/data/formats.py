@@ -76,7 +76,21 @@ def image_size(source: str | Path | np.ndarray) -> tuple[int, int] | None:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def _decode(path: str | Path, flags: int) -> np.ndarray:
+#: OpenCV's reduced colour decoding (a JPEG is decoded straight at 1/2, 1/4 or 1/8 of its size, by its DCT)
+_REDUCED_COLOR = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+
+
+def reduction(width: int, height: int, at_least: int) -> int:
+    """The largest factor of 8, 4, 2 (else 1) that leaves both sides of a ``width`` x ``height`` image at least
+    4 x ``at_least`` pixels: decoded that much smaller, the image still has 4 or more pixels for each pixel of an
+    ``at_least``-sized resize (which antialiases over them), so the resize comes out as from the full image."""
+    for factor in (8, 4, 2):
+        if min(width, height) // factor >= 4 * at_least:
+            return factor
+    return 1
+
+
+def _decode(path: str | Path, flags: int, at_least: int | None = None) -> np.ndarray:
     problem = name_problem(path)
     if problem:
         raise FormatError(problem)
@@ -84,34 +98,40 @@ def _decode(path: str | Path, flags: int) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise FormatError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    return _decode_bytes(data, str(path), flags)
+    return _decode_bytes(data, str(path), flags, at_least)
 
 
-def _decode_bytes(data: np.ndarray, name: str, flags: int) -> np.ndarray:
+def _decode_bytes(data: np.ndarray, name: str, flags: int, at_least: int | None = None) -> np.ndarray:
     size = image_size(data) if data.size else None
     problem = too_many_pixels(*size) if size else None
     if problem:
         raise FormatError(f"{name}: {problem}")
+    if at_least and size and flags == cv2.IMREAD_COLOR and reduction(*size, at_least) > 1:
+        flags = _REDUCED_COLOR[reduction(*size, at_least)]
     img = cv2.imdecode(data, flags | _READ_FLAGS) if data.size else None
     if img is None:
         raise FormatError(f"{name}: cannot read image (not an image file, or damaged)")
     return img
 
 
-def read_bgr(path: str | Path) -> np.ndarray:
+def read_bgr(path: str | Path, at_least: int | None = None) -> np.ndarray:
     """:func:`read_rgb` in OpenCV's channel order (``uint8[H, W, 3]`` BGR), for OpenCV's own algorithms."""
-    return _decode(path, cv2.IMREAD_COLOR)
+    return _decode(path, cv2.IMREAD_COLOR, at_least)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, at_least: int | None = None) -> np.ndarray:
     """Decode an image file to ``uint8[H, W, 3]`` RGB (greyscale files are expanded to 3 channels, an alpha
     channel is dropped, 16-bit images are scaled to 8 bits).
+
+    ``at_least``: the image will be resized to this side next, so it may be decoded smaller, by the largest of
+    1/8, 1/4, 1/2 that keeps both sides at least 4 x ``at_least`` (:func:`reduction`; a JPEG's DCT decodes a
+    reduced image several times faster). Images that small already are decoded whole.
 
     Raises:
         FormatError: the name is not UTF-8, the file is missing, is not an image, or has more than
             :data:`MAX_PIXELS` pixels (checked from its header, before decoding).
     """
-    return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_bgr(path, at_least), cv2.COLOR_BGR2RGB)
 
 
 def decode_rgb(data: bytes, name: str = "image") -> np.ndarray:
