@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from segdet.nets.backbones import build_backbone
+from segdet.nets.fuse import fused_forward
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -111,7 +112,8 @@ class YOLOv1(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc(self.head(self.features(x)))
+        # frozen / eval-mode batch norms folded into their convolutions (same result, less memory traffic)
+        x = self.fc(fused_forward(self.head, fused_forward(self.features, x)))
         if self.head_type == "conv":
             return x.permute(0, 2, 3, 1)
         return x.view(-1, self.S, self.S, self.B * 5 + self.C)

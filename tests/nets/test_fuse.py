@@ -1,0 +1,86 @@
+"""nets.fuse: a Sequential run with batch norms folded and activation/pooling swapped gives what PyTorch's own
+modules give, in eval mode, with frozen norms in a training network, and for the gradients."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from segdet.nets.fuse import fused_forward
+from segdet.nets.yolo import YOLOv1
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.LeakyReLU(0.1, inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16, affine=False), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(16, 4, 1), nn.LeakyReLU(0.1))  # a conv with no norm after it runs as it is
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_mode_equals_the_modules(channels_last):
+    net = _net()
+    _randomise_norms(net)
+    net.eval()
+    x = torch.randn(4, 3, 32, 32)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = net(x.clone())
+        got = fused_forward(net, x.clone())
+    assert got.shape == expected.shape == (4, 4, 4, 4)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_activation_and_pooling_swap_is_exact():
+    seq = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    x = torch.randn(2, 5, 16, 16)
+    assert torch.equal(fused_forward(seq, x.clone()), seq(x.clone()))
+
+
+def test_training_norms_use_batch_statistics_and_update_running_ones():
+    net = _net().train()
+    twin = copy.deepcopy(net)
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(fused_forward(net, x.clone()), twin(x.clone()), rtol=1e-5, atol=1e-5)
+    for a, b in zip(net.modules(), twin.modules(), strict=True):
+        if isinstance(a, nn.BatchNorm2d):
+            torch.testing.assert_close(a.running_mean, b.running_mean)
+            assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 1
+
+
+def test_frozen_yolo_backbone_gives_the_same_outputs_and_gradients():
+    """A YOLOv1 training step with the first three backbone convolutions frozen (what yolo_train does after
+    the R-CNN transfer): the folded forward against the plain module-by-module one."""
+    torch.manual_seed(0)
+    model = YOLOv1("small", 3, input_size=64, head_channels=16, hidden=32)
+    _randomise_norms(model)
+    model.freeze_backbone(3)
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    twin = copy.deepcopy(model)
+    out = model(x)
+    ref = twin.fc(twin.head(twin.features(x))).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        if p.requires_grad:
+            # float rounding of the folded weights: within 1e-4 of the gradient's scale
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4 * float(q.grad.abs().max()), msg=name)
+        else:
+            assert p.grad is None and q.grad is None, name
+    assert model.state_dict().keys() == twin.state_dict().keys()
