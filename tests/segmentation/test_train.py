@@ -16,8 +16,8 @@ from segdet.engine import NonFiniteLossError, fit
 from segdet.nets.weights import load_checkpoint
 from segdet.sections import UnetTrainConfig
 from segdet.segmentation.evaluate import evaluate_unet, load_unet
-from segdet.stage import UserError
 from segdet.segmentation.train import train_unet
+from segdet.stage import UserError
 
 CPU = torch.device("cpu")
 

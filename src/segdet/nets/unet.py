@@ -145,7 +145,7 @@ class ResNetUNet(nn.Module):
         d = self.DECODER
         skips = (256, 128, 64, 64, 0)
         ins = (512, *d[:-1])
-        self.decoder = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, d))
+        self.decoder = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, d, strict=True))
         self.head = nn.Conv2d(d[-1], num_classes, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,7 @@ class ResNetUNet(nn.Module):
         x2 = e["layer2"](x1)  # 8
         x3 = e["layer3"](x2)  # 16
         x = e["layer4"](x3)  # 32
-        for block, skip in zip(self.decoder, (x3, x2, x1, x0, None)):
+        for block, skip in zip(self.decoder, (x3, x2, x1, x0, None), strict=True):
             x = block(x, skip, skip.shape[-2:] if skip is not None else size)
         return self.head(x)
 
