@@ -120,10 +120,14 @@ def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool)
             Case(name, "infer", f"{size} px, batch {batch}, {layout}", infer)]
 
 
-def yolo_cases(device, backbone: str, size: int, batch: int) -> list[Case]:
+def yolo_cases(device, backbone: str, size: int, batch: int, frozen: int = 0) -> list[Case]:
+    """Training and batch-1 inference; with ``frozen``, only the training step with the first ``frozen`` backbone
+    convolutions frozen, as ``yolo_train`` runs after its transfer from the R-CNN CNN (default 3)."""
     torch.manual_seed(0)
     model = YOLOv1(backbone, 5, input_size=size, head="conv", head_channels=128, hidden=1024).to(
         device, memory_format=torch.channels_last)
+    if frozen:
+        model.freeze_backbone(frozen)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     targets = []
@@ -132,15 +136,17 @@ def yolo_cases(device, backbone: str, size: int, batch: int) -> list[Case]:
         wh = torch.rand(3, 2, generator=g) * size * 0.25 + 8
         targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, 6, (3,), generator=g)})
     loss = YoloLoss(model.S, model.B, model.C, size)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
     train = _train_step(model, opt, lambda: (model.train(), loss(model(x), targets)[0])[1])
+    name = f"yolov1-{backbone}-{size}"
+    if frozen:
+        return [Case(name, "train", f"{size} px, batch {batch}, {frozen} convs frozen (yolo_train)", train)]
     x1 = x[:1]
 
     def infer():
         model.eval()
         with torch.inference_mode():
             model(x1)
-    name = f"yolov1-{backbone}-{size}"
     return [Case(name, "train", f"{size} px, batch {batch}, conv head, channels-last", train),
             Case(name, "infer", f"{size} px, batch 1, channels-last", infer)]
 
@@ -184,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         top[amp_name] = max(peak[f"matmul_{amp_name}"], peak[f"conv_{amp_name}"])
     if quick:
         cases = (unet_cases(device, "unet32", 32, 2, False) + yolo_cases(device, "small", 64, 2)
-                 + rcnn_cases(device, 24, 8, 16))
+                 + yolo_cases(device, "small", 64, 2, frozen=3) + rcnn_cases(device, 24, 8, 16))
     else:
         cases = (unet_cases(device, "unet32", 96, 8, False) + unet_cases(device, "unet32", 96, 8, True)
                  + unet_cases(device, "unet32", 128, 8, True) + unet_cases(device, "unet64", 96, 8, True)
                  + unet_cases(device, "resnet18", 96, 8, True) + unet_cases(device, "resnet18", 128, 8, True)
-                 + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 448, 8)
+                 + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 256, 8, frozen=3)
+                 + yolo_cases(device, "small", 448, 8)
                  + rcnn_cases(device, 48, 128, 512) + rcnn_cases(device, 48, 128, 512, True))
     if amp is not None:  # the training steps again, as the stages run them: under autocast
         AMP[0] = amp
