@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from segdet.nets.fuse import fused_forward
+from segdet.nets.fuse import foldable, fused_forward
 from segdet.nets.yolo import YOLOv1
 
 
@@ -84,3 +84,17 @@ def test_frozen_yolo_backbone_gives_the_same_outputs_and_gradients():
         else:
             assert p.grad is None and q.grad is None, name
     assert model.state_dict().keys() == twin.state_dict().keys()
+
+
+def test_sync_batch_norms_under_torchrun_fold_too():
+    """Under torchrun the training stages convert batch norms to SyncBatchNorm; in eval mode they fold the same."""
+    net = _net()
+    _randomise_norms(net)
+    net.eval()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(net)).eval()
+    assert isinstance(synced[1], nn.SyncBatchNorm) and foldable(synced[0], synced[1])
+    assert not foldable(synced[0], synced[1].train())  # batch statistics while training: never folded
+    synced.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_forward(synced, x.clone()), net(x.clone()), rtol=1e-5, atol=1e-5)

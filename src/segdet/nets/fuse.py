@@ -9,8 +9,8 @@ traffic, exactly as it would run module by module (to float rounding).
 - A ``ReLU``/``LeakyReLU`` (slope >= 0) followed by a ``MaxPool2d`` runs as the pooling first: both are
   monotonic, so the result is identical and the activation touches a quarter of the values.
 
-Measured on a 2-core Intel Xeon (docs/benchmarks.md): the R-CNN region features 1.13x and a YOLOv1 training
-step with the three frozen layers transferred from R-CNN 1.2x. Training batch norms (batch statistics) are
+Measured on a 2-core Intel Xeon (docs/benchmarks.md): the R-CNN region features 1.35x and a YOLOv1 training
+epoch with the three frozen layers transferred from R-CNN 1.25x. Training batch norms (batch statistics) are
 left alone.
 """
 
@@ -24,7 +24,8 @@ from torch import nn
 def foldable(conv: nn.Module, norm: nn.Module) -> bool:
     """Whether ``norm`` after ``conv`` can be folded into it: a plain zero-padded 2-D convolution and a batch norm
     that normalises with its running statistics (eval mode, or a frozen norm kept in eval mode)."""
-    return (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and conv.padding_mode == "zeros"
+    return (isinstance(conv, nn.Conv2d) and isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm))
+            and conv.padding_mode == "zeros"
             and not norm.training and norm.running_mean is not None and norm.running_var is not None)
 
 
