@@ -106,8 +106,9 @@ def _decode_bytes(data: np.ndarray, name: str, flags: int, at_least: int | None 
     problem = too_many_pixels(*size) if size else None
     if problem:
         raise FormatError(f"{name}: {problem}")
-    if at_least and size and flags == cv2.IMREAD_COLOR and reduction(*size, at_least) > 1:
-        flags = _REDUCED_COLOR[reduction(*size, at_least)]
+    factor = reduction(*size, at_least) if at_least and size and flags == cv2.IMREAD_COLOR else 1
+    if factor > 1:
+        flags = _REDUCED_COLOR[factor]
     img = cv2.imdecode(data, flags | _READ_FLAGS) if data.size else None
     if img is None:
         raise FormatError(f"{name}: cannot read image (not an image file, or damaged)")

@@ -29,7 +29,7 @@ def foldable(conv: nn.Module, norm: nn.Module) -> bool:
             and not norm.training and norm.running_mean is not None and norm.running_var is not None)
 
 
-def folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d | nn.SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     """``norm(conv(x))`` as one convolution: ``w * g / sqrt(var + eps)`` and ``(b - mean) * g / sqrt(var + eps) + beta``."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
