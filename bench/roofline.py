@@ -33,7 +33,11 @@ from segdet.engine import autocast_dtype
 from segdet.nets.unet import build_unet
 from segdet.nets.yolo import YOLOv1
 from segdet.runtime import hardware
+from segdet.sections import YoloTrainConfig
 from segdet.segmentation.losses import SegLoss
+
+#: the backbone convolutions ``yolo_train`` keeps frozen after its transfer from the R-CNN CNN (its default)
+STAGE_FROZEN = YoloTrainConfig().freeze_backbone
 
 
 def sync(device: torch.device) -> None:
@@ -122,7 +126,7 @@ def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool)
 
 def yolo_cases(device, backbone: str, size: int, batch: int, frozen: int = 0) -> list[Case]:
     """Training and batch-1 inference; with ``frozen``, only the training step with the first ``frozen`` backbone
-    convolutions frozen, as ``yolo_train`` runs after its transfer from the R-CNN CNN (default 3)."""
+    convolutions frozen, as ``yolo_train`` runs after its transfer from the R-CNN CNN (``yolo_train.freeze_backbone``)."""
     torch.manual_seed(0)
     model = YOLOv1(backbone, 5, input_size=size, head="conv", head_channels=128, hidden=1024).to(
         device, memory_format=torch.channels_last)
@@ -190,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         top[amp_name] = max(peak[f"matmul_{amp_name}"], peak[f"conv_{amp_name}"])
     if quick:
         cases = (unet_cases(device, "unet32", 32, 2, False) + yolo_cases(device, "small", 64, 2)
-                 + yolo_cases(device, "small", 64, 2, frozen=3) + rcnn_cases(device, 24, 8, 16))
+                 + yolo_cases(device, "small", 64, 2, frozen=STAGE_FROZEN) + rcnn_cases(device, 24, 8, 16))
     else:
         cases = (unet_cases(device, "unet32", 96, 8, False) + unet_cases(device, "unet32", 96, 8, True)
                  + unet_cases(device, "unet32", 128, 8, True) + unet_cases(device, "unet64", 96, 8, True)
                  + unet_cases(device, "resnet18", 96, 8, True) + unet_cases(device, "resnet18", 128, 8, True)
-                 + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 256, 8, frozen=3)
+                 + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 256, 8, frozen=STAGE_FROZEN)
                  + yolo_cases(device, "small", 448, 8)
                  + rcnn_cases(device, 48, 128, 512) + rcnn_cases(device, 48, 128, 512, True))
     if amp is not None:  # the training steps again, as the stages run them: under autocast

@@ -259,7 +259,7 @@ class YoloTrainConfig:
     weights: str | None = param(None, false_is_null=True)
     init_from: str | None = param(None, false_is_null=True)
     init_from_rcnn: bool = True
-    freeze_backbone: int = param(3, ge=0)
+    freeze_backbone: int = param(1, ge=0)
 
     def __post_init__(self) -> None:
         if self.weights and self.init_from:

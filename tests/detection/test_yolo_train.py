@@ -9,17 +9,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from segdet.data.datasets import DetectionDataset
 from segdet.data.formats import write_voc_xml
 from segdet.data.pairs import Pair, write_manifest
 from segdet.data.synthetic.shapes import DET_CLASSES
 from segdet.data.synthetic.voc import generate_voc
-from segdet.data.transforms import yolo_transforms
+from segdet.data.transforms import YoloAugment, yolo_transforms
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.yolo import train as yolo_train
 from segdet.detection.yolo.train import build_model, collate, schedule, train_yolo, transfer_from_rcnn, validate
+from segdet.nets.backbones import IMAGENET_MEAN, IMAGENET_STD
 from segdet.nets.weights import load_checkpoint, save_checkpoint
 from segdet.nets.yolo import YOLOv1
 from segdet.schema import ConfigError
@@ -156,38 +156,78 @@ def test_freeze_is_ignored_when_nothing_was_transferred(scenes, tmp_path):
     assert all(p.requires_grad for p in model.parameters())  # random layers are not kept fixed
 
 
-def test_augmentation_moves_boxes_with_the_image():
+def _block_scene(h: int, w: int, box: tuple[int, int, int, int]):
+    image = torch.zeros(3, h, w, dtype=torch.uint8)
+    x1, y1, x2, y2 = box
+    image[:, y1:y2, x1:x2] = 255
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY",
+                                                canvas_size=(h, w)), "labels": torch.tensor([1])}
+    return tv_tensors.Image(image), target
+
+
+def _unnormalised(out: torch.Tensor) -> torch.Tensor:
+    return out * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("h, w", [(64, 64), (100, 140)])
+def test_augmentation_moves_boxes_with_the_image(h, w):
+    """Scaling, translation, flips and the resize: the box must still bound the white block exactly."""
     torch.manual_seed(0)
-    image = torch.zeros(3, 100, 100, dtype=torch.uint8)
-    image[:, 20:40, 30:60] = 255
-    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[30.0, 20.0, 60.0, 40.0]]), format="XYXY",
-                                                canvas_size=(100, 100)), "labels": torch.tensor([1])}
-    for _ in range(5):
-        out, t = yolo_transforms(64, train=True)(tv_tensors.Image(image), target)
-        x1, y1, x2, y2 = (int(round(v)) for v in t["boxes"][0].tolist())
-        inside = out[:, y1 + 1:y2 - 1, x1 + 1:x2 - 1].mean()
-        assert inside > out.mean()  # the bright block is still inside the moved box
+    aug = YoloAugment(64, hflip=0.5, vflip=0.5, exposure=1.0, saturation=1.0)
+    moved = 0
+    for _ in range(60):
+        out, t = aug(*_block_scene(h, w, (30, 20, 60, 45)))
+        ys, xs = torch.nonzero(_unnormalised(out)[0] > 0.5, as_tuple=True)
+        if not len(t["boxes"]):  # pushed out of the image: then (almost) nothing of it is left either
+            assert len(xs) == 0 or min(xs.max() - xs.min(), ys.max() - ys.min()) < 3
+            continue
+        seen = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+        assert torch.allclose(seen, t["boxes"][0], atol=1.0), (seen, t["boxes"][0])
+        moved += not torch.allclose(seen, torch.tensor([30.0, 20.0, 60.0, 45.0]) * torch.tensor([64 / w, 64 / h] * 2))
+    assert moved > 40  # the augmentation did move it
 
 
 def test_flips_mirror_the_boxes():
-    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
-    image[:, 10:20, 4:16] = 255  # a block near the left edge
-    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[4.0, 10.0, 16.0, 20.0]]), format="XYXY",
-                                                canvas_size=(64, 64)), "labels": torch.tensor([1])}
+    def flip(h, v):
+        return YoloAugment(64, hflip=h, vflip=v, translate=0.0, scale=0.0, exposure=1.0, saturation=1.0)
 
-    def ops(kind, *args):
-        return [op for op in yolo_transforms(64, *args).transforms if isinstance(op, kind)]
-
-    flips = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)
-    [hflip] = ops(v2.RandomHorizontalFlip, True, 1.0)
-    out, t = hflip(tv_tensors.Image(image), target)
+    image, target = _block_scene(64, 64, (4, 10, 16, 20))  # a block near the top left corner
+    out, t = flip(1.0, 0.0)(image, target)
     assert t["boxes"][0].tolist() == [48.0, 10.0, 60.0, 20.0]
-    assert out[:, 10:20, 48:60].float().mean() == 255 and out[:, :, :48].max() == 0
-    [vflip] = ops(v2.RandomVerticalFlip, True, 0.0, 1.0)
-    out, t = vflip(tv_tensors.Image(image), target)
+    out = _unnormalised(out)
+    assert out[:, 10:20, 48:60].min() > 0.99 and out[:, :, :48].max() < 0.01
+    out, t = flip(0.0, 1.0)(image, target)
     assert t["boxes"][0].tolist() == [4.0, 44.0, 16.0, 54.0]
-    assert out[:, 44:54, 4:16].float().mean() == 255 and out[:, :44].max() == 0
-    assert not ops(flips, True, 0.0, 0.0) and not ops(flips, False, 1.0, 1.0)
+    out = _unnormalised(out)
+    assert out[:, 44:54, 4:16].min() > 0.99 and out[:, :44].max() < 0.01
+    out, t = flip(0.0, 0.0)(image, target)
+    assert t["boxes"][0].tolist() == [4.0, 10.0, 16.0, 20.0]
+    evaluation = yolo_transforms(64, False)  # validation: no random operation
+    assert torch.equal(evaluation(image, target)[0], evaluation(image, target)[0])
+    assert torch.allclose(evaluation(image, target)[0], flip(0.0, 0.0)(image, target)[0], atol=1e-5)
+
+
+def test_exposure_and_saturation_jitter():
+    """Exposure scales every channel by one factor in [1/1.5, 1.5]; saturation leaves a grey image grey."""
+    torch.manual_seed(0)
+    grey = tv_tensors.Image(torch.full((3, 16, 16), 100, dtype=torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(16, 16)),
+              "labels": torch.zeros(0, dtype=torch.int64)}
+    still = YoloAugment(16, translate=0.0, scale=0.0, exposure=1.0)
+    for _ in range(10):
+        assert torch.allclose(_unnormalised(still(grey, target)[0]) * 255, torch.full((3, 16, 16), 100.0), atol=1e-3)
+    exposure = YoloAugment(16, translate=0.0, scale=0.0, saturation=1.0)
+    ratios = [float(_unnormalised(exposure(grey, target)[0]).mean()) * 255 / 100 for _ in range(200)]
+    assert 1 / 1.5 - 0.01 <= min(ratios) < 0.75 and 1.4 < max(ratios) <= 1.5 + 0.01
+
+
+def test_augmentation_drops_degenerate_boxes_with_their_flags():
+    image = tv_tensors.Image(torch.zeros(3, 32, 32, dtype=torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[2.0, 2.0, 12.0, 12.0], [20.0, 4.0, 21.0, 14.0]]),
+                                                format="XYXY", canvas_size=(32, 32)),
+              "labels": torch.tensor([1, 2]), "difficult": torch.tensor([False, True])}
+    _, t = YoloAugment(32, translate=0.0, scale=0.0)(image, target)
+    assert t["labels"].tolist() == [1] and t["difficult"].tolist() == [False] and len(t["boxes"]) == 1
 
 
 def test_validation_ignores_difficult_objects(tmp_path, monkeypatch):

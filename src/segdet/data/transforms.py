@@ -7,6 +7,8 @@ image, a resize scales the boxes and resamples the mask with nearest-neighbour.
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -73,21 +75,89 @@ def yolo_preprocess(size: int) -> v2.Compose:
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def yolo_transforms(size: int, train: bool, hflip: float = 0.0, vflip: float = 0.0) -> v2.Compose:
-    """Image and boxes: resize to ``size`` x ``size``; when ``train``, the paper's augmentation: random scaling
-    and translation up to 20% of the image size, exposure (brightness) and saturation up to a factor 1.5, a
-    horizontal flip with probability ``hflip`` (Darknet's YOLOv1 training flips half the images) and a vertical
-    one with probability ``vflip`` (only for data whose labels do not depend on up and down);
-    ImageNet normalisation. Boxes move with the image; boxes pushed out of it are dropped (with their
-    ``difficult`` flags, when the target has them)."""
-    ops: list = [v2.Resize((size, size), antialias=True)]
-    if train:
-        ops += [v2.RandomAffine(degrees=0.0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
-                v2.ColorJitter(brightness=(1 / 1.5, 1.5), saturation=(1 / 1.5, 1.5))]
+class YoloAugment:
+    """YOLOv1's training augmentation (Redmon et al. 2016, section 2.2) on an ``(image, target)`` pair: resize to
+    ``size`` x ``size`` (the inference resize, :func:`yolo_preprocess`), random scaling by a factor in
+    ``[1 - scale, 1 + scale]`` about the centre and translation by up to ``translate`` of the image size (one
+    OpenCV affine warp of the uint8 image, uncovered pixels 0 as in ``v2.RandomAffine``), exposure
+    (brightness) and saturation each by a factor in ``[1 / exposure, exposure]`` and ``[1 / saturation,
+    saturation]``, in random order (``v2.ColorJitter``'s blends, saturating at 0 and 255), a horizontal flip
+    with probability ``hflip`` and a vertical one with ``vflip``; then float and ImageNet normalisation.
+
+    Boxes move by the same affine map, are clipped to the image, and those narrower or shorter than 2 px
+    afterwards are dropped with their labels and ``difficult`` flags (as ``v2.SanitizeBoundingBoxes``). The
+    random numbers come from PyTorch's generator, so seeds and DataLoader workers behave as with
+    torchvision's ops.
+
+    The same augmentation as torchvision's ``RandomAffine`` + ``ColorJitter`` + flips, computed on the uint8
+    array with OpenCV (``python -m bench.augment`` times both).
+    """
+
+    def __init__(self, size: int, hflip: float = 0.0, vflip: float = 0.0, *, translate: float = 0.2,
+                 scale: float = 0.2, exposure: float = 1.5, saturation: float = 1.5):
+        self.size, self.hflip, self.vflip = size, hflip, vflip
+        self.translate, self.scale, self.exposure, self.saturation = translate, scale, exposure, saturation
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self._mul = 1.0 / (255.0 * std)
+        self._add = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / std
+
+    def __call__(self, image: torch.Tensor, target: dict) -> tuple[tv_tensors.Image, dict]:
+        size = self.size
+        image = image.as_subclass(torch.Tensor)
+        h, w = image.shape[-2:]
+        if (h, w) != (size, size):
+            image = v2.functional.resize(image, [size, size], antialias=True)
+        rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        r = torch.rand(8).tolist()
+        s = 1.0 + self.scale * (2 * r[0] - 1)
+        tx = round(self.translate * size * (2 * r[1] - 1))
+        ty = round(self.translate * size * (2 * r[2] - 1))
+        c = size / 2  # u' = s (u - c) + c + t in continuous coordinates, where pixel i covers [i, i + 1)
+        if s != 1.0 or tx or ty:
+            off = (1 - s) * (c - 0.5)  # the same map in pixel-centre coordinates, as OpenCV takes it
+            m = np.array([[s, 0.0, off + tx], [0.0, s, off + ty]])
+            rgb = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                 borderValue=(0, 0, 0))
+        jitter = [("exposure", self.exposure, r[3]), ("saturation", self.saturation, r[4])]
+        for kind, strength, u in (jitter if r[5] < 0.5 else jitter[::-1]):
+            if strength == 1.0:
+                continue
+            f = 1 / strength + (strength - 1 / strength) * u
+            if kind == "exposure":
+                rgb = cv2.convertScaleAbs(rgb, alpha=f)
+            else:
+                gray = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+                rgb = cv2.addWeighted(rgb, f, gray, 1 - f, 0)
+        hflip, vflip = r[6] < self.hflip, r[7] < self.vflip
+        if hflip or vflip:
+            rgb = cv2.flip(rgb, -1 if hflip and vflip else (1 if hflip else 0))
+        out = torch.addcmul(self._add, torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float(),
+                            self._mul)
+
+        b = target["boxes"].as_subclass(torch.Tensor).float() * torch.tensor([size / w, size / h] * 2)
+        b = ((b - c) * s + c + torch.tensor([tx, ty, tx, ty], dtype=torch.float32)).clamp(0, size)
         if hflip:
-            ops.append(v2.RandomHorizontalFlip(hflip))
+            b = torch.stack([size - b[:, 2], b[:, 1], size - b[:, 0], b[:, 3]], dim=1)
         if vflip:
-            ops.append(v2.RandomVerticalFlip(vflip))
-    ops += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=box_labels)]
-    return v2.Compose(ops)
+            b = torch.stack([b[:, 0], size - b[:, 3], b[:, 2], size - b[:, 1]], dim=1)
+        keep = ((b[:, 2] - b[:, 0]) >= 2.0) & ((b[:, 3] - b[:, 1]) >= 2.0)
+        target = {**target, "boxes": tv_tensors.BoundingBoxes(b[keep], format="XYXY", canvas_size=(size, size)),
+                  "labels": target["labels"][keep]}
+        if "difficult" in target:
+            target["difficult"] = target["difficult"][keep]
+        return tv_tensors.Image(out), target
+
+
+def yolo_transforms(size: int, train: bool, hflip: float = 0.0, vflip: float = 0.0) -> v2.Compose | YoloAugment:
+    """Image and boxes: resize to ``size`` x ``size``, float, ImageNet normalisation; when ``train``, the paper's
+    augmentation (:class:`YoloAugment`): random scaling and translation up to 20% of the image size, exposure
+    (brightness) and saturation up to a factor 1.5, a horizontal flip with probability ``hflip`` (Darknet's
+    YOLOv1 training flips half the images) and a vertical one with probability ``vflip`` (only for data whose
+    labels do not depend on up and down). Boxes move with the image; boxes pushed out of it are dropped (with
+    their ``difficult`` flags, when the target has them)."""
+    if train:
+        return YoloAugment(size, hflip, vflip)
+    return v2.Compose([v2.Resize((size, size), antialias=True),
+                       v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+                       v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=box_labels)])
