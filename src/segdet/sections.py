@@ -198,8 +198,8 @@ class RcnnFinetuneConfig:
 class RcnnSvmConfig:
     """``rcnn_svm``: per-class linear SVMs with hard-negative mining, and box regressors."""
 
-    C: float = param(0.001, gt=0.0)
-    positive_weight: float = param(2.0, gt=0.0)
+    C: float = param(0.005, gt=0.0)
+    positive_weight: float = param(4.0, gt=0.0)
     neg_iou: float = param(0.3, ge=0.0, le=1.0)
     rounds: int = param(2, ge=0, le=20)
     init_negatives: int = param(5000, ge=1)
