@@ -28,6 +28,36 @@ def test_region_cnn_shapes_and_torchvision_names():
         RegionCNN("resnet18", 2)
 
 
+def test_cpu_feature_blocks_fit_the_first_layer_output_in_the_budget():
+    # first-layer output per region, by hand: small 16 x 48 x 48 x 4 B = 147456 -> 32 MiB / 147456 = 227 -> 128;
+    # 16 x 227 x 227 x 4 = 3297856 -> 10 -> 8; AlexNet conv1 (11x11, stride 4, pad 2) 64 x 56 x 56 x 4 -> 41 -> 32
+    assert RegionCNN("small", 5).cpu_block(48) == 128
+    assert RegionCNN("small", 5).cpu_block(227) == 8
+    assert RegionCNN("alexnet", 5).cpu_block(227) == 32
+    assert RegionCNN("small", 5).cpu_block(227, element_size=2) == 16  # bfloat16 activations: twice the regions
+
+
+def test_cpu_features_run_in_blocks_with_the_features_of_one_pass(monkeypatch):
+    import segdet.detection.rcnn.model as model_module
+
+    torch.manual_seed(0)
+    m = RegionCNN("small", 5).eval()
+    for mod in m.modules():  # running statistics other than the identity, so the folded norms matter
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(5, 3, 32, 32)
+    one_pass = m.embed(x).detach()  # autograd on: never blocked
+    monkeypatch.setattr(model_module, "CPU_BLOCK_BYTES", 2 * 16 * 32 * 32 * 4)  # two regions' first-layer output
+    sizes = []
+    inner = m._embed
+    monkeypatch.setattr(m, "_embed", lambda part: sizes.append(len(part)) or inner(part))
+    with torch.inference_mode():
+        blocked = m.embed(x)
+    assert sizes == [2, 2, 1]
+    torch.testing.assert_close(blocked, one_pass, atol=1e-5, rtol=1e-5)
+
+
 def test_warp_of_an_exact_box_is_the_pixels_and_context_pads_with_the_mean():
     y, x = torch.meshgrid(torch.arange(40), torch.arange(60), indexing="ij")
     image = torch.stack([x + 2 * y + 10 * c for c in range(3)]).to(torch.uint8)  # linear: sub-samples average exactly
