@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.yolo.loss import YoloLoss
-from segdet.engine import autocast_dtype
+from segdet.engine import autocast_dtype, make_optimizer
 from segdet.nets.unet import build_unet
 from segdet.nets.yolo import YOLOv1
 from segdet.runtime import hardware
@@ -111,7 +111,7 @@ def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch, size, size), device=device)
     loss = SegLoss("ce+dice")
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
     layout = "channels-last" if channels_last else "NCHW"
     train = _train_step(model, opt, lambda: (model.train(), loss(model(x), y)[0])[1])
 
@@ -140,7 +140,7 @@ def yolo_cases(device, backbone: str, size: int, batch: int, frozen: int = 0) ->
         wh = torch.rand(3, 2, generator=g) * size * 0.25 + 8
         targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, 6, (3,), generator=g)})
     loss = YoloLoss(model.S, model.B, model.C, size)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
+    opt = make_optimizer("adam", [p for p in model.parameters() if p.requires_grad], lr=1e-3)
     train = _train_step(model, opt, lambda: (model.train(), loss(model(x), targets)[0])[1])
     name = f"yolov1-{backbone}-{size}"
     if frozen:
@@ -161,7 +161,7 @@ def rcnn_cases(device, crop: int, batch: int, feature_batch: int, channels_last:
     model = RegionCNN("small", 6).to(device, memory_format=fmt)
     x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 6, (batch,), device=device)
-    opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.01, momentum=0.9)
     train = _train_step(model, opt, lambda: (model.train(), F.cross_entropy(model(x), y))[1])
     xf = torch.randn(feature_batch, 3, crop, crop, device=device).contiguous(memory_format=fmt)
     layout = "channels-last" if channels_last else "NCHW"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from segdet.nets.fuse import foldable, fused_forward
+from segdet.nets.fuse import cache_block, foldable, fused_forward
 from segdet.nets.yolo import YOLOv1
 
 
@@ -62,17 +62,30 @@ def test_training_norms_use_batch_statistics_and_update_running_ones():
             assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 1
 
 
-def test_frozen_yolo_backbone_gives_the_same_outputs_and_gradients():
-    """A YOLOv1 training step with the first three backbone convolutions frozen (what yolo_train does after
-    the R-CNN transfer): the folded forward against the plain module-by-module one."""
+@pytest.mark.parametrize("frozen, blocked", [(3, False), (1, True), (3, True)])
+def test_frozen_yolo_backbone_gives_the_same_outputs_and_gradients(monkeypatch, frozen, blocked):
+    """A YOLOv1 training step with the first backbone convolutions frozen (what yolo_train does after the R-CNN
+    transfer): the folded forward, its frozen layers run image by image when blocked, against the plain
+    module-by-module one."""
+    import segdet.nets.yolo as yolo_module
+
     torch.manual_seed(0)
     model = YOLOv1("small", 3, input_size=64, head_channels=16, hidden=32)
     _randomise_norms(model)
-    model.freeze_backbone(3)
+    model.freeze_backbone(frozen)
     model.train()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(3, 3, 64, 64)
     twin = copy.deepcopy(model)
+    calls = []
+    if blocked:  # one image's first-layer output (16 x 64 x 64 floats) per block
+        monkeypatch.setattr(yolo_module, "FROZEN_BLOCK_BYTES", 16 * 64 * 64 * 4)
+        inner = yolo_module.fused_forward
+        monkeypatch.setattr(yolo_module, "fused_forward",
+                            lambda seq, t, start=0, stop=None: calls.append((len(t), start, stop)) or inner(seq, t, start, stop))
     out = model(x)
+    if blocked:  # the frozen layers and the pooling after them (4 modules a convolution) image by image, then the rest
+        prefix = 4 * frozen
+        assert calls[:4] == [(1, 0, prefix)] * 3 + [(3, prefix, None)]
     ref = twin.fc(twin.head(twin.features(x))).permute(0, 2, 3, 1)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     out.square().sum().backward()
@@ -98,3 +111,12 @@ def test_sync_batch_norms_under_torchrun_fold_too():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fused_forward(synced, x.clone()), net(x.clone()), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_block_is_the_power_of_two_of_inputs_whose_output_fits():
+    conv = nn.Conv2d(3, 16, 3, padding=1)
+    # 16 x 256 x 256 x 4 B = 4 MiB an image: 8 MiB holds 2, 9 MiB still 2, 4 MiB 1, 1 MiB none (at least 1)
+    assert [cache_block(conv, 256, 4, mib * 2**20) for mib in (8, 9, 4, 1, 64)] == [2, 2, 1, 1, 16]
+    assert cache_block(conv, 256, 4, 2**20, smallest=2) == 2
+    # stride 2, padding 1: a 64 px input gives 32 x 32 outputs, 16 x 32 x 32 x 2 B (bfloat16) = 32 KiB each
+    assert cache_block(nn.Conv2d(3, 16, 3, stride=2, padding=1), 64, 2, 2**20) == 32

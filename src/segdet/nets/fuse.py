@@ -45,10 +45,10 @@ def _commutes_with_max(act: nn.Module) -> bool:
     return isinstance(act, nn.ReLU) or (isinstance(act, nn.LeakyReLU) and act.negative_slope >= 0)
 
 
-def fused_forward(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``seq(x)``, with conv + running-statistics batch norm folded and activation + max-pooling swapped (see the
-    module docstring). Any other module runs as it is."""
-    mods = list(seq.children())
+def fused_forward(seq: nn.Sequential, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """``seq[start:stop](x)``, with conv + running-statistics batch norm folded and activation + max-pooling
+    swapped (see the module docstring). Any other module runs as it is."""
+    mods = list(seq.children())[start:stop]
     i, n = 0, len(mods)
     while i < n:
         m = mods[i]
@@ -63,3 +63,13 @@ def fused_forward(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         x = m(x)
         i += 1
     return x
+
+
+def cache_block(conv: nn.Conv2d, side: int, element_size: int, budget: int, smallest: int = 1) -> int:
+    """Inputs per forward pass such that ``conv``'s output for a square ``side`` input fits in ``budget`` bytes:
+    the largest power of two, at least ``smallest``. On a CPU, running the per-sample (no-gradient, no
+    batch-statistics) layers of a large batch in such blocks keeps each layer's output in the caches for the next
+    layer and the max-pooling instead of writing it to memory and reading it back (docs/benchmarks.md)."""
+    out = (side + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
+    fits = budget // (conv.out_channels * out * out * element_size)
+    return 1 << max(smallest.bit_length() - 1, int(fits).bit_length() - 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from segdet import engine
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
 from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best, loaders
@@ -26,9 +27,8 @@ CLASSES = ["background", "lesion"]
 
 
 def make_optimizer(cfg: UnetTrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return engine.make_optimizer(cfg.optimizer, params, lr=cfg.lr, momentum=cfg.momentum,
+                                 weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from torchvision.ops import roi_align
 
 from segdet.detection.boxes import dilate
 from segdet.nets.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from segdet.nets.fuse import fused_forward
+from segdet.nets.fuse import cache_block, fused_forward
 from segdet.nets.weights import CheckpointError
 
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -64,13 +64,11 @@ class RegionCNN(nn.Module):
 
     def cpu_block(self, crop_size: int, element_size: int = 4) -> int:
         """Regions per forward pass when features are extracted on a CPU: the largest power of two (at least 2)
-        whose first-layer output fits in :data:`CPU_BLOCK_BYTES`, so each layer's output is still in the
-        caches when the next layer (and the max-pooling) reads it. 128 for ``small`` at 48 px, 32 at 96 px,
-        8 at 227 px; 32 for AlexNet at 227 px."""
+        whose first-layer output fits in :data:`CPU_BLOCK_BYTES` (:func:`segdet.nets.fuse.cache_block`), so each
+        layer's output is still in the caches when the next layer (and the max-pooling) reads it. 128 for
+        ``small`` at 48 px, 32 at 96 px, 8 at 227 px; 32 for AlexNet at 227 px."""
         conv = next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
-        side = (crop_size + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
-        fits = CPU_BLOCK_BYTES // (conv.out_channels * side * side * element_size)
-        return 1 << max(1, int(fits).bit_length() - 1)
+        return cache_block(conv, crop_size, element_size, CPU_BLOCK_BYTES, smallest=2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and not self.training and not torch.is_grad_enabled():

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from segdet import distributed
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.detection.rcnn.regions import Item, RegionBatches, label_regions
-from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best
+from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best, make_optimizer
 from segdet.nets.weights import TransferReport, init_from
 from segdet.sections import RcnnFinetuneConfig
 
@@ -85,7 +85,8 @@ def finetune_rcnn(
                               bg=cfg.bg_per_batch))
     if not val_items:
         log.warning("the val split is empty: validating on training regions")
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer("sgd", model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
 
     def step(model, batch, device):

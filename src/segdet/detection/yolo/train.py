@@ -19,7 +19,7 @@ from segdet.detection.evaluate import coco_results, evaluate_detections
 from segdet.detection.yolo.decode import decode
 from segdet.detection.yolo.detect import FALLBACK_SCORE
 from segdet.detection.yolo.loss import YoloLoss
-from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders
+from segdet.engine import FitResult, announce_transfer, fit, load_best, loaders, make_optimizer
 from segdet.nets.backbones import build_backbone
 from segdet.nets.weights import TransferReport, init_from, load_checkpoint, transfer_weights
 from segdet.nets.yolo import YOLOv1
@@ -226,10 +226,8 @@ def train_yolo(
                                        device=device, generator=generator, collate_fn=collate,
                                        key="yolo_train.batch_size")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, trainable, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
     loss_fn = YoloLoss(model.S, model.B, model.C, cfg.input_size, cfg.l_coord, cfg.l_noobj, cfg.cell_objects)
 
     def step(model, batch, device):
