@@ -43,3 +43,26 @@ def test_ema_averages_the_steps_and_is_what_is_evaluated_and_saved(tmp_path):
 def test_without_ema_checkpoints_hold_only_the_trained_weights(tmp_path):
     ck = _fit(tmp_path / "plain", 2)
     assert "train_model" not in ck and "ema_updates" not in ck
+
+
+def test_make_optimizer_is_fused_on_cpu_with_the_textbook_update():
+    import pytest
+
+    from segdet.engine import make_optimizer
+
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = make_optimizer("adam", [w], lr=0.1)
+    assert opt.defaults["fused"] is True
+    for _ in range(2):  # Adam's first steps by hand: with a constant gradient g, m / sqrt(v) = sign(g) each step
+        w.grad = torch.tensor([0.5, -4.0])
+        opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([1.0 - 0.2, -2.0 + 0.2]), rtol=0, atol=1e-6)
+    v = nn.Parameter(torch.tensor([1.0]))
+    sgd = make_optimizer("sgd", [v], lr=0.1, momentum=0.9, weight_decay=0.5)
+    for _ in range(2):  # buf = 1.5 then 0.9 * 1.5 + (1 + 0.5 * 0.85) = 2.775; w = 1 - 0.15 = 0.85 then 0.85 - 0.2775
+        v.grad = torch.tensor([1.0])
+        sgd.step()
+    assert sgd.defaults["fused"] is True
+    torch.testing.assert_close(v.detach(), torch.tensor([0.85 - 0.2775]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="Available options are: adam, sgd"):
+        make_optimizer("rmsprop", [v], lr=0.1)
