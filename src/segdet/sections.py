@@ -214,7 +214,7 @@ class RcnnEvalConfig:
     """``rcnn_eval``: R-CNN detection on the test split."""
 
     score_threshold: float | None = None
-    min_score: float = -1.0
+    min_score: float = -2.0
     nms_iou: float = param(0.3, gt=0.0, le=1.0)
     max_detections: int = param(100, ge=1)
     samples: int = param(8, ge=0, le=100)
