@@ -1,0 +1,48 @@
+"""bench/mosaic_voc.py: dense scenes of real photos as a VOC devkit, boxes carried into their tiles, splits apart."""
+
+import cv2
+import numpy as np
+import pytest
+
+from bench.mosaic_voc import build
+from segdet.data.formats import parse_voc_xml, write_voc_xml
+
+
+def source_folder(root, photos=6):
+    """VOC photos 100x50, each with one box at pixels 10..49 x 10..29 (xyxy 10, 10, 50, 30), class by index."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    for i in range(photos):
+        cv2.imwrite(str(root / "JPEGImages" / f"p{i}.jpg"), np.full((50, 100, 3), 40 * i, np.uint8))
+        write_voc_xml(root / "Annotations" / f"p{i}.xml", f"p{i}.jpg", 100, 50, [(f"c{i}", (11, 11, 50, 30))])
+    return root
+
+
+def test_one_tile_scenes_carry_the_box_scaled_or_mirrored(tmp_path):
+    names = build(source_folder(tmp_path / "src"), tmp_path / "out", {"train": 4, "val": 2, "test": 2}, grids=(1,),
+                  size=(200, 100))
+    for name in sum(names.values(), []):
+        (obj,) = parse_voc_xml(tmp_path / "out" / "Annotations" / f"{name}.xml").objects
+        # the 100x50 photo doubled into the 200x100 scene: (20, 20, 100, 60), or flipped: (100, 20, 180, 60)
+        assert obj.box in {(20.0, 20.0, 100.0, 60.0), (100.0, 20.0, 180.0, 60.0)}
+        assert cv2.imread(str(tmp_path / "out" / "JPEGImages" / f"{name}.jpg")).shape == (100, 200, 3)
+
+
+def test_splits_draw_on_disjoint_photos_and_the_devkit_lists_them(tmp_path):
+    out = tmp_path / "out"
+    names = build(source_folder(tmp_path / "src"), out, {"train": 6, "val": 3, "test": 3}, grids=(2,), size=(80, 60))
+    classes = {}
+    for split, scenes in names.items():
+        listed = (out / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        assert listed == scenes
+        classes[split] = {o.name for n in scenes for o in parse_voc_xml(out / "Annotations" / f"{n}.xml").objects}
+        assert all(len(parse_voc_xml(out / "Annotations" / f"{n}.xml").objects) == 4 for n in scenes)  # 2x2 tiles
+    # each photo has its own class: a class in two splits would be a photo in both
+    assert not (classes["train"] & classes["val"] or classes["train"] & classes["test"] or classes["val"] & classes["test"])
+    assert (out / "ImageSets/Main/trainval.txt").read_text().split() == names["train"] + names["val"]
+
+
+def test_too_few_photos_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="too few"):
+        build(source_folder(tmp_path / "src", photos=2), tmp_path / "out", {"train": 1, "val": 1, "test": 1})
+
