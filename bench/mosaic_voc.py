@@ -49,6 +49,7 @@ def build(source: Path, out: Path, images: dict[str, int], grids: tuple[int, ...
     shares, start = {}, 0
     for i, (split, n) in enumerate(images.items()):
         stop = len(photos) if i == len(images) - 1 else start + max(1, round(len(photos) * n / total))
+        stop = min(stop, len(photos) - (len(images) - 1 - i))  # leave at least one photo to each split after it
         shares[split], start = photos[start:stop], stop
     width, height = size
     for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):

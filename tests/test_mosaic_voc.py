@@ -42,6 +42,12 @@ def test_splits_draw_on_disjoint_photos_and_the_devkit_lists_them(tmp_path):
     assert (out / "ImageSets/Main/trainval.txt").read_text().split() == names["train"] + names["val"]
 
 
+def test_a_lopsided_split_still_leaves_every_split_a_photo(tmp_path):
+    names = build(source_folder(tmp_path / "src", photos=4), tmp_path / "out", {"train": 1, "val": 100, "test": 1},
+                  grids=(1,), size=(20, 10))
+    assert [len(v) for v in names.values()] == [1, 100, 1]
+
+
 def test_too_few_photos_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="too few"):
         build(source_folder(tmp_path / "src", photos=2), tmp_path / "out", {"train": 1, "val": 1, "test": 1})
