@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from segdet.detection.rcnn.model import RegionCNN
 from segdet.nets.fuse import cache_block, fused_forward
@@ -68,11 +67,10 @@ def yolo_frozen(sizes: list[int], repeats: int) -> None:
     model.freeze_backbone(1)
     model.train()
     prefix = model._frozen_prefix
-    conv = next(m for m in model.features.modules() if isinstance(m, nn.Conv2d))
     print(f"YOLOv1 frozen first layers (the first {prefix} modules of the small backbone), batch of 8: ms by block")
     for size in sizes:
         x = torch.randn(8, 3, size, size).contiguous(memory_format=torch.channels_last)
-        chosen = min(cache_block(conv, size, 4, FROZEN_BLOCK_BYTES), 8)
+        chosen = min(cache_block(model.features, size, 4, FROZEN_BLOCK_BYTES), 8)
         cells = []
         with torch.no_grad():
             for b in (8, 4, 2, 1):

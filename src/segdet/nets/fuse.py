@@ -65,11 +65,12 @@ def fused_forward(seq: nn.Sequential, x: torch.Tensor, start: int = 0, stop: int
     return x
 
 
-def cache_block(conv: nn.Conv2d, side: int, element_size: int, budget: int, smallest: int = 1) -> int:
-    """Inputs per forward pass such that ``conv``'s output for a square ``side`` input fits in ``budget`` bytes:
-    the largest power of two, at least ``smallest``. On a CPU, running the per-sample (no-gradient, no
+def cache_block(net: nn.Module, side: int, element_size: int, budget: int, smallest: int = 1) -> int:
+    """Inputs per forward pass such that the output of ``net``'s first convolution (``net`` itself when it is one)
+    for a square ``side`` input fits in ``budget`` bytes: the largest power of two, at least ``smallest``. On a CPU, running the per-sample (no-gradient, no
     batch-statistics) layers of a large batch in such blocks keeps each layer's output in the caches for the next
     layer and the max-pooling instead of writing it to memory and reading it back (docs/benchmarks.md)."""
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     out = (side + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
     fits = budget // (conv.out_channels * out * out * element_size)
     return 1 << max(smallest.bit_length() - 1, int(fits).bit_length() - 1)

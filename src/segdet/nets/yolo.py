@@ -139,8 +139,7 @@ class YOLOv1(nn.Module):
         prefix = getattr(self, "_frozen_prefix", 0)
         if not prefix or x.device.type != "cpu" or x.requires_grad:
             return fused_forward(self.features, x)
-        conv = next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
-        block = cache_block(conv, x.shape[-1], x.element_size(), FROZEN_BLOCK_BYTES)
+        block = cache_block(self.features, x.shape[-1], x.element_size(), FROZEN_BLOCK_BYTES)
         with torch.no_grad():
             if len(x) > block:
                 x = torch.cat([fused_forward(self.features, part, stop=prefix) for part in x.split(block)])

@@ -10,10 +10,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from segdet import engine
 from segdet.data.datasets import SegmentationDataset
 from segdet.data.transforms import seg_transforms
-from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best, loaders
+from segdet.engine import FitResult, announce_transfer, check_resumable, fit, load_best, loaders, make_optimizer
 from segdet.nets.unet import UNet, build_unet
 from segdet.nets.weights import TransferReport, init_from
 from segdet.sections import UnetTrainConfig
@@ -24,11 +23,6 @@ from segdet.stage import UserError
 log = logging.getLogger(__name__)
 
 CLASSES = ["background", "lesion"]
-
-
-def make_optimizer(cfg: UnetTrainConfig, params) -> torch.optim.Optimizer:
-    return engine.make_optimizer(cfg.optimizer, params, lr=cfg.lr, momentum=cfg.momentum,
-                                 weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
@@ -95,7 +89,8 @@ def train_unet(
     train_loader, val_loader = loaders(train_ds, val_ds, batch_size=cfg.batch_size, workers=cfg.workers,
                                        device=device, generator=generator, key="unet_train.batch_size")
 
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     loss_fn = SegLoss(cfg.loss)
 

@@ -67,8 +67,7 @@ class RegionCNN(nn.Module):
         whose first-layer output fits in :data:`CPU_BLOCK_BYTES` (:func:`segdet.nets.fuse.cache_block`), so each
         layer's output is still in the caches when the next layer (and the max-pooling) reads it. 128 for
         ``small`` at 48 px, 32 at 96 px, 8 at 227 px; 32 for AlexNet at 227 px."""
-        conv = next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
-        return cache_block(conv, crop_size, element_size, CPU_BLOCK_BYTES, smallest=2)
+        return cache_block(self.features, crop_size, element_size, CPU_BLOCK_BYTES, smallest=2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and not self.training and not torch.is_grad_enabled():
