@@ -3,12 +3,53 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
+
+#: test files run by one xdist worker one after the other (``make test`` runs ``pytest -n N --dist loadgroup``):
+#: these start DVC queue workers or count them on the whole machine (segdet.runtime.queue_workers), so two of them
+#: at once on different workers would see each other's
+SERIAL = ("stages/test_experiments.py", "stages/test_mlflow_ui.py", "stages/test_resume_queue.py",
+          "reliability/test_concurrency.py", "test_machine_share.py")
+#: the files whose fixtures run whole pipelines, longest first: handed out first, so no worker is left with a
+#: long one at the end while the other idles
+LONGEST_FIRST = ("dvc-queue", "reliability/test_bad_input.py", "stages/test_distributed_stages.py",
+                 "stages/test_dvc_tidy.py", "serving/test_serve.py", "stages/test_detection_stages.py",
+                 "stages/test_unet_stages.py", "reliability/test_faults.py")
+
+
+def pytest_configure(config):
+    """Under xdist, each of N workers gives the stage processes it starts 1/N of the cores (``OMP_NUM_THREADS``),
+    so N workers do not run N x cores PyTorch threads on the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        from segdet.runtime import cores
+
+        threads = max(1, cores() // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
+
+def _group(item) -> str:
+    rel = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
+    return "dvc-queue" if rel in SERIAL else rel
+
+
+def pytest_collection_modifyitems(config, items):
+    """With xdist: one group a test file (its module fixtures run once), the :data:`SERIAL` files one group, and
+    the :data:`LONGEST_FIRST` groups at the front (each file's own test order is kept)."""
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
+        return
+    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda it: rank.get(_group(it), len(rank)))  # stable: the order within a group stays
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 def stage_script(cmd: str) -> tuple[str, list[str]]:
