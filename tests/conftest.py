@@ -36,20 +36,34 @@ def pytest_configure(config):
             sys.modules["torch"].set_num_threads(threads)
 
 
-def _group(item) -> str:
-    rel = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
-    return "dvc-queue" if rel in SERIAL else rel
+def _group(nodeid: str) -> str:
+    """The unit of work a test belongs to under xdist: its file, or ``dvc-queue`` for the :data:`SERIAL` files."""
+    file = nodeid.split("::", 1)[0]
+    return "dvc-queue" if file.removeprefix("tests/") in SERIAL else file.removeprefix("tests/")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` (``make test``), with the :data:`SERIAL` files one unit of work: each file's module
+    fixtures run once, on one worker."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduler(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return Scheduler(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """With xdist: one group a test file (its module fixtures run once), the :data:`SERIAL` files one group, and
-    the :data:`LONGEST_FIRST` groups at the front (each file's own test order is kept)."""
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
+    """In an xdist worker, the :data:`LONGEST_FIRST` units first (each file's own test order kept): with
+    ``--no-loadscope-reorder`` the scheduler hands them out in this order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
         return
     rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda it: rank.get(_group(it), len(rank)))  # stable: the order within a group stays
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=lambda it: rank.get(_group(it.nodeid), len(rank)))  # stable: the order within a unit stays
 
 
 def stage_script(cmd: str) -> tuple[str, list[str]]:
