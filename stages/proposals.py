@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from segdet import tracking
 from segdet.config import load_params, load_section
-from segdet.data.datasets import DetectionDataset
 from segdet.data.formats import SPLITS
+from segdet.data.pairs import box_targets, read_classes, read_manifest
 from segdet.detection.proposals import ProposalWriter, covered, propose_many
 from segdet.io import atomic_dir, write_json
 from segdet.runtime import cpu_share
@@ -36,13 +36,14 @@ def main(argv=None):
     cfg = load_section("proposals", load_params(args.params))
     settings = cfg
     workers = cfg.workers or cpu_share()
-    classes = args.manifests / "det_classes.txt"
+    classes = read_classes(args.manifests / "det_classes.txt")
     report = {"max_side": cfg.max_side}
     info = {"mode": cfg.mode, "workers": workers}  # and the timings: the run, not results (no DVC metrics)
     with tracking.stage_run("proposals", flatten(cfg, "proposals.")) as run, atomic_dir(args.out) as out:
         for split in SPLITS:
-            ds = DetectionDataset(args.manifests / f"det_{split}.txt", classes)
-            paths = [p.image for p in ds.pairs]
+            pairs = read_manifest(args.manifests / f"det_{split}.txt")
+            targets = box_targets(pairs, classes, Path("."))  # DVC runs the stage in the repository root
+            paths = [p.image for p in pairs]
             # streamed: each image's boxes go to the parquet and the recall counts, never a split's worth in memory
             hits = {0.5: 0, 0.7: 0}
             objects = boxes = 0
@@ -51,9 +52,9 @@ def main(argv=None):
             found = tqdm(propose_many(paths, settings, workers), total=len(paths), unit="img",
                          desc=f"selective search {split}")
             with ProposalWriter(out / f"{split}.parquet") as writer:
-                for (path, props, took), target in zip(found, ds.targets, strict=True):
+                for (path, props, took), target in zip(found, targets, strict=True):
                     writer.add(path, props)
-                    gt = target[0].numpy()
+                    gt = target.boxes
                     objects, boxes, seconds = objects + len(gt), boxes + len(props), seconds + took
                     for iou in hits:
                         hits[iou] += covered(gt, props, iou)

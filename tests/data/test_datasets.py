@@ -1,5 +1,8 @@
 """Datasets read manifests; joint transforms keep masks and boxes on the image content."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +10,10 @@ from PIL import Image
 
 from segdet.data.datasets import DetectionDataset, SegmentationDataset, detection_collate
 from segdet.data.formats import reduction, write_voc_xml
-from segdet.data.pairs import Pair, coco_ground_truth, read_manifest, validate_det
+from segdet.data.pairs import Pair, box_targets, coco_ground_truth, read_manifest, validate_det
 from segdet.data.transforms import det_transforms, seg_transforms
+from segdet.stage import UserError
+from tests.conftest import REPO
 
 H, W = 24, 40
 
@@ -105,6 +110,28 @@ def test_difficult_objects_are_dropped_unless_asked_for(tmp_path):
     _, target = DetectionDataset(pairs, ["cat", "dog"], root=tmp_path, use_difficult=True)[0]
     assert target["labels"].tolist() == [2, 1, 2]
     assert target["difficult"].tolist() == [False, True, True]
+
+
+def test_box_targets_are_the_hand_written_boxes_without_pytorch(tmp_path):
+    """The proposals stage's ground truth (numpy, no PyTorch): the same boxes, labels and difficult rule, and an
+    unknown class names the manifest line."""
+    pairs = _difficult_pair(tmp_path)
+    (t,) = box_targets(pairs, ["cat", "dog"], tmp_path)
+    assert t.boxes.dtype == np.float32 and t.boxes.tolist() == [[2.0, 4.0, 10.0, 12.0]] and t.labels.tolist() == [2]
+    (t,) = box_targets(pairs, ["cat", "dog"], tmp_path, use_difficult=True)
+    assert t.labels.tolist() == [2, 1, 2] and t.difficult.tolist() == [False, True, True]
+    assert t.boxes[1].tolist() == [19.0, 1.0, 30.0, 20.0]
+    with pytest.raises(UserError, match=r"m:1: classes \['cat'\] are not in the class list"):
+        box_targets(pairs, ["dog"], tmp_path, use_difficult=True)
+
+
+def test_the_proposals_stage_does_not_import_pytorch():
+    """Selective search and recall need no PyTorch: the stage's process skips its 2-4 s import."""
+    code = ("import runpy, sys; sys.argv = ['proposals', '--help']\n"
+            "try:\n    runpy.run_path('stages/proposals.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
 def test_transforms_drop_difficult_flags_with_their_boxes(tmp_path):

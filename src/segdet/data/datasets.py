@@ -9,9 +9,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segdet.data.formats import parse_voc_xml, read_gray, read_rgb
-from segdet.data.pairs import Pair, read_manifest, resolve
-from segdet.stage import UserError
+from segdet.data.formats import read_gray, read_rgb
+from segdet.data.pairs import Pair, box_targets, read_classes, read_manifest, resolve
 
 
 def _pairs(manifest: str | Path | Sequence[Pair]) -> list[Pair]:
@@ -21,11 +20,6 @@ def _pairs(manifest: str | Path | Sequence[Pair]) -> list[Pair]:
 def _to_image(rgb) -> tv_tensors.Image:
     """``uint8[H, W, 3]`` array -> ``tv_tensors.Image[3, H, W]`` uint8."""
     return tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
-
-
-def read_classes(path: str | Path) -> list[str]:
-    """``det_classes.txt``: one class name a line; COCO ``category_id`` = line number."""
-    return [c.strip() for c in Path(path).read_text().splitlines() if c.strip()]
 
 
 class SegmentationDataset(Dataset):
@@ -91,20 +85,11 @@ class DetectionDataset(Dataset):
         self.classes = list(classes) if isinstance(classes, (list, tuple)) else read_classes(classes)
         self.transforms = transforms
         self.use_difficult = use_difficult
-        index = {c: k for k, c in enumerate(self.classes, 1)}
         self.targets = []
         self.difficult: list[torch.Tensor] = []
-        for p in self.pairs:
-            ann = parse_voc_xml(resolve(p.label, self.root))
-            objs = [o for o in ann.objects if o.voc[2] > o.voc[0] and o.voc[3] > o.voc[1]
-                    and (use_difficult or not o.difficult)]
-            unknown = sorted({o.name for o in objs} - set(index))
-            if unknown:
-                raise UserError(f"{p.where}: classes {unknown} are not in the class list {self.classes}")
-            boxes = torch.tensor([o.box for o in objs], dtype=torch.float32).reshape(-1, 4)
-            labels = torch.tensor([index[o.name] for o in objs], dtype=torch.int64)
-            self.targets.append((boxes, labels))
-            self.difficult.append(torch.tensor([o.difficult for o in objs], dtype=torch.bool))
+        for t in box_targets(self.pairs, self.classes, self.root, use_difficult):
+            self.targets.append((torch.from_numpy(t.boxes), torch.from_numpy(t.labels)))
+            self.difficult.append(torch.from_numpy(t.difficult))
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -353,6 +353,43 @@ def validate_det(
     return DetCheck(problems, degenerate, annotations)
 
 
+def read_classes(path: str | Path) -> list[str]:
+    """``det_classes.txt``: one class name a line; COCO ``category_id`` = line number."""
+    return [c.strip() for c in Path(path).read_text().splitlines() if c.strip()]
+
+
+@dataclass(frozen=True)
+class BoxTarget:
+    """One image's ground truth as arrays: ``boxes`` float32 ``[N, 4]`` XYXY pixels (docs/architecture.md),
+    ``labels`` int64 ``[N]`` with ``1..C`` = line of ``det_classes.txt``, ``difficult`` bool ``[N]``."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+
+
+def box_targets(pairs: list[Pair], classes: list[str], root: Path, use_difficult: bool = False) -> list[BoxTarget]:
+    """The boxes of each pair's VOC annotation, without PyTorch (the proposals stage needs no more). Zero-area
+    boxes are skipped as in the manifest stage; VOC ``difficult`` objects are dropped unless ``use_difficult``.
+
+    Raises:
+        UserError: an object's class is not in ``classes``, naming the manifest line.
+    """
+    index = {c: k for k, c in enumerate(classes, 1)}
+    out = []
+    for p in pairs:
+        ann = parse_voc_xml(resolve(p.label, root))
+        objs = [o for o in ann.objects if o.voc[2] > o.voc[0] and o.voc[3] > o.voc[1]
+                and (use_difficult or not o.difficult)]
+        unknown = sorted({o.name for o in objs} - set(index))
+        if unknown:
+            raise UserError(f"{p.where}: classes {unknown} are not in the class list {classes}")
+        out.append(BoxTarget(np.array([o.box for o in objs], dtype=np.float32).reshape(-1, 4),
+                             np.array([index[o.name] for o in objs], dtype=np.int64),
+                             np.array([o.difficult for o in objs], dtype=bool)))
+    return out
+
+
 def class_counts(annotations: list[VocAnnotation | None]) -> Counter[str]:
     return Counter(o.name for a in annotations if a for o in a.objects)
 
