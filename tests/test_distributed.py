@@ -150,8 +150,10 @@ def test_launcher_runs_one_process_as_the_script_itself(tmp_path):
 
 def test_launcher_runs_torchrun_and_reports_the_failed_process(tmp_path):
     script = tmp_path / "fail.py"
-    script.write_text("import os, sys\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], "
-                      "'threads', os.environ['OMP_NUM_THREADS'])\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
+    # one os.write a rank: both ranks share the pipe, and print's separate writes of its pieces can interleave
+    script.write_text("import os, sys\nos.write(1, f\"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} "
+                      "threads {os.environ['OMP_NUM_THREADS']}\\n\".encode())\n"
+                      "sys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
     out = subprocess.run([sys.executable, "-m", "segdet.launch", "2", str(script)], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 3
