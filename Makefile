@@ -9,8 +9,8 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # Optional: a wheel index to install $(TORCH) from (empty: PyPI), e.g. the CPU-only build on a machine
 # without a GPU: make run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
-# pytest-xdist workers for make test: one a core, at most 4 (most tests start stage processes; each worker's get
-# their share of the cores, tests/conftest.py)
+# pytest-xdist workers for make test: one a core, at most 4 (most tests start stage processes; the processes of each
+# worker get its share of the cores, tests/conftest.py)
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: help run test setup browser postgres lint clean-outputs

@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 
-#: test files run by one xdist worker one after the other (``make test`` runs ``pytest -n N --dist loadgroup``):
+#: test files run by one xdist worker one after the other (``make test`` runs ``pytest -n N --dist loadfile``):
 #: these start DVC queue workers or count them on the whole machine (segdet.runtime.queue_workers), so two of them
 #: at once on different workers would see each other's
 SERIAL = ("stages/test_experiments.py", "stages/test_mlflow_ui.py", "stages/test_resume_queue.py",
@@ -40,8 +40,8 @@ def pytest_configure(config):
 
 def _group(nodeid: str) -> str:
     """The unit of work a test belongs to under xdist: its file, or ``dvc-queue`` for the :data:`SERIAL` files."""
-    file = nodeid.split("::", 1)[0]
-    return "dvc-queue" if file.removeprefix("tests/") in SERIAL else file.removeprefix("tests/")
+    file = nodeid.split("::", 1)[0].removeprefix("tests/")
+    return "dvc-queue" if file in SERIAL else file
 
 
 @pytest.hookimpl(optionalhook=True)
