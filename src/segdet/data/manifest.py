@@ -26,6 +26,7 @@ from segdet.data.pairs import (
     Pair,
     class_counts,
     coco_ground_truth,
+    read_classes,
     read_manifest,
     resolve,
     validate_det,
@@ -198,7 +199,7 @@ def _known_classes(cfg: DataConfig, raw: Path) -> list[str] | None:
         return list(cfg.det.classes)
     listed = raw / "voc" / "classes.txt"
     if cfg.det.source != "manifest" and listed.is_file():
-        return [c.strip() for c in listed.read_text().splitlines() if c.strip()]
+        return read_classes(listed)
     return None
 
 
