@@ -89,6 +89,25 @@ def mlflow_store(tmp_path_factory) -> str:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+
+@pytest.fixture(autouse=True, scope="session")
+def scratch_tmpdir(tmp_path_factory) -> Path:
+    """``TMPDIR`` (and :mod:`tempfile`'s folder) inside pytest's base temporary folder for the whole session: the
+    temporary folders of the stage processes the tests kill (MLflow's model staging folders, 18 MB each) go with
+    it when the session passes (``tmp_path_retention_policy``) instead of piling up in /tmp."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("TMPDIR", numbered=False)
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None
+    yield folder
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
+
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory) -> Path:
     """The tiny project (tests/stages/conftest.py) after a full ``dvc repro``, logged to the experiment ``segdet``.
