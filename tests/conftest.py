@@ -108,8 +108,20 @@ def scratch_tmpdir(tmp_path_factory) -> Path:
         os.environ["TMPDIR"] = old
     tempfile.tempdir = None
 
+
+@pytest.fixture(autouse=True)
+def session_store_again(mlflow_store):
+    """After each test, ``MLFLOW_TRACKING_URI`` and MLflow's own tracking URI point at the session store again:
+    ``mlflow.set_tracking_uri`` also sets the environment variable, and a session fixture first requested after
+    a test that called it (``pipeline_repo``) would log its stages to that test's store."""
+    yield
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_store
+    if "mlflow" in sys.modules and sys.modules["mlflow"].get_tracking_uri() != mlflow_store:
+        sys.modules["mlflow"].set_tracking_uri(mlflow_store)
+
+
 @pytest.fixture(scope="session")
-def pipeline_repo(tmp_path_factory) -> Path:
+def pipeline_repo(tmp_path_factory, mlflow_store) -> Path:
     """The tiny project (tests/stages/conftest.py) after a full ``dvc repro``, logged to the experiment ``segdet``.
     Shared by the detection stage tests and the reliability tests: one pipeline run instead of two."""
     import shutil
@@ -117,7 +129,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
     from tests.stages.conftest import make_repo, sh
 
     repo = make_repo(tmp_path_factory.mktemp("pipeline"))
-    sh(["dvc", "repro", "-q"], repo, env={"MLFLOW_EXPERIMENT_NAME": None})
+    sh(["dvc", "repro", "-q"], repo, env={"MLFLOW_EXPERIMENT_NAME": None, "MLFLOW_TRACKING_URI": mlflow_store})
     # what this first pipeline run wrote, for tests that compare with it after others ran experiments in the repo
     shutil.copytree(repo / "reports", repo.parent / "first_run" / "reports")
     shutil.copy2(repo / "params.yaml", repo.parent / "first_run" / "params.yaml")

@@ -4,7 +4,6 @@
 
 import json
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -47,8 +46,7 @@ def test_queued_experiments_show_in_dvc_exp_show(queued):
 
 
 def test_queued_experiments_log_to_the_repositorys_store_with_their_names(queued):
-    mlflow.set_tracking_uri(f"sqlite:///{queued / 'mlflow.db'}")
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=f"sqlite:///{queued / 'mlflow.db'}")
     exp = client.get_experiment_by_name("segdet")
     head = sh(["git", "rev-parse", "HEAD"], queued).stdout.strip()
     groups = {}
