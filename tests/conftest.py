@@ -89,7 +89,6 @@ def mlflow_store(tmp_path_factory) -> str:
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
-
 @pytest.fixture(autouse=True, scope="session")
 def scratch_tmpdir(tmp_path_factory) -> Path:
     """``TMPDIR`` (and :mod:`tempfile`'s folder) inside pytest's base temporary folder for the whole session: the
