@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from segdet.detection.proposals import proposal_table, propose_many, recall, selective_search
 from segdet.sections import ProposalsConfig
@@ -37,7 +39,11 @@ def test_cap_and_minimum_size():
 def test_boxes_map_back_to_original_pixels_when_resized():
     img = _scene()
     boxes = selective_search(img, ProposalsConfig("fast", max_side=80, min_size=2))
-    assert boxes[:, 2].max() > 100  # found in the 80-px image, reported in the 160-px one
+    # found in the 80-px image, reported in the 160-px one: inside it, and each object has a box at IoU >= 0.7
+    # (torchvision's IoU) there; boxes left at the search's scale or scaled twice would miss them
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 120).all()
+    gt = torch.tensor([[30, 20, 90, 60], [100, 70, 150, 110]], dtype=torch.float32)
+    assert (box_iou(gt, torch.from_numpy(boxes)).max(dim=1).values >= 0.7).all()
 
 
 def test_pool_gives_the_same_boxes_as_one_process(tmp_path):

@@ -17,10 +17,13 @@ def test_width_doubles_per_downsampling_and_first_decoder_block_sees_512_for_bas
     assert m.outc.out_channels == 2
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_variants_scale_the_width(variant):
+@pytest.mark.parametrize(("variant", "width"), [("unet32", 32), ("unet64", 64), ("unet128", 128)])
+def test_variants_scale_the_width(variant, width):
     m = build_unet(variant)
-    assert m.base_channel == VARIANTS[variant] and m.inc[0].out_channels == VARIANTS[variant]
+    assert m.base_channel == width and m.inc[0].out_channels == width and m.inc[3].out_channels == width
+    assert [d[1][3].out_channels for d in (m.down1, m.down2, m.down3, m.down4)] == [2 * width, 4 * width,
+                                                                                    8 * width, 8 * width]
+    assert set(VARIANTS) == {"unet32", "unet64", "unet128"}
 
 
 def test_parameter_count_grows_about_4x_per_width_doubling():
