@@ -1,5 +1,7 @@
 """UNet inference options: test-time flips and the one-blob post-processing; training augmentation."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,32 @@ def test_postprocess_in_predict_masks_leaves_one_blob():
     post = predict_masks(Specks(), [image], 16, torch.device("cpu"), postprocess=True)[0]
     assert int(raw.sum()) == 64 and ndimage.label(raw.numpy())[1] == 2
     assert int(post.sum()) == 64 and post[5, 5] and not post[14, 14]
+
+
+class _Red(nn.Module):
+    """Lesion logit = the normalised red channel, background logit 0: lesion exactly where the image is red."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1]], 1)
+
+
+@pytest.mark.parametrize(("h", "w"), [(40, 72), (72, 40)])
+def test_masks_of_non_square_images_come_back_where_the_lesion_is(h, w):
+    """Resized (anisotropically) to the network's 24 x 24 input and back: the mask lies on the red rectangle of
+    the original image, to within the 1.5 input pixels the two resizes blur (3 to 5 original pixels along the
+    longer side, 2 to 3 along the shorter); a swapped height and width, a transposed or shifted resize back would
+    put it elsewhere."""
+    img = torch.zeros(3, h, w, dtype=torch.uint8)
+    top, left = h // 5, w // 2
+    img[0, top:top + h // 2, left:left + w // 3] = 255
+    truth = np.zeros((h, w), bool)
+    truth[top:top + h // 2, left:left + w // 3] = True
+    mask = predict_masks(_Red(), [tv_tensors.Image(img)], 24, torch.device("cpu"))[0].numpy()
+    assert mask.shape == (h, w)
+    ty, tx = math.ceil(1.5 * h / 24), math.ceil(1.5 * w / 24)  # 1.5 input pixels, in original pixels
+    box = np.ones((2 * ty + 1, 2 * tx + 1), bool)
+    assert mask[ndimage.binary_erosion(truth, box)].all()
+    assert not mask[~ndimage.binary_dilation(truth, box)].any()
 
 
 @pytest.mark.parametrize(("rotate", "scale", "jitter"), [(30.0, 0.0, 0.0), (0.0, 0.3, 0.0), (25.0, 0.2, 0.3)])
