@@ -7,6 +7,7 @@ The screenshot is a test artifact: ``$SEGDET_TEST_ARTIFACTS`` (``.ci/run`` sets 
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -184,7 +185,11 @@ def test_runs_compare_page_plots_the_parameter_against_the_test_dice_in_chromium
     dom = subprocess.run([*base, "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
     for run_id, name in zip(ids, names, strict=True):
         assert name in dom, f"parent run {name} ({run_id}) not on the compare page"
-    assert "unet_train.lr" in dom and "unet_eval.dice" in dom  # the parameter and the test metric to plot
+    # the parallel-coordinates plot (Plotly) drawn, with an axis for the parameter and one for the test metric:
+    # not only their names in the page's tables
+    assert "js-plotly-plot" in dom
+    for axis in ("unet_train.lr", "unet_eval.dice"):
+        assert re.search(rf'<text class="axis-title"[^>]*>{re.escape(axis)}</text>', dom), f"no plot axis {axis}"
     subprocess.run([*base, f"--screenshot={shot}", page], capture_output=True, timeout=180)
     assert shot.is_file() and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
