@@ -80,13 +80,9 @@ def stage_script(cmd: str) -> tuple[str, list[str]]:
 def mlflow_store(tmp_path_factory) -> str:
     """A session-wide temporary SQLite MLflow store (``MLFLOW_TRACKING_URI``)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -97,15 +93,10 @@ def scratch_tmpdir(tmp_path_factory) -> Path:
     import tempfile
 
     folder = tmp_path_factory.mktemp("TMPDIR", numbered=False)
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(folder)
-    tempfile.tempdir = None
-    yield folder
-    if old is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = old
-    tempfile.tempdir = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(folder))
+        mp.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again; restored afterwards
+        yield folder
 
 
 @pytest.fixture(autouse=True)
