@@ -241,6 +241,7 @@ def test_voc_map50_is_the_map50_of_the_evaluator():
 def test_voc_map50_on_imperfect_detections_hand_computed():
     """The hand-worked case of tests/detection/test_boxes_and_evaluate.py (a false positive first, a duplicate, a
     detection on a crowd region, a miss): AP@0.5 = 1/3, and 1/12 at IoU 0.9."""
+    from segdet.data.formats import coco_to_xyxy
     from segdet.detection.evaluate import voc_map50
     from tests.detection.test_boxes_and_evaluate import _imperfect
 
@@ -248,8 +249,8 @@ def test_voc_map50_on_imperfect_detections_hand_computed():
     per_image = []
     for image in gt["images"]:
         mine = [d for d in dets if d["image_id"] == image["id"]]
-        boxes = [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)]
-        per_image.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        per_image.append({"boxes": torch.tensor([coco_to_xyxy(d["bbox"]) for d in mine], dtype=torch.float32)
+                          .reshape(-1, 4),
                           "scores": torch.tensor([d["score"] for d in mine]),
                           "labels": torch.tensor([d["category_id"] for d in mine], dtype=torch.int64)})
     assert voc_map50(gt, per_image) == pytest.approx(1 / 3)
