@@ -259,14 +259,15 @@ def test_validation_ignores_difficult_objects(tmp_path, monkeypatch):
     assert losses[-1] == [[2, 1]]
 
 
-def _centres_manifest(tmp_path, images):
-    """A det manifest of 100x100 images whose objects are 4x4 boxes centred on the given points."""
+def _centres_manifest(tmp_path, images, side=4):
+    """A det manifest of 100x100 images whose objects are ``side`` x ``side`` boxes centred on the given points."""
     from segdet.data.formats import write_voc_xml
 
     lines = []
     for k, centres in enumerate(images):
         xml = tmp_path / f"{k}.xml"
-        boxes = [("square", (round(x - 2) + 1, round(y - 2) + 1, round(x + 2), round(y + 2))) for x, y in centres]
+        h = side / 2
+        boxes = [("square", (round(x - h) + 1, round(y - h) + 1, round(x + h), round(y + h))) for x, y in centres]
         write_voc_xml(xml, f"{k}.jpg", 100, 100, boxes)
         lines.append(f"{tmp_path / f'{k}.jpg'} {xml}\n")
     (tmp_path / "m.txt").write_text("".join(lines))
@@ -278,7 +279,8 @@ def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
 
     # cells of 100 px: 12.5 px at S=8, 10 at S=10, 8.3 at S=12, 7.1 at S=14. Centres 10 and 15 straddle the
     # 12.5 px boundary (apart at S=8), share cell 1 at S=10 and S=12, and fall in cells 1 and 2 at S=14.
-    manifest = _centres_manifest(tmp_path, [[(10, 10), (15, 15)], [(60, 60)]])
+    # 14 px boxes: 36 px at 256 px, above two of the small backbone's 16 px strides (tested below)
+    manifest = _centres_manifest(tmp_path, [[(10, 10), (15, 15)], [(60, 60)]], side=14)
     lost = lost_to_grid(manifest, tmp_path, (8, 10, 12, 14))
     assert lost == {8: 0.0, 10: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
     cfg = YoloTrainConfig(backbone="small", input_size="auto")
@@ -291,6 +293,36 @@ def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
     # scene needs the pixels of the larger input too)
     assert lost_to_grid(dense, tmp_path, (8,), cell_objects=2) == {8: 0.0}
     assert auto_input_size(dataclasses.replace(cfg, cell_objects=2), dense, tmp_path) == 14 * 32
+
+
+def test_auto_input_size_grows_until_few_objects_are_under_two_strides(tmp_path):
+    from segdet.data.formats import write_voc_xml
+    from segdet.detection.yolo.train import auto_input_size, small_at_size, training_objects
+
+    # 30 images of 100x100 px, one centred object each (no cell is shared on any grid): 28 of 50 px, one of 12 px
+    # (30.7 px at 256, 38.4 at 320: under two 16 px strides only at 256) and one of 5 px (22.4 px even at 448)
+    def manifest(sides, name):
+        lines = []
+        for k, side in enumerate(sides):
+            xml = tmp_path / f"{name}{k}.xml"
+            write_voc_xml(xml, f"{name}{k}.jpg", 100, 100, [("square", (51 - side // 2, 51 - side // 2,
+                                                                      50 + side - side // 2, 50 + side - side // 2))])
+            lines.append(f"{tmp_path / f'{name}{k}.jpg'} {xml}\n")
+        (tmp_path / f"{name}.txt").write_text("".join(lines))
+        return tmp_path / f"{name}.txt"
+
+    few = manifest([50] * 28 + [12, 5], "few")
+    objects = training_objects(few, tmp_path)
+    assert sorted(round(w * 100) for image in objects for _, _, w, _, _ in image) == [5, 12] + [50] * 28
+    assert small_at_size(objects, (256, 320, 384, 448), 32) == {256: pytest.approx(2 / 30), 320: pytest.approx(1 / 30),
+                                                                384: pytest.approx(1 / 30), 448: pytest.approx(1 / 30)}
+    cfg = YoloTrainConfig(backbone="small", input_size="auto")
+    # 6.7 % under 32 px at 256 px is above AUTO_MAX_SMALL (5 %): the next grid, 320 px (S = 10), has 3.3 %
+    assert auto_input_size(cfg, few, tmp_path) == 10 * 32
+    # a third of the objects 5 px wide stay under 32 px at every size: the largest grid
+    assert auto_input_size(cfg, manifest([50] * 20 + [5] * 10, "many"), tmp_path) == 14 * 32
+    # large objects only (raccoon-voc's kind): the smallest grid
+    assert auto_input_size(cfg, manifest([50] * 30, "large"), tmp_path) == 8 * 32
 
 
 def test_lost_to_grid_with_cell_objects_keeps_same_class_pairs(tmp_path):

@@ -37,6 +37,14 @@ AUTO_GRIDS = (8, 10, 12, 14)
 #: input for its small objects' pixels as much as for the finer grid (docs/real-data.md: counted with two
 #: objects a cell, one-class dense scenes got 256 px and mAP@0.5 0.41, against 0.71 at 384 px)
 AUTO_MAX_LOST = 0.07
+#: ... and on which at most this share of the training objects is smaller, on its shorter side at that input
+#: size, than two steps of the backbone's stride (two pixels of its feature map: 32 px for ``small``). Real photos
+#: tiled into dense scenes (raccoon-voc, 22.6 objects a 640x480 scene) lose few objects to shared cells (3.7 % at
+#: S = 8), yet YOLOv1 gained with every larger input: test mAP@0.5 0.602 at 256 px, 0.627 at 320, 0.698 at 384,
+#: 0.752 at 448, as the share of objects under 32 px fell from 51 % to 33, 22 and 14 % (docs/real-data.md).
+#: raccoon-voc's own photos (one large raccoon each, 0.6 % under 32 px at 256 px) keep 256 px, where they score best
+AUTO_MAX_SMALL = 0.05
+AUTO_MIN_STRIDES = 2
 
 #: NMS IoU of the per-epoch validation mAP (yolo_eval's default; it only ranks the epochs)
 VAL_NMS_IOU = 0.5
@@ -50,11 +58,10 @@ def collate(batch):
          **({"difficult": t["difficult"]} if "difficult" in t else {})} for t in targets]
 
 
-def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...], use_difficult: bool = False,
-                 cell_objects: int = 1) -> dict[int, float]:
-    """For each grid S, the share of the objects of ``manifest`` that YOLOv1 cannot train on that grid: those
-    whose centre falls in a cell already taken by a larger object (:meth:`YoloLoss.assign`: a cell trains its
-    largest object and, with ``cell_objects`` > 1, up to that many of the largest one's class)."""
+def training_objects(manifest: str | Path, root: str | Path, use_difficult: bool = False
+                     ) -> list[list[tuple[float, float, float, float, str]]]:
+    """The objects of each image of ``manifest`` as ``(centre x, centre y, width, height, class)`` in fractions
+    of the image's width and height, largest first (the order in which :meth:`YoloLoss.assign` gives out cells)."""
     images = []
     for pair in read_manifest(manifest):
         ann = parse_voc_xml(resolve(pair.label, Path(root)))
@@ -64,14 +71,25 @@ def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...],
                 w, h = im.size
         objs = [o for o in ann.objects if use_difficult or not o.difficult]
         objs.sort(key=lambda o: -(o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
-        images.append([((o.box[0] + o.box[2]) / 2 / w, (o.box[1] + o.box[3]) / 2 / h, o.name) for o in objs])
+        images.append([((o.box[0] + o.box[2]) / 2 / w, (o.box[1] + o.box[3]) / 2 / h,
+                        (o.box[2] - o.box[0]) / w, (o.box[3] - o.box[1]) / h, o.name) for o in objs])
+    return images
+
+
+def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...], use_difficult: bool = False,
+                 cell_objects: int = 1, objects: list | None = None) -> dict[int, float]:
+    """For each grid S, the share of the objects of ``manifest`` that YOLOv1 cannot train on that grid: those
+    whose centre falls in a cell already taken by a larger object (:meth:`YoloLoss.assign`: a cell trains its
+    largest object and, with ``cell_objects`` > 1, up to that many of the largest one's class). ``objects``:
+    :func:`training_objects` of the manifest, when already read."""
+    images = objects if objects is not None else training_objects(manifest, root, use_difficult)
     total = sum(map(len, images))
     lost = {}
     for S in grids:
         kept = 0
         for image in images:
             cells: dict[tuple[int, int], tuple[str, int]] = {}
-            for x, y, name in image:
+            for x, y, _, _, name in image:
                 cell = (min(int(y * S), S - 1), min(int(x * S), S - 1))
                 cls, count = cells.get(cell, (name, 0))
                 if cls == name and count < cell_objects:
@@ -81,15 +99,29 @@ def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...],
     return lost
 
 
+def small_at_size(objects: list, sizes: tuple[int, ...], min_side: float) -> dict[int, float]:
+    """For each square input size, the share of ``objects`` (:func:`training_objects`) whose shorter side,
+    resized to that input, is under ``min_side`` pixels."""
+    sides = [min(w, h) for image in objects for _, _, w, h, _ in image]
+    return {size: sum(side * size < min_side for side in sides) / len(sides) if sides else 0.0 for size in sizes}
+
+
 def auto_input_size(cfg: YoloTrainConfig, train_manifest: str | Path, root: str | Path,
                     use_difficult: bool = False) -> int:
     """``input_size: auto``: the smallest input whose grid (of :data:`AUTO_GRIDS`) loses at most
-    :data:`AUTO_MAX_LOST` of the training objects to shared cells, else the largest; logged with the shares."""
-    step = 2 * build_backbone(cfg.backbone).stride
-    lost = lost_to_grid(train_manifest, root, AUTO_GRIDS, use_difficult)
-    S = next((g for g in AUTO_GRIDS if lost[g] <= AUTO_MAX_LOST), AUTO_GRIDS[-1])
-    log.info("yolo_train.input_size = auto: %d px (S = %d); training objects sharing a cell: %s", S * step, S,
-             ", ".join(f"S={g} {100 * v:.1f}%" for g, v in lost.items()))
+    :data:`AUTO_MAX_LOST` of the training objects to shared cells and leaves at most :data:`AUTO_MAX_SMALL`
+    of them smaller than :data:`AUTO_MIN_STRIDES` backbone strides, else the largest; logged with the shares."""
+    backbone = build_backbone(cfg.backbone)
+    step = 2 * backbone.stride
+    objects = training_objects(train_manifest, root, use_difficult)
+    lost = lost_to_grid(train_manifest, root, AUTO_GRIDS, objects=objects)
+    min_side = AUTO_MIN_STRIDES * backbone.stride
+    small = small_at_size(objects, tuple(g * step for g in AUTO_GRIDS), min_side)
+    S = next((g for g in AUTO_GRIDS if lost[g] <= AUTO_MAX_LOST and small[g * step] <= AUTO_MAX_SMALL),
+             AUTO_GRIDS[-1])
+    log.info("yolo_train.input_size = auto: %d px (S = %d); training objects sharing a cell: %s; smaller than "
+             "%d px: %s", S * step, S, ", ".join(f"S={g} {100 * v:.1f}%" for g, v in lost.items()),
+             min_side, ", ".join(f"{size} px {100 * v:.1f}%" for size, v in small.items()))
     return S * step
 
 
