@@ -275,23 +275,23 @@ def _centres_manifest(tmp_path, images, side=4):
 
 
 def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
-    from segdet.detection.yolo.train import auto_input_size, lost_to_grid
+    from segdet.detection.yolo.train import auto_input_size, lost_to_grid, training_objects
 
     # cells of 100 px: 12.5 px at S=8, 10 at S=10, 8.3 at S=12, 7.1 at S=14. Centres 10 and 15 straddle the
     # 12.5 px boundary (apart at S=8), share cell 1 at S=10 and S=12, and fall in cells 1 and 2 at S=14.
     # 14 px boxes: 36 px at 256 px, above two of the small backbone's 16 px strides (tested below)
     manifest = _centres_manifest(tmp_path, [[(10, 10), (15, 15)], [(60, 60)]], side=14)
-    lost = lost_to_grid(manifest, tmp_path, (8, 10, 12, 14))
+    lost = lost_to_grid(training_objects(manifest, tmp_path), (8, 10, 12, 14))
     assert lost == {8: 0.0, 10: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
     cfg = YoloTrainConfig(backbone="small", input_size="auto")
     assert auto_input_size(cfg, manifest, tmp_path) == 8 * 32  # S=8 loses none: the smallest grid
     # centres 2 and 8 share cell 0 until S=14 (7.1 px cells): a third of the objects lost, then none
     dense = _centres_manifest(tmp_path, [[(2, 2), (8, 8)], [(60, 60)]])
-    assert lost_to_grid(dense, tmp_path, (8, 12, 14)) == {8: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
+    assert lost_to_grid(training_objects(dense, tmp_path), (8, 12, 14)) == {8: pytest.approx(1 / 3), 12: pytest.approx(1 / 3), 14: 0.0}
     assert auto_input_size(cfg, dense, tmp_path) == 14 * 32  # small backbone: 32 px of input a cell step
     # both are squares: two objects a cell would lose none at S=8, but auto counts by the paper's rule (a dense
     # scene needs the pixels of the larger input too)
-    assert lost_to_grid(dense, tmp_path, (8,), cell_objects=2) == {8: 0.0}
+    assert lost_to_grid(training_objects(dense, tmp_path), (8,), cell_objects=2) == {8: 0.0}
     assert auto_input_size(dataclasses.replace(cfg, cell_objects=2), dense, tmp_path) == 14 * 32
 
 
@@ -327,7 +327,7 @@ def test_auto_input_size_grows_until_few_objects_are_under_two_strides(tmp_path)
 
 def test_lost_to_grid_with_cell_objects_keeps_same_class_pairs(tmp_path):
     from segdet.data.formats import write_voc_xml
-    from segdet.detection.yolo.train import lost_to_grid
+    from segdet.detection.yolo.train import lost_to_grid, training_objects
 
     # one 100 px image, all centres in cell (0, 0) at S=8 (12.5 px cells): a big square, a smaller square and a
     # circle. cell_objects 1 keeps the big one (2 of 3 lost); 2 keeps both squares (the circle is lost: the
@@ -335,5 +335,5 @@ def test_lost_to_grid_with_cell_objects_keeps_same_class_pairs(tmp_path):
     write_voc_xml(tmp_path / "0.xml", "0.jpg", 100, 100, [("square", (1, 1, 12, 12)), ("square", (3, 3, 8, 8)),
                                                        ("circle", (9, 9, 13, 13))])
     (tmp_path / "m.txt").write_text(f"{tmp_path / '0.jpg'} {tmp_path / '0.xml'}\n")
-    assert lost_to_grid(tmp_path / "m.txt", tmp_path, (8, 14)) == {8: pytest.approx(2 / 3), 14: pytest.approx(1 / 3)}
-    assert lost_to_grid(tmp_path / "m.txt", tmp_path, (8, 14), cell_objects=2) == {8: pytest.approx(1 / 3), 14: 0.0}
+    assert lost_to_grid(training_objects(tmp_path / "m.txt", tmp_path), (8, 14)) == {8: pytest.approx(2 / 3), 14: pytest.approx(1 / 3)}
+    assert lost_to_grid(training_objects(tmp_path / "m.txt", tmp_path), (8, 14), cell_objects=2) == {8: pytest.approx(1 / 3), 14: 0.0}

@@ -76,13 +76,10 @@ def training_objects(manifest: str | Path, root: str | Path, use_difficult: bool
     return images
 
 
-def lost_to_grid(manifest: str | Path, root: str | Path, grids: tuple[int, ...], use_difficult: bool = False,
-                 cell_objects: int = 1, objects: list | None = None) -> dict[int, float]:
-    """For each grid S, the share of the objects of ``manifest`` that YOLOv1 cannot train on that grid: those
-    whose centre falls in a cell already taken by a larger object (:meth:`YoloLoss.assign`: a cell trains its
-    largest object and, with ``cell_objects`` > 1, up to that many of the largest one's class). ``objects``:
-    :func:`training_objects` of the manifest, when already read."""
-    images = objects if objects is not None else training_objects(manifest, root, use_difficult)
+def lost_to_grid(images: list, grids: tuple[int, ...], cell_objects: int = 1) -> dict[int, float]:
+    """For each grid S, the share of the objects (``images``: :func:`training_objects`) that YOLOv1 cannot train
+    on that grid: those whose centre falls in a cell already taken by a larger object (:meth:`YoloLoss.assign`: a
+    cell trains its largest object and, with ``cell_objects`` > 1, up to that many of the largest one's class)."""
     total = sum(map(len, images))
     lost = {}
     for S in grids:
@@ -114,7 +111,7 @@ def auto_input_size(cfg: YoloTrainConfig, train_manifest: str | Path, root: str 
     backbone = build_backbone(cfg.backbone)
     step = 2 * backbone.stride
     objects = training_objects(train_manifest, root, use_difficult)
-    lost = lost_to_grid(train_manifest, root, AUTO_GRIDS, objects=objects)
+    lost = lost_to_grid(objects, AUTO_GRIDS)
     min_side = AUTO_MIN_STRIDES * backbone.stride
     small = small_at_size(objects, tuple(g * step for g in AUTO_GRIDS), min_side)
     S = next((g for g in AUTO_GRIDS if lost[g] <= AUTO_MAX_LOST and small[g * step] <= AUTO_MAX_SMALL),
