@@ -259,19 +259,22 @@ def test_validation_ignores_difficult_objects(tmp_path, monkeypatch):
     assert losses[-1] == [[2, 1]]
 
 
-def _centres_manifest(tmp_path, images, side=4):
-    """A det manifest of 100x100 images whose objects are ``side`` x ``side`` boxes centred on the given points."""
+def _centres_manifest(tmp_path, images, side=4, name="m"):
+    """A det manifest ``<name>.txt`` of 100x100 images whose objects are squares centred on the given integer
+    points, ``side`` pixels wide (or the point's own third value)."""
     from segdet.data.formats import write_voc_xml
 
     lines = []
     for k, centres in enumerate(images):
-        xml = tmp_path / f"{k}.xml"
-        h = side / 2
-        boxes = [("square", (round(x - h) + 1, round(y - h) + 1, round(x + h), round(y + h))) for x, y in centres]
-        write_voc_xml(xml, f"{k}.jpg", 100, 100, boxes)
-        lines.append(f"{tmp_path / f'{k}.jpg'} {xml}\n")
-    (tmp_path / "m.txt").write_text("".join(lines))
-    return tmp_path / "m.txt"
+        xml = tmp_path / f"{name}{k}.xml"
+        boxes = []
+        for x, y, *own in centres:
+            a = own[0] if own else side
+            boxes.append(("square", (x + 1 - a // 2, y + 1 - a // 2, x + a - a // 2, y + a - a // 2)))
+        write_voc_xml(xml, f"{name}{k}.jpg", 100, 100, boxes)
+        lines.append(f"{tmp_path / f'{name}{k}.jpg'} {xml}\n")
+    (tmp_path / f"{name}.txt").write_text("".join(lines))
+    return tmp_path / f"{name}.txt"
 
 
 def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
@@ -296,20 +299,12 @@ def test_lost_to_grid_and_auto_input_size_hand_computed(tmp_path):
 
 
 def test_auto_input_size_grows_until_few_objects_are_under_two_strides(tmp_path):
-    from segdet.data.formats import write_voc_xml
     from segdet.detection.yolo.train import auto_input_size, small_at_size, training_objects
 
     # 30 images of 100x100 px, one centred object each (no cell is shared on any grid): 28 of 50 px, one of 12 px
     # (30.7 px at 256, 38.4 at 320: under two 16 px strides only at 256) and one of 5 px (22.4 px even at 448)
     def manifest(sides, name):
-        lines = []
-        for k, side in enumerate(sides):
-            xml = tmp_path / f"{name}{k}.xml"
-            write_voc_xml(xml, f"{name}{k}.jpg", 100, 100, [("square", (51 - side // 2, 51 - side // 2,
-                                                                      50 + side - side // 2, 50 + side - side // 2))])
-            lines.append(f"{tmp_path / f'{name}{k}.jpg'} {xml}\n")
-        (tmp_path / f"{name}.txt").write_text("".join(lines))
-        return tmp_path / f"{name}.txt"
+        return _centres_manifest(tmp_path, [[(50, 50, a)] for a in sides], name=name)
 
     few = manifest([50] * 28 + [12, 5], "few")
     objects = training_objects(few, tmp_path)
