@@ -46,7 +46,7 @@ def main(argv=None):
     base, cfg = load_section("base", params), load_section("rcnn_eval", params)
     proposals = load_section("proposals", params)  # what the served model searches with (mode, max_side, ...)
     device = resolve_device(base.device)
-    detector = load_rcnn(args.cnn, args.svm, device=device, min_score=cfg.min_score, nms_iou=cfg.nms_iou,
+    detector = load_rcnn(args.cnn, args.svm, device=device, min_score=cfg.min_score, nms_iou=None if cfg.nms_iou == "auto" else cfg.nms_iou,
                          max_detections=cfg.max_detections)
     classes = read_classes(args.manifests / "det_classes.txt")
     cut = cfg.score_threshold if cfg.score_threshold is not None else detector.thresholds
@@ -62,11 +62,13 @@ def main(argv=None):
         timing["seconds_proposals"] = json.loads(args.proposal_info.read_text())["test"]["seconds_per_image"]
         timing["seconds_per_image"] = sum(timing.values())
         summary = dict(ev.summary)  # results only: what describes the run goes to the info file
+        if cfg.nms_iou == "auto":  # a setting chosen from the data (on val, by rcnn_svm), compared like a result
+            summary["nms_iou"] = detector.nms_iou
         info = {**timing, "device": device_name(device), "hardware": hardware(device), "backbone": backbone}
         publish_report(run, out, args.metrics, ev, done.results, summary, done.samples, "R-CNN", args.info, info)
         print(f"rcnn_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
-              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}; "
-              f"{info['seconds_per_image']:.3f} s/image on {info['device']}")
+              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}, "
+              f"NMS IoU {detector.nms_iou:g}; {info['seconds_per_image']:.3f} s/image on {info['device']}")
         example = gt["images"][0]["file_name"] if gt["images"] else None
         serving.log_model(run, "rcnn", [args.cnn, args.svm], settings_of("rcnn", cfg, proposals), example)  # never raises
 

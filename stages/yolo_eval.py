@@ -41,7 +41,7 @@ def main(argv=None):
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("yolo_eval", params)
     device = resolve_device(base.device)
-    detector = load_yolo_detector(args.model, device=device, min_score=cfg.min_score, nms_iou=cfg.nms_iou,
+    detector = load_yolo_detector(args.model, device=device, min_score=cfg.min_score, nms_iou=None if cfg.nms_iou == "auto" else cfg.nms_iou,
                                   max_detections=cfg.max_detections)
     model = detector.model
     classes = read_classes(args.manifests / "det_classes.txt")
@@ -58,12 +58,14 @@ def main(argv=None):
         ev = evaluate_detections(gt, done.results, cut)
         seconds = sum(done.seconds.values())
         summary = {**ev.summary, "batch_size": 1, "input_size": model.input_size, "grid": model.S}
+        if cfg.nms_iou == "auto":  # chosen on val by yolo_train, like input_size by auto
+            summary["nms_iou"] = detector.nms_iou
         info = {"fps": 1.0 / seconds, "seconds_per_image": seconds, "forward_fps": 1.0 / done.seconds["forward"],
                 "backbone": model.backbone_name, "device": device_name(device), "hardware": hardware(device)}
         publish_report(run, out, args.metrics, ev, done.results, summary, done.samples, "YOLOv1", args.info, info)
         print(f"yolo_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
-              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}; "
-              f"{info['fps']:.1f} FPS (forward only {info['forward_fps']:.1f}) at batch 1 on {info['device']}")
+              f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}, "
+              f"NMS IoU {detector.nms_iou:g}; {info['fps']:.1f} FPS (forward only {info['forward_fps']:.1f}) at batch 1 on {info['device']}")
         example = gt["images"][0]["file_name"] if gt["images"] else None
         serving.log_model(run, "yolo", [args.model], settings_of("yolo", cfg), example)  # never raises
 

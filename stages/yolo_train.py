@@ -2,7 +2,8 @@
 
 Reads the det manifests, ``models/rcnn_cnn.pt`` (backbone transfer when the backbones match); writes
 ``models/yolo.pt`` (best val mAP@0.5, with each class's best-F1 score on val under ``yolo_eval``'s detection
-settings: the operating point) and ``reports/yolo_train.csv``; ``models/yolo_run/last.pt`` resumes.
+settings: the operating point; with ``yolo_eval.nms_iou: auto`` also the NMS IoU of the best val mAP@0.5) and
+``reports/yolo_train.csv``; ``models/yolo_run/last.pt`` resumes.
 """
 
 import argparse
@@ -49,12 +50,15 @@ def main(argv=None):
                                    use_difficult=use_difficult, cpu_bf16=base.cpu_bf16)
         if not distributed.is_main():  # rank 0 writes the outputs and logs
             return
-        thresholds = save_with_thresholds(model, result.best_checkpoint, args.model,
-                                          DetectionDataset(args.manifests / "det_val.txt", classes),
-                                          json.loads((args.manifests / "det_val_coco.json").read_text()),
-                                          device=device, min_score=ev.min_score, nms_iou=ev.nms_iou,
-                                          max_detections=ev.max_detections)
+        thresholds, nms_iou, tried = save_with_thresholds(
+            model, result.best_checkpoint, args.model, DetectionDataset(args.manifests / "det_val.txt", classes),
+            json.loads((args.manifests / "det_val_coco.json").read_text()), device=device, min_score=ev.min_score,
+            nms_iou=None if ev.nms_iou == "auto" else ev.nms_iou, max_detections=ev.max_detections)
         run.log_metrics({f"score_threshold_{c}": t for c, t in zip(classes, thresholds, strict=True)})
+        if tried:
+            run.log_metrics({"nms_iou": nms_iou})
+            print(f"yolo_train: yolo_eval.nms_iou auto -> {nms_iou} (val mAP@0.5 by NMS IoU: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()) + ")")
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         run.log_checkpoint(args.model)  # for segdet predict --run

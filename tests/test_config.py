@@ -124,6 +124,17 @@ def test_a_key_with_two_kinds_of_value_takes_either_and_names_both():
         load_section("yolo_train", {"yolo_train": {"input_size": "big"}})
 
 
+def test_nms_iou_takes_a_number_or_auto_in_both_detectors_eval_sections():
+    for section, default in (("rcnn_eval", 0.3), ("yolo_eval", 0.5)):
+        assert load_section(section, {}).nms_iou == default
+        assert load_section(section, {section: {"nms_iou": "auto"}}).nms_iou == "auto"
+        assert load_section(section, {section: {"nms_iou": 0.45}}).nms_iou == 0.45
+        with pytest.raises(ConfigError, match=rf"{section}.nms_iou = 'best' is not allowed: expected a number or 'auto'"):
+            load_section(section, {section: {"nms_iou": "best"}})
+        with pytest.raises(ConfigError, match=rf"{section}.nms_iou = 0.0 is out of range"):
+            load_section(section, {section: {"nms_iou": 0.0}})
+
+
 def test_a_validation_split_of_zero_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match=r"data\.split\.val = 0\.0 is out of range: expected a value > 0\.0 .*chosen on "
                        r"the validation images"):

@@ -27,7 +27,8 @@ EVAL_STAGES = {"unet": "unet_eval", "rcnn": "rcnn_eval", "yolo": "yolo_eval"}
 class PredictSettings:
     score_threshold: float | None = None  # detections kept (SVM margin for R-CNN, class-specific score for YOLOv1);
     # None: the per-class thresholds stored with the model (chosen on the val split)
-    nms_iou: float = 0.5
+    nms_iou: float | None = None  # None: the one stored with the model (chosen on val with nms_iou: auto), else
+    # the detector's default (R-CNN 0.3, YOLOv1 0.5)
     max_detections: int = 100
     proposals: Any = None  # the proposals section (ProposalsConfig, or its fields as a dict), R-CNN only
     tta: bool = False  # UNet: flip test-time augmentation (unet_eval.tta)
@@ -47,7 +48,8 @@ def settings_of(kind: str, ev: Any, proposals: Any = None, score_threshold: floa
     if kind == "unet":  # test-time flips and post-processing as the eval stage uses them
         return PredictSettings(tta=ev.tta, postprocess=ev.postprocess)
     threshold = ev.score_threshold if score_threshold is None else score_threshold
-    return PredictSettings(threshold, ev.nms_iou, ev.max_detections, proposals if kind == "rcnn" else None)
+    nms_iou = None if ev.nms_iou == "auto" else ev.nms_iou
+    return PredictSettings(threshold, nms_iou, ev.max_detections, proposals if kind == "rcnn" else None)
 
 
 PROPOSAL_KEYS = ("mode", "max_side", "min_size", "max_proposals")
@@ -57,7 +59,8 @@ def settings_config(kind: str, settings: PredictSettings) -> dict[str, Any]:
     """``settings`` as plain values (a served model's ``model_config``): only the keys ``kind`` uses."""
     if kind == "unet":
         return {"tta": bool(settings.tta), "postprocess": bool(settings.postprocess)}
-    out: dict[str, Any] = {"score_threshold": settings.score_threshold, "nms_iou": float(settings.nms_iou),
+    nms_iou = None if settings.nms_iou is None else float(settings.nms_iou)
+    out: dict[str, Any] = {"score_threshold": settings.score_threshold, "nms_iou": nms_iou,
                            "max_detections": int(settings.max_detections)}
     if kind == "rcnn":
         p = settings.proposals
@@ -70,7 +73,8 @@ def settings_from_config(kind: str, config: dict[str, Any]) -> PredictSettings:
     if kind == "unet":
         return PredictSettings(tta=bool(config.get("tta", False)), postprocess=bool(config.get("postprocess", False)))
     threshold = config.get("score_threshold")
-    return PredictSettings(None if threshold is None else float(threshold), float(config["nms_iou"]),
+    nms_iou = config.get("nms_iou")
+    return PredictSettings(None if threshold is None else float(threshold), None if nms_iou is None else float(nms_iou),
                            int(config["max_detections"]), dict(config["proposals"]) if kind == "rcnn" else None)
 
 

@@ -215,7 +215,7 @@ class RcnnEvalConfig:
 
     score_threshold: float | None = None
     min_score: float = -2.0
-    nms_iou: float = param(0.3, gt=0.0, le=1.0)
+    nms_iou: float | Literal["auto"] = param(0.3, gt=0.0, le=1.0)
     max_detections: int = param(100, ge=1)
     samples: int = param(8, ge=0, le=100)
 
@@ -279,7 +279,7 @@ class YoloEvalConfig:
 
     score_threshold: float | None = param(None, ge=0.0, le=1.0)
     min_score: float = param(0.01, ge=0.0, le=1.0)
-    nms_iou: float = param(0.5, gt=0.0, le=1.0)
+    nms_iou: float | Literal["auto"] = param(0.5, gt=0.0, le=1.0)
     max_detections: int = param(100, ge=1)
     warmup_images: int = param(5, ge=0)
     samples: int = param(8, ge=0, le=100)

@@ -20,7 +20,8 @@ Output, one row per image (``{"predictions": [...]}`` over HTTP):
 What the model holds: its files as artifacts (``unet.pt``; ``yolo.pt``; ``rcnn_cnn.pt`` and ``rcnn_svm.npz``:
 weights and what inference reads, no optimizer state), the eval settings of the run that logged it as
 ``model_config`` (UNet ``tta``, ``postprocess``; detectors ``score_threshold`` (null: the per-class thresholds chosen
-on val, stored in the files), ``nms_iou``, ``max_detections``; R-CNN ``proposals``; and ``device``, ``auto``), the
+on val, stored in the files), ``nms_iou`` (null: the one stored in the files, chosen on val, else the detector's
+default), ``max_detections``; R-CNN ``proposals``; and ``device``, ``auto``), the
 ``segdet`` package as code (it loads where segdet is not installed), pinned pip requirements, a signature and an
 input example. Loading runs code, never a pickle: the model is an MLflow "model from code" and the files load
 with ``weights_only=True`` / ``allow_pickle=False``.

@@ -7,6 +7,8 @@ import torch
 from segdet.data.formats import coco_annotation, coco_box, coco_to_xyxy
 from segdet.detection.boxes import decode, dilate, encode
 from segdet.detection.evaluate import (
+    NMS_CANDIDATES,
+    choose_nms_iou,
     choose_thresholds,
     coco_metrics,
     evaluate_detections,
@@ -284,3 +286,31 @@ def test_voc_and_pycocotools_on_imperfect_detections_hand_computed():
     assert tp75.tolist() == [False, False, True, True]
     assert evaluate_detections(gt, dets, 0.5, iou_threshold=0.75).summary["map50"] == pytest.approx(1 / 3)
     assert evaluate_detections(gt, dets, 0.5, iou_threshold=0.9).summary["map50"] == pytest.approx(1 / 12)
+
+
+def test_nms_iou_chosen_on_val_keeps_overlapping_objects_and_drops_duplicates():
+    """Hand-computed: two objects of one class overlapping at IoU 60/140 = 0.43 (image 1), and a third object
+    with a duplicate detection at IoU 70/130 = 0.54 (image 2). NMS at 0.3 and 0.4 loses the second object and
+    the duplicate: TP TP (recall 2/3) -> AP 0.667; at 0.5 keeps the object and drops the duplicate: AP 1; at 0.6
+    and 0.7 keeps both: TP TP FP TP -> AP 2/3 + 1/3 * 3/4 = 0.917. The best val mAP@0.5 picks 0.5."""
+    gt = {"images": [{"id": 1, "width": 50, "height": 50}, {"id": 2, "width": 50, "height": 50}],
+          "categories": [{"id": 1, "name": "a"}],
+          "annotations": [coco_annotation(1, 1, 1, (0.0, 0.0, 10.0, 10.0)),
+                          coco_annotation(2, 1, 1, (4.0, 0.0, 14.0, 10.0)),
+                          coco_annotation(3, 2, 1, (20.0, 20.0, 30.0, 30.0))]}
+    unsuppressed = [
+        {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [4.0, 0.0, 14.0, 10.0]]),
+         "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 1])},
+        {"boxes": torch.tensor([[20.0, 20.0, 30.0, 30.0], [23.0, 20.0, 33.0, 30.0]]),
+         "scores": torch.tensor([0.95, 0.85]), "labels": torch.tensor([1, 1])},
+    ]
+    best, tried, dets = choose_nms_iou(gt, unsuppressed, max_detections=100)
+    assert best == 0.5 and list(tried) == list(NMS_CANDIDATES)
+    assert [tried[t] for t in NMS_CANDIDATES] == pytest.approx([2 / 3, 2 / 3, 1.0, 11 / 12, 11 / 12])
+    assert [d["scores"].tolist() for d in dets] == [pytest.approx([0.9, 0.8]), pytest.approx([0.95])]
+    # another class's box is never suppressed by this one's, and max_detections caps each image after NMS
+    two = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 2), "scores": torch.tensor([0.9, 0.8]),
+            "labels": torch.tensor([1, 2])}]
+    gt2 = {**gt, "images": gt["images"][:1], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    assert [len(d["scores"]) for d in choose_nms_iou(gt2, two, max_detections=100)[2]] == [2]
+    assert [len(d["scores"]) for d in choose_nms_iou(gt2, two, max_detections=1)[2]] == [1]

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from segdet.data.formats import coco_annotation
 from segdet.detection.detector import run_detector
 from segdet.detection.rcnn.detect import load_rcnn
 from segdet.detection.rcnn.model import RegionCNN
-from segdet.detection.yolo.detect import YoloDetector, load_yolo_detector
+from segdet.detection.yolo.detect import YoloDetector, load_yolo_detector, save_with_thresholds
 from segdet.nets.unet import build_unet
 from segdet.nets.weights import CheckpointError, save_checkpoint
 from segdet.nets.yolo import YOLOv1
@@ -72,6 +73,7 @@ def test_loaders_name_the_file_that_is_not_their_model(tmp_path):
              score_threshold=np.array([0.25, -0.5], np.float32))
     detector = load_rcnn(cnn, tmp_path / "svm.npz", device=torch.device("cpu"), min_score=-1.0)
     assert detector.classes == ["a", "b"] and detector.thresholds == [0.25, -0.5] and detector.crop_size == 16
+    assert detector.nms_iou == 0.3  # a file from before nms_iou: auto stores none: the paper's
     with pytest.raises(CheckpointError, match=r"cnn\.pt: not a UNet checkpoint"):
         load_unet(torch.load(cnn, weights_only=True), str(cnn))
 
@@ -110,3 +112,78 @@ def test_yolo_detector_times_the_forward_pass_and_maps_boxes_back_to_the_image()
     # (what forward_fps = 1 / forward and fps = 1 / sum of the parts in yolo_eval.json rest on)
     assert set(seconds) == {"preprocess", "forward", "decode"}
     assert seconds["forward"] >= 0.05 and sum(seconds.values()) <= wall
+
+
+def test_detectors_use_the_nms_iou_stored_with_the_model_unless_given(tmp_path):
+    """rcnn_eval.nms_iou / yolo_eval.nms_iou: auto -> the detectors get None and take the IoU the training stage
+    chose on val and stored (rcnn_svm.npz ``nms_iou``, yolo.pt ``nms_iou``); a number given wins."""
+    cnn = tmp_path / "cnn.pt"
+    save_checkpoint(cnn, model=RegionCNN("small", 1), epoch=1,
+                    config={"backbone": "small", "crop_size": 16, "context": 0.0}, classes=["a"], metrics={})
+    svm = {"classes": np.array(["a"]), "svm_weight": np.zeros((1, 256), np.float32),
+           "svm_bias": np.zeros(1, np.float32), "reg_weight": np.zeros((1, 4, 256), np.float32),
+           "reg_bias": np.zeros((1, 4), np.float32), "feature_scale": np.float32(1.0),
+           "score_threshold": np.zeros(1, np.float32), "nms_iou": np.float32(0.6)}
+    np.savez(tmp_path / "svm.npz", **svm)
+    assert load_rcnn(cnn, tmp_path / "svm.npz", device=torch.device("cpu")).nms_iou == pytest.approx(0.6)
+    assert load_rcnn(cnn, tmp_path / "svm.npz", device=torch.device("cpu"), nms_iou=0.4).nms_iou == 0.4
+    yolo = tmp_path / "yolo.pt"
+    model = YOLOv1("small", 1, input_size=64, head_channels=8, hidden=8)
+    config = {"backbone": "small", "boxes_per_cell": 2, "input_size": 64, "head_channels": 8, "hidden": 8,
+              "dropout": 0.0, "head": "conv"}
+    save_checkpoint(yolo, model=model, epoch=1, config=config, classes=["a"], metrics={})
+    assert load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1).nms_iou == 0.5  # none stored
+    ckpt = torch.load(yolo, weights_only=True)
+    torch.save({**ckpt, "nms_iou": 0.7}, yolo)
+    assert load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1).nms_iou == 0.7
+    assert load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1, nms_iou=0.45).nms_iou == 0.45
+
+
+class _TwoBoxYolo(torch.nn.Module):
+    """A YOLOv1 stand-in (S=2, B=2, C=1, 64 px input): cell (0, 0) predicts (8, 0, 24, 32) at confidence 0.9 and
+    (12.5, 0, 28.5, 32) at 0.8, which overlap at IoU 368 / 656 = 0.56."""
+
+    input_size, B, C, S = 64, 2, 1, 2
+
+    def forward(self, x):
+        pred = torch.zeros(len(x), 2, 2, 11)
+        pred[:, 0, 0, :10] = torch.tensor([0.5, 0.5, 0.25, 0.5, 0.9, 20.5 / 32, 0.5, 0.25, 0.5, 0.8])
+        pred[:, 0, 0, 10] = 1.0
+        return pred
+
+
+def test_yolo_auto_nms_iou_is_chosen_on_val_and_stored_with_the_thresholds(tmp_path):
+    """Two objects at IoU 0.56 and the two boxes on them: NMS at 0.3 to 0.5 keeps one (val AP 0.5), at 0.6 and
+    0.7 both (AP 1): auto stores 0.6 (the lowest of the best), and the thresholds are chosen at 0.6, so the second
+    object's box (0.8) is inside the operating point; a given nms_iou stores none."""
+    best = tmp_path / "best.pt"
+    save_checkpoint(best, model=torch.nn.Linear(1, 1), epoch=3, config={}, classes=["a"], metrics={})
+    gt = {"images": [{"id": 1, "width": 64, "height": 64}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [coco_annotation(1, 1, 1, (8.0, 0.0, 24.0, 32.0)),
+                          coco_annotation(2, 1, 1, (12.5, 0.0, 28.5, 32.0))]}
+    val = [(torch.zeros(3, 64, 64, dtype=torch.uint8), None)]
+    settings = {"device": torch.device("cpu"), "min_score": 0.01, "max_detections": 100}
+    thresholds, nms_iou, tried = save_with_thresholds(_TwoBoxYolo(), best, tmp_path / "auto.pt", val, gt,
+                                                      nms_iou=None, **settings)
+    assert nms_iou == 0.6 and tried == pytest.approx({0.3: 0.5, 0.4: 0.5, 0.5: 0.5, 0.6: 1.0, 0.7: 1.0})
+    assert thresholds == pytest.approx([0.8])
+    saved = torch.load(tmp_path / "auto.pt", weights_only=True)
+    assert saved["nms_iou"] == 0.6 and saved["score_thresholds"] == pytest.approx([0.8]) and saved["epoch"] == 3
+    thresholds, nms_iou, tried = save_with_thresholds(_TwoBoxYolo(), best, tmp_path / "fixed.pt", val, gt,
+                                                      nms_iou=0.5, **settings)
+    assert (nms_iou, tried, thresholds) == (0.5, {}, pytest.approx([0.9]))
+    assert "nms_iou" not in torch.load(tmp_path / "fixed.pt", weights_only=True)
+
+
+def test_predict_settings_carry_auto_nms_iou_as_the_models_own():
+    """``segdet predict`` and a served model with ``nms_iou: auto`` pass None to the detector (the model's stored
+    IoU); the served model's config keeps it as null, and a number as that number."""
+    from segdet.inference import settings_config, settings_from_config, settings_of
+    from segdet.sections import ProposalsConfig, RcnnEvalConfig, YoloEvalConfig
+
+    auto = settings_of("yolo", YoloEvalConfig(nms_iou="auto"))
+    assert auto.nms_iou is None and settings_config("yolo", auto)["nms_iou"] is None
+    assert settings_from_config("yolo", settings_config("yolo", auto)) == auto
+    fixed = settings_of("rcnn", RcnnEvalConfig(nms_iou=0.4), ProposalsConfig())
+    assert settings_config("rcnn", fixed)["nms_iou"] == 0.4
+    assert settings_from_config("rcnn", settings_config("rcnn", fixed)).nms_iou == 0.4

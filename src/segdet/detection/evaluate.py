@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 
 from segdet.data.formats import coco_box, coco_to_xyxy
 
@@ -154,6 +154,38 @@ def voc_map50(gt: dict, per_image: Iterable[dict[str, torch.Tensor]], iou_thresh
             ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
             aps.append(voc_ap(ctp / n_gt, ctp / np.maximum(ctp + cfp, 1)))
     return float(np.mean(aps)) if aps else 0.0
+
+
+#: the per-class NMS IoUs ``nms_iou: auto`` (``rcnn_eval``, ``yolo_eval``) chooses from on the validation split
+NMS_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def suppress(dets: dict[str, torch.Tensor], nms_iou: float, max_detections: int) -> dict[str, torch.Tensor]:
+    """Per-class NMS at ``nms_iou`` of one image's detections, then the ``max_detections`` best (what the
+    detectors do after scoring)."""
+    keep = batched_nms(dets["boxes"].float(), dets["scores"].float(), dets["labels"], nms_iou)[:max_detections]
+    return {k: v[keep] for k, v in dets.items()}
+
+
+def choose_nms_iou(gt: dict, unsuppressed: list[dict[str, torch.Tensor]], max_detections: int,
+                   candidates: tuple[float, ...] = NMS_CANDIDATES
+                   ) -> tuple[float, dict[float, float], list[dict[str, torch.Tensor]]]:
+    """The per-class NMS IoU of ``candidates`` with the best :func:`voc_map50` on a split (``gt``), from a
+    detector's detections before any suppression (``unsuppressed``: one dict an image, in manifest order).
+
+    A low IoU removes more duplicates of one object; a high one keeps more of the objects that overlap another
+    of their class (crowds, stacks, flocks): which matters more is the data's question. Ties keep the lowest
+    IoU. Returns ``(the IoU, {IoU: mAP@0.5}, the detections after its NMS)``.
+    """
+    scores, best, best_dets = {}, None, None
+    for iou in candidates:
+        dets = [suppress(d, iou, max_detections) for d in unsuppressed]
+        scores[iou] = voc_map50(gt, dets)
+        if best is None or scores[iou] > scores[best]:
+            best, best_dets = iou, dets
+    if best is None:
+        raise ValueError("choose_nms_iou: no candidate IoU")
+    return best, scores, best_dets
 
 
 def passes(dets: dict[str, torch.Tensor], cut: float | list[float]) -> torch.Tensor:

@@ -20,19 +20,29 @@ from segdet.detection.rcnn.svm import load_svm, score_thresholds
 from segdet.nets.weights import CheckpointError, load_checkpoint
 from segdet.sections import ProposalsConfig
 
+#: the per-class NMS IoU of an SVM file that stores none (the paper's; ``rcnn_eval.nms_iou`` a number)
+DEFAULT_NMS_IOU = 0.3
+
+
+def stored_nms_iou(svm: dict[str, np.ndarray]) -> float:
+    """The NMS IoU ``rcnn_svm`` chose on val and stored with the SVMs (``rcnn_eval.nms_iou: auto``), else the paper's."""
+    return float(svm["nms_iou"]) if "nms_iou" in svm else DEFAULT_NMS_IOU
+
 
 class RCNNDetector:
     """CNN + SVMs + regressors (a :class:`segdet.detection.detector.Detector`); :meth:`detect` runs one image
     and times each part. Detections score at least ``min_score`` (SVM margin); ``thresholds`` are the per-class
-    operating thresholds stored with the SVMs. Without proposals, ``detect`` runs selective search with
-    ``proposals`` (``segdet predict``)."""
+    operating thresholds stored with the SVMs; ``nms_iou`` None: the NMS IoU stored with them
+    (:func:`stored_nms_iou`). Without proposals, ``detect`` runs selective search with ``proposals``
+    (``segdet predict``)."""
 
     def __init__(self, model: RegionCNN, svm: dict[str, np.ndarray], *, crop_size: int, context: float,
-                 device: torch.device, min_score: float = 0.0, nms_iou: float = 0.3, max_detections: int = 100,
-                 proposals: ProposalsConfig | None = None):
+                 device: torch.device, min_score: float = 0.0, nms_iou: float | None = None,
+                 max_detections: int = 100, proposals: ProposalsConfig | None = None):
         self.model = model.eval().to(device)
         self.classes = [str(c) for c in svm["classes"]]
         self.thresholds = score_thresholds(svm)
+        nms_iou = stored_nms_iou(svm) if nms_iou is None else nms_iou
         self.w = torch.from_numpy(svm["svm_weight"]).float()
         self.b = torch.from_numpy(svm["svm_bias"]).float()
         self.reg_w = torch.from_numpy(svm["reg_weight"]).float()
@@ -97,7 +107,8 @@ def load_rcnn(cnn: str | Path, svm: str | Path | dict[str, np.ndarray], *, devic
 def rcnn_predictor(files: list[Path], device: torch.device, settings) -> DetPredictor:
     """R-CNN of ``files`` (``[rcnn_cnn.pt, rcnn_svm.npz]``) searching its own proposals with ``settings.proposals``
     (a :class:`ProposalsConfig` or its fields), at ``settings.score_threshold`` (None: the per-class thresholds
-    stored with the SVMs), with ``settings.nms_iou`` and ``max_detections`` (a :class:`segdet.inference.PredictSettings`)."""
+    stored with the SVMs), with ``settings.nms_iou`` (None: the one stored with them) and ``max_detections`` (a
+    :class:`segdet.inference.PredictSettings`)."""
     proposals = settings.proposals
     if isinstance(proposals, dict):
         proposals = ProposalsConfig(**proposals)

@@ -10,19 +10,27 @@ import torch
 from torchvision import tv_tensors
 
 from segdet.data.transforms import yolo_preprocess
-from segdet.detection.evaluate import DetPredictor, choose_thresholds
+from segdet.detection.evaluate import DetPredictor, choose_nms_iou, choose_thresholds
 from segdet.detection.yolo.decode import decode
 from segdet.nets.weights import CheckpointError, load_checkpoint, save_checkpoint_dict
 from segdet.nets.yolo import YOLOv1
 
 #: the operating threshold of a class the validation split cannot set (no ground truth, or not one hit)
 FALLBACK_SCORE = 0.2
+#: the per-class NMS IoU of a checkpoint that stores none (``yolo_eval.nms_iou`` a number)
+DEFAULT_NMS_IOU = 0.5
 
 
 def score_thresholds(ckpt: dict) -> list[float]:
     """The per-class operating thresholds stored in a ``yolo_train`` checkpoint (``FALLBACK_SCORE`` for a
     checkpoint written before they were)."""
     return [float(t) for t in ckpt.get("score_thresholds", [FALLBACK_SCORE] * len(ckpt["classes"]))]
+
+
+def stored_nms_iou(ckpt: dict) -> float:
+    """The NMS IoU ``yolo_train`` chose on val and stored in the checkpoint (``yolo_eval.nms_iou: auto``), else
+    :data:`DEFAULT_NMS_IOU`."""
+    return float(ckpt.get("nms_iou", DEFAULT_NMS_IOU))
 
 
 def load_yolo(ckpt: dict, path: str = "checkpoint") -> YOLOv1:
@@ -74,21 +82,25 @@ class YoloDetector:
         return dets, {"preprocess": t1 - t0, "forward": t2 - t1, "decode": time.perf_counter() - t2}
 
 
-def load_yolo_detector(path: str | Path, *, device: torch.device, **settings) -> YoloDetector:
+def load_yolo_detector(path: str | Path, *, device: torch.device, nms_iou: float | None = None,
+                       **settings) -> YoloDetector:
     """The YOLOv1 detector of a ``yolo_train`` checkpoint, with its classes and operating thresholds;
-    ``settings``: the keyword arguments of :class:`YoloDetector` (``min_score``, ``nms_iou``, ...).
+    ``nms_iou`` None: the one stored in the checkpoint (:func:`stored_nms_iou`); ``settings``: the other
+    keyword arguments of :class:`YoloDetector` (``min_score``, ``max_detections``).
 
     Raises:
         CheckpointError: the file is missing or is not a YOLOv1 checkpoint (named).
     """
     ckpt = load_checkpoint(path, map_location=device)
     return YoloDetector(load_yolo(ckpt, str(path)), device=device, classes=list(ckpt["classes"]),
-                        thresholds=score_thresholds(ckpt), **settings)
+                        thresholds=score_thresholds(ckpt), nms_iou=stored_nms_iou(ckpt) if nms_iou is None else nms_iou,
+                        **settings)
 
 
 def yolo_predictor(files: list[Path], device: torch.device, settings) -> DetPredictor:
     """YOLOv1 of ``files`` (``[yolo.pt]``) at ``settings.score_threshold`` (None: the per-class thresholds stored in
-    the checkpoint), with ``settings.nms_iou`` and ``max_detections`` (a :class:`segdet.inference.PredictSettings`)."""
+    the checkpoint), with ``settings.nms_iou`` (None: the checkpoint's) and ``max_detections`` (a
+    :class:`segdet.inference.PredictSettings`)."""
     detector = load_yolo_detector(files[0], device=device, min_score=0.0, nms_iou=settings.nms_iou,
                                   max_detections=settings.max_detections)
     cut = settings.score_threshold if settings.score_threshold is not None else detector.thresholds
@@ -102,11 +114,24 @@ def choose_yolo_thresholds(detector: YoloDetector, dataset, gt: dict) -> list[fl
 
 
 def save_with_thresholds(model: YOLOv1, best_checkpoint: str | Path, out: str | Path, dataset, gt: dict, *,
-                         device: torch.device, min_score: float, nms_iou: float, max_detections: int) -> list[float]:
+                         device: torch.device, min_score: float, nms_iou: float | None, max_detections: int
+                         ) -> tuple[list[float], float, dict[float, float]]:
     """Choose ``model``'s per-class operating thresholds on the validation ``dataset`` (COCO ground truth
-    ``gt``) with the eval stage's detection settings, and write ``best_checkpoint`` with them to ``out``."""
-    detector = YoloDetector(model, device=device, min_score=min_score, nms_iou=nms_iou,
-                            max_detections=max_detections)
-    thresholds = choose_yolo_thresholds(detector, dataset, gt)
-    save_checkpoint_dict({**load_checkpoint(best_checkpoint), "score_thresholds": thresholds}, out)
-    return thresholds
+    ``gt``) with the eval stage's detection settings, and write ``best_checkpoint`` with them to ``out``.
+
+    ``nms_iou`` None (``yolo_eval.nms_iou: auto``): first choose the NMS IoU with the best val mAP@0.5
+    (:func:`segdet.detection.evaluate.choose_nms_iou`) and store it too (``nms_iou``). Returns the thresholds, the
+    NMS IoU they were chosen with, and the val mAP@0.5 of each IoU tried (empty when ``nms_iou`` was given)."""
+    extra, tried = {}, {}
+    if nms_iou is None:
+        raw = YoloDetector(model, device=device, min_score=min_score, nms_iou=1.0, max_detections=10**9)
+        unsuppressed = [raw.detect(dataset[i][0])[0] for i in range(len(dataset))]
+        nms_iou, tried, dets = choose_nms_iou(gt, unsuppressed, max_detections)
+        thresholds = choose_thresholds(gt, dets, FALLBACK_SCORE)
+        extra["nms_iou"] = nms_iou
+    else:
+        detector = YoloDetector(model, device=device, min_score=min_score, nms_iou=nms_iou,
+                                max_detections=max_detections)
+        thresholds = choose_yolo_thresholds(detector, dataset, gt)
+    save_checkpoint_dict({**load_checkpoint(best_checkpoint), "score_thresholds": thresholds, **extra}, out)
+    return thresholds, nms_iou, tried
