@@ -8,7 +8,8 @@ photos (no photo is in two splits), and the devkit has ``train``, ``val``, ``tra
 runs through the ``voc`` preset as it is. With ``--overlap F`` each tile grows by the fraction F and shifts by up
 to F of a tile, in a random order, so tiles cover parts of the ones drawn before them: objects then overlap
 (and are occluded) as in crowded photos; an occluded object's box is the extent of its visible part (VOC's
-rule), and one with under 30 % of its box visible is left out. ``docs/real-data.md`` records what it measured.
+rule), one with under 30 % of its box visible is marked difficult (evaluation ignores it, training leaves it out,
+as VOC's hardest objects), and one not visible at all is left out. ``docs/real-data.md`` records what it measured.
 
     python -m bench.mosaic_voc ../shared/realdata/raccoon-voc /tmp/mosaic-voc --images 120,30,30
     python -m bench.mosaic_voc ../shared/realdata/raccoon-voc /tmp/overlap-voc --images 120,30,30 --overlap 0.5
@@ -29,7 +30,7 @@ from segdet.data.formats import parse_voc_xml, write_voc_xml, xyxy_to_voc
 from segdet.data.sources import find_voc_image
 
 SPLITS = ("train", "val", "test")
-#: an occluded object stays annotated while at least this share of its box is visible
+#: an occluded object with less of its box visible than this is marked difficult
 MIN_VISIBLE = 0.3
 
 
@@ -95,11 +96,11 @@ def build(source: Path, out: Path, images: dict[str, int], grids: tuple[int, ...
             name = f"mosaic_{sum(map(len, names.values())):05d}"
             names[split].append(name)
             cv2.imwrite(str(out / "JPEGImages" / f"{name}.jpg"), canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            kept = [(label, visible(owner, box, tile) if overlap > 0 else clip(box, width, height))
+            kept = [(label, *(visible(owner, box, tile) if overlap > 0 else (clip(box, width, height), False)))
                     for label, box, tile in objects]
-            voc = [(label, xyxy_to_voc(*box)) for label, box in kept if box is not None]
+            voc = [(label, xyxy_to_voc(*box), int(difficult)) for label, box, difficult in kept if box is not None]
             write_voc_xml(out / "Annotations" / f"{name}.xml", f"{name}.jpg", width, height,
-                          [(label, box) for label, box in voc if box[2] > box[0] and box[3] > box[1]])
+                          [obj for obj in voc if obj[1][2] > obj[1][0] and obj[1][3] > obj[1][1]])
         (out / "ImageSets/Main" / f"{split}.txt").write_text("".join(f"{x}\n" for x in names[split]))
     if "train" in names and "val" in names:
         (out / "ImageSets/Main/trainval.txt").write_text("".join(f"{x}\n" for x in names["train"] + names["val"]))
@@ -113,17 +114,18 @@ def clip(box: tuple[float, float, float, float], width: int, height: int) -> tup
 
 
 def visible(owner: np.ndarray, box: tuple[float, float, float, float], tile: int
-            ) -> tuple[float, float, float, float] | None:
-    """The extent of the part of ``box`` that ``tile`` still shows in ``owner`` (the tile of each pixel), or
-    None when under :data:`MIN_VISIBLE` of the box's pixels are visible."""
+            ) -> tuple[tuple[float, float, float, float] | None, bool]:
+    """``(extent, difficult)``: the extent of the part of ``box`` that ``tile`` still shows in ``owner`` (the tile
+    of each pixel; None when no pixel of it is shown), and whether under :data:`MIN_VISIBLE` of the box is."""
     height, width = owner.shape
     x1, y1, x2, y2 = clip(box, width, height)
     ix1, iy1, ix2, iy2 = int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2))
     shown = owner[iy1:iy2, ix1:ix2] == tile
-    if shown.size == 0 or shown.mean() < MIN_VISIBLE:
-        return None
+    if not shown.any():
+        return None, True
     rows, cols = np.flatnonzero(shown.any(1)), np.flatnonzero(shown.any(0))
-    return (max(x1, ix1 + cols[0]), max(y1, iy1 + rows[0]), min(x2, ix1 + cols[-1] + 1), min(y2, iy1 + rows[-1] + 1))
+    extent = (max(x1, ix1 + cols[0]), max(y1, iy1 + rows[0]), min(x2, ix1 + cols[-1] + 1), min(y2, iy1 + rows[-1] + 1))
+    return extent, bool(shown.mean() < MIN_VISIBLE)
 
 
 def main(argv: list[str] | None = None) -> None:
