@@ -47,7 +47,7 @@ def main(argv=None):
     proposals = load_section("proposals", params)  # what the served model searches with (mode, max_side, ...)
     device = resolve_device(base.device)
     detector = load_rcnn(args.cnn, args.svm, device=device, min_score=cfg.min_score, nms_iou=None if cfg.nms_iou == "auto" else cfg.nms_iou,
-                         max_detections=cfg.max_detections)
+                         max_detections=cfg.max_detections, box_voting=cfg.box_voting)
     classes = read_classes(args.manifests / "det_classes.txt")
     cut = cfg.score_threshold if cfg.score_threshold is not None else detector.thresholds
     gt = json.loads((args.manifests / "det_test_coco.json").read_text())

@@ -47,12 +47,13 @@ def main(argv=None):
         arrays = train_svms(args.features, classes, cfg, seed=base.seed)
         auto = ev.nms_iou == "auto"
         detector = load_rcnn(args.cnn, arrays, device=resolve_device(base.device), min_score=ev.min_score,
-                             nms_iou=1.0 if auto else ev.nms_iou, max_detections=10**9 if auto else ev.max_detections)
+                             nms_iou=1.0 if auto else ev.nms_iou, max_detections=10**9 if auto else ev.max_detections,
+                             box_voting=0.0 if auto else ev.box_voting)
         val_gt = json.loads((args.manifests / "det_val_coco.json").read_text())
         val = iter_split(args.manifests / "det_val.txt", classes, Path.cwd(), args.val_proposals)
         dets = [detector.detect(image, props)[0] for _, (image, props, _, _) in val]
         if auto:  # unsuppressed detections: each candidate IoU's NMS, the best val mAP@0.5 kept
-            arrays["nms_iou"], tried, dets = choose_nms_iou(val_gt, dets, ev.max_detections)
+            arrays["nms_iou"], tried, dets = choose_nms_iou(val_gt, dets, ev.max_detections, vote_iou=ev.box_voting)
             run.log_metrics({"nms_iou": float(arrays["nms_iou"])})
             print(f"rcnn_svm: rcnn_eval.nms_iou auto -> {arrays['nms_iou']} (val mAP@0.5 by NMS IoU: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()) + ")")

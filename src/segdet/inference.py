@@ -10,7 +10,7 @@ stage that serves one kind never imports the code of the others. A predictor has
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +30,7 @@ class PredictSettings:
     nms_iou: float | None = None  # None: the one stored with the model (chosen on val with nms_iou: auto), else
     # the detector's default (R-CNN 0.3, YOLOv1 0.5)
     max_detections: int = 100
+    box_voting: float = 0.0  # R-CNN: box voting after NMS at this IoU (0: off)
     proposals: Any = None  # the proposals section (ProposalsConfig, or its fields as a dict), R-CNN only
     tta: bool = False  # UNet: flip test-time augmentation (unet_eval.tta)
     postprocess: bool = False  # UNet: largest blob, holes filled (unet_eval.postprocess)
@@ -49,7 +50,9 @@ def settings_of(kind: str, ev: Any, proposals: Any = None, score_threshold: floa
         return PredictSettings(tta=ev.tta, postprocess=ev.postprocess)
     threshold = ev.score_threshold if score_threshold is None else score_threshold
     nms_iou = None if ev.nms_iou == "auto" else ev.nms_iou
-    return PredictSettings(threshold, nms_iou, ev.max_detections, proposals if kind == "rcnn" else None)
+    if kind == "rcnn":
+        return PredictSettings(threshold, nms_iou, ev.max_detections, ev.box_voting, proposals)
+    return PredictSettings(threshold, nms_iou, ev.max_detections)
 
 
 PROPOSAL_KEYS = ("mode", "max_side", "min_size", "max_proposals")
@@ -65,6 +68,7 @@ def settings_config(kind: str, settings: PredictSettings) -> dict[str, Any]:
     if kind == "rcnn":
         p = settings.proposals
         out["proposals"] = {k: (p[k] if isinstance(p, dict) else getattr(p, k)) for k in PROPOSAL_KEYS}
+        out["box_voting"] = float(settings.box_voting)
     return out
 
 
@@ -74,8 +78,12 @@ def settings_from_config(kind: str, config: dict[str, Any]) -> PredictSettings:
         return PredictSettings(tta=bool(config.get("tta", False)), postprocess=bool(config.get("postprocess", False)))
     threshold = config.get("score_threshold")
     nms_iou = config.get("nms_iou")
-    return PredictSettings(None if threshold is None else float(threshold), None if nms_iou is None else float(nms_iou),
-                           int(config["max_detections"]), dict(config["proposals"]) if kind == "rcnn" else None)
+    settings = PredictSettings(None if threshold is None else float(threshold),
+                               None if nms_iou is None else float(nms_iou), int(config["max_detections"]))
+    if kind == "rcnn":  # a model served before box voting has none: off
+        settings = replace(settings, box_voting=float(config.get("box_voting", 0.0)),
+                           proposals=dict(config["proposals"]))
+    return settings
 
 
 def detection_records(pred: dict[str, Any], classes: list[str]) -> list[dict[str, Any]]:

@@ -216,6 +216,7 @@ class RcnnEvalConfig:
     score_threshold: float | None = None
     min_score: float = -2.0
     nms_iou: float | Literal["auto"] = param(0.3, gt=0.0, le=1.0)
+    box_voting: float = param(0.0, ge=0.0, le=1.0)
     max_detections: int = param(100, ge=1)
     samples: int = param(8, ge=0, le=100)
 

@@ -16,6 +16,7 @@ from segdet.detection.evaluate import (
     operating_thresholds,
     passes,
     pr_table,
+    suppress,
     voc_ap,
 )
 
@@ -314,3 +315,23 @@ def test_nms_iou_chosen_on_val_keeps_overlapping_objects_and_drops_duplicates():
     gt2 = {**gt, "images": gt["images"][:1], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
     assert [len(d["scores"]) for d in choose_nms_iou(gt2, two, max_detections=100)[2]] == [2]
     assert [len(d["scores"]) for d in choose_nms_iou(gt2, two, max_detections=1)[2]] == [1]
+
+
+def test_box_voting_averages_the_suppressed_boxes_of_the_class_by_exp_score():
+    """Hand-computed: the kept box (0, 0, 10, 10) at score ln 3 and a box of its class (0, 0, 10, 12) at score 0
+    (IoU 100 / 120 = 0.83, suppressed by NMS) vote with weights 3 and 1: (0, 0, 10, 10.5). A box of another
+    class on the same spot and one of the class at IoU 0.25 (0, 0, 10, 40) keep out of the vote, and their own
+    votes are themselves."""
+    dets = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 12.0], [0.0, 0.0, 10.0, 10.0],
+                                   [0.0, 0.0, 10.0, 40.0]]),
+            "scores": torch.tensor([math.log(3.0), 0.0, 5.0, -1.0]), "labels": torch.tensor([1, 1, 2, 1])}
+    plain = suppress(dets, 0.3, 100)
+    assert plain["boxes"].tolist() == [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 40.0]]
+    voted = suppress(dets, 0.3, 100, vote_iou=0.5)
+    assert voted["labels"].tolist() == [2, 1, 1] and voted["scores"].tolist() == pytest.approx([5.0, math.log(3.0), -1.0])
+    assert voted["boxes"].tolist() == [pytest.approx([0.0, 0.0, 10.0, 10.0]), pytest.approx([0.0, 0.0, 10.0, 10.5]),
+                                       pytest.approx([0.0, 0.0, 10.0, 40.0])]
+    # at vote IoU 0.2 the tall box (IoU 0.25 with the kept one, 0.3 with the other) joins: weights 3, 1, 1/e
+    low = suppress(dets, 0.3, 100, vote_iou=0.2)["boxes"][1].tolist()
+    w = [3.0, 1.0, math.exp(-1.0)]
+    assert low == pytest.approx([0.0, 0.0, 10.0, (10 * w[0] + 12 * w[1] + 40 * w[2]) / sum(w)])

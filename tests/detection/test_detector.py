@@ -1,5 +1,6 @@
 """The detector seam: loading each family from its files, and the shared evaluation loop."""
 
+import dataclasses
 import inspect
 import time
 
@@ -184,6 +185,10 @@ def test_predict_settings_carry_auto_nms_iou_as_the_models_own():
     auto = settings_of("yolo", YoloEvalConfig(nms_iou="auto"))
     assert auto.nms_iou is None and settings_config("yolo", auto)["nms_iou"] is None
     assert settings_from_config("yolo", settings_config("yolo", auto)) == auto
-    fixed = settings_of("rcnn", RcnnEvalConfig(nms_iou=0.4), ProposalsConfig())
-    assert settings_config("rcnn", fixed)["nms_iou"] == 0.4
-    assert settings_from_config("rcnn", settings_config("rcnn", fixed)).nms_iou == 0.4
+    fixed = settings_of("rcnn", RcnnEvalConfig(nms_iou=0.4, box_voting=0.5), ProposalsConfig())
+    assert (fixed.nms_iou, fixed.box_voting) == (0.4, 0.5)
+    assert settings_config("rcnn", fixed)["nms_iou"] == 0.4 and settings_config("rcnn", fixed)["box_voting"] == 0.5
+    assert settings_from_config("rcnn", settings_config("rcnn", fixed)) == dataclasses.replace(
+        fixed, proposals=settings_config("rcnn", fixed)["proposals"])
+    older = {k: v for k, v in settings_config("rcnn", fixed).items() if k != "box_voting"}  # served before voting
+    assert settings_from_config("rcnn", older).box_voting == 0.0

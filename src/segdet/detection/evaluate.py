@@ -160,18 +160,29 @@ def voc_map50(gt: dict, per_image: Iterable[dict[str, torch.Tensor]], iou_thresh
 NMS_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def suppress(dets: dict[str, torch.Tensor], nms_iou: float, max_detections: int) -> dict[str, torch.Tensor]:
+def suppress(dets: dict[str, torch.Tensor], nms_iou: float, max_detections: int, vote_iou: float = 0.0
+             ) -> dict[str, torch.Tensor]:
     """Per-class NMS at ``nms_iou`` of one image's detections, then the ``max_detections`` best (what the
-    detectors do after scoring)."""
-    keep = batched_nms(dets["boxes"].float(), dets["scores"].float(), dets["labels"], nms_iou)[:max_detections]
-    return {k: v[keep] for k, v in dets.items()}
+    detectors do after scoring). ``vote_iou`` > 0: box voting (Gidaris and Komodakis, ICCV 2015): each kept box
+    becomes the mean of the boxes of its class that overlap it by at least ``vote_iou`` among ``dets`` (itself
+    included), weighted by ``exp(score)``; its score stays."""
+    boxes, scores = dets["boxes"].float(), dets["scores"].float()
+    keep = batched_nms(boxes, scores, dets["labels"], nms_iou)[:max_detections]
+    out = {k: v[keep] for k, v in dets.items()}
+    if vote_iou > 0 and len(keep):
+        iou = box_iou(boxes[keep], boxes)  # [kept, all]
+        near = (iou >= vote_iou) & (dets["labels"][keep][:, None] == dets["labels"][None, :])
+        weight = torch.exp(scores - scores.max())[None, :] * near  # exp(score), scaled: the same mean
+        out["boxes"] = ((weight @ boxes) / weight.sum(1, keepdim=True)).to(dets["boxes"].dtype)
+    return out
 
 
 def choose_nms_iou(gt: dict, unsuppressed: list[dict[str, torch.Tensor]], max_detections: int,
-                   candidates: tuple[float, ...] = NMS_CANDIDATES
+                   candidates: tuple[float, ...] = NMS_CANDIDATES, vote_iou: float = 0.0
                    ) -> tuple[float, dict[float, float], list[dict[str, torch.Tensor]]]:
     """The per-class NMS IoU of ``candidates`` with the best :func:`voc_map50` on a split (``gt``), from a
-    detector's detections before any suppression (``unsuppressed``: one dict an image, in manifest order).
+    detector's detections before any suppression (``unsuppressed``: one dict an image, in manifest order), each
+    NMS followed by the detector's box voting at ``vote_iou`` (0: none; :func:`suppress`).
 
     A low IoU removes more duplicates of one object; a high one keeps more of the objects that overlap another
     of their class (crowds, stacks, flocks): which matters more is the data's question. Ties keep the lowest
@@ -179,7 +190,7 @@ def choose_nms_iou(gt: dict, unsuppressed: list[dict[str, torch.Tensor]], max_de
     """
     scores, best, best_dets = {}, None, None
     for iou in candidates:
-        dets = [suppress(d, iou, max_detections) for d in unsuppressed]
+        dets = [suppress(d, iou, max_detections, vote_iou) for d in unsuppressed]
         scores[iou] = voc_map50(gt, dets)
         if best is None or scores[iou] > scores[best]:
             best, best_dets = iou, dets

@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import clip_boxes_to_image
 
 from segdet.detection.boxes import decode
-from segdet.detection.evaluate import DetPredictor
+from segdet.detection.evaluate import DetPredictor, suppress
 from segdet.detection.proposals import selective_search
 from segdet.detection.rcnn.features import embed_regions
 from segdet.detection.rcnn.model import RegionCNN
@@ -38,7 +38,7 @@ class RCNNDetector:
 
     def __init__(self, model: RegionCNN, svm: dict[str, np.ndarray], *, crop_size: int, context: float,
                  device: torch.device, min_score: float = 0.0, nms_iou: float | None = None,
-                 max_detections: int = 100, proposals: ProposalsConfig | None = None):
+                 max_detections: int = 100, box_voting: float = 0.0, proposals: ProposalsConfig | None = None):
         self.model = model.eval().to(device)
         self.classes = [str(c) for c in svm["classes"]]
         self.thresholds = score_thresholds(svm)
@@ -50,6 +50,7 @@ class RCNNDetector:
         self.scale = float(svm["feature_scale"])
         self.crop_size, self.context, self.device = crop_size, context, device
         self.min_score, self.nms_iou, self.max_detections = min_score, nms_iou, max_detections
+        self.box_voting = box_voting
         self.proposal_settings = proposals
 
     @torch.no_grad()
@@ -81,9 +82,9 @@ class RCNNDetector:
         boxes = clip_boxes_to_image(decode(proposals[keep_k].float(), deltas), image.shape[-2:])
         cand_scores, labels = scores[keep_k, keep_c], keep_c + 1
         t2 = time.perf_counter()
-        keep = batched_nms(boxes, cand_scores, labels, self.nms_iou)[: self.max_detections]
+        dets = suppress({"boxes": boxes, "scores": cand_scores, "labels": labels}, self.nms_iou,
+                        self.max_detections, self.box_voting)
         t3 = time.perf_counter()
-        dets = {"boxes": boxes[keep], "scores": cand_scores[keep], "labels": labels[keep]}
         return dets, {**seconds, "warp_cnn": t1 - t0, "svm_regression": t2 - t1, "nms": t3 - t2}
 
 
@@ -113,6 +114,6 @@ def rcnn_predictor(files: list[Path], device: torch.device, settings) -> DetPred
     if isinstance(proposals, dict):
         proposals = ProposalsConfig(**proposals)
     detector = load_rcnn(files[0], files[1], device=device, proposals=proposals, nms_iou=settings.nms_iou,
-                         max_detections=settings.max_detections)
+                         max_detections=settings.max_detections, box_voting=settings.box_voting)
     cut = settings.score_threshold if settings.score_threshold is not None else detector.thresholds
     return DetPredictor("rcnn", detector, cut)
