@@ -42,7 +42,7 @@ def main(argv=None):
     base, cfg = load_section("base", params), load_section("yolo_eval", params)
     device = resolve_device(base.device)
     detector = load_yolo_detector(args.model, device=device, min_score=cfg.min_score, nms_iou=None if cfg.nms_iou == "auto" else cfg.nms_iou,
-                                  max_detections=cfg.max_detections)
+                                  max_detections=cfg.max_detections, tta=None if cfg.tta == "auto" else cfg.tta)
     model = detector.model
     classes = read_classes(args.manifests / "det_classes.txt")
     cut = cfg.score_threshold if cfg.score_threshold is not None else detector.thresholds
@@ -60,12 +60,15 @@ def main(argv=None):
         summary = {**ev.summary, "batch_size": 1, "input_size": model.input_size, "grid": model.S}
         if cfg.nms_iou == "auto":  # chosen on val by yolo_train, like input_size by auto
             summary["nms_iou"] = detector.nms_iou
+        if cfg.tta:  # true, or auto: what yolo_train chose on val (the figures and the speed are of it); 1 on, 0 off
+            summary["tta"] = int(detector.tta)
         info = {"fps": 1.0 / seconds, "seconds_per_image": seconds, "forward_fps": 1.0 / done.seconds["forward"],
-                "backbone": model.backbone_name, "device": device_name(device), "hardware": hardware(device)}
+                "backbone": model.backbone_name, "device": device_name(device), "hardware": hardware(device),
+                "tta": detector.tta}
         publish_report(run, out, args.metrics, ev, done.results, summary, done.samples, "YOLOv1", args.info, info)
         print(f"yolo_eval: mAP@0.5 {summary['map50']:.4f}, COCO mAP {summary['coco_map']:.4f}, precision "
               f"{summary['precision']:.3f} recall {summary['recall']:.3f} at {describe_cut(cut, classes)}, "
-              f"NMS IoU {detector.nms_iou:g}; {info['fps']:.1f} FPS (forward only {info['forward_fps']:.1f}) at batch 1 on {info['device']}")
+              f"NMS IoU {detector.nms_iou:g}{', TTA' if detector.tta else ''}; {info['fps']:.1f} FPS (forward only {info['forward_fps']:.1f}) at batch 1 on {info['device']}")
         example = gt["images"][0]["file_name"] if gt["images"] else None
         serving.log_model(run, "yolo", [args.model], settings_of("yolo", cfg), example)  # never raises
 

@@ -50,15 +50,21 @@ def main(argv=None):
                                    use_difficult=use_difficult, cpu_bf16=base.cpu_bf16)
         if not distributed.is_main():  # rank 0 writes the outputs and logs
             return
-        thresholds, nms_iou, tried = save_with_thresholds(
+        choice = save_with_thresholds(
             model, result.best_checkpoint, args.model, DetectionDataset(args.manifests / "det_val.txt", classes),
             json.loads((args.manifests / "det_val_coco.json").read_text()), device=device, min_score=ev.min_score,
-            nms_iou=None if ev.nms_iou == "auto" else ev.nms_iou, max_detections=ev.max_detections)
+            nms_iou=None if ev.nms_iou == "auto" else ev.nms_iou, max_detections=ev.max_detections,
+            tta=None if ev.tta == "auto" else ev.tta)
+        thresholds = choice.thresholds
         run.log_metrics({f"score_threshold_{c}": t for c, t in zip(classes, thresholds, strict=True)})
-        if tried:
-            run.log_metrics({"nms_iou": nms_iou})
-            print(f"yolo_train: yolo_eval.nms_iou auto -> {nms_iou} (val mAP@0.5 by NMS IoU: "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in tried.items()) + ")")
+        if choice.nms_tried:
+            run.log_metrics({"nms_iou": choice.nms_iou})
+            print(f"yolo_train: yolo_eval.nms_iou auto -> {choice.nms_iou} (val mAP@0.5 by NMS IoU: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in choice.nms_tried.items()) + ")")
+        if choice.tta_tried:
+            run.log_metrics({"tta": float(choice.tta)})
+            print(f"yolo_train: yolo_eval.tta auto -> {str(choice.tta).lower()} (val mAP@0.5 without "
+                  f"{choice.tta_tried[False]:.4f}, with {choice.tta_tried[True]:.4f})")
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         run.log_checkpoint(args.model)  # for segdet predict --run

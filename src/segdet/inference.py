@@ -32,7 +32,8 @@ class PredictSettings:
     max_detections: int = 100
     box_voting: float = 0.0  # R-CNN: box voting after NMS at this IoU (0: off)
     proposals: Any = None  # the proposals section (ProposalsConfig, or its fields as a dict), R-CNN only
-    tta: bool = False  # UNet: flip test-time augmentation (unet_eval.tta)
+    tta: bool | None = False  # UNet: flip test-time augmentation (unet_eval.tta); YOLOv1: flips and scales
+    # (yolo_eval.tta; None: as stored with the model, chosen on val with tta: auto)
     postprocess: bool = False  # UNet: largest blob, holes filled (unet_eval.postprocess)
 
 
@@ -52,7 +53,7 @@ def settings_of(kind: str, ev: Any, proposals: Any = None, score_threshold: floa
     nms_iou = None if ev.nms_iou == "auto" else ev.nms_iou
     if kind == "rcnn":
         return PredictSettings(threshold, nms_iou, ev.max_detections, ev.box_voting, proposals)
-    return PredictSettings(threshold, nms_iou, ev.max_detections)
+    return PredictSettings(threshold, nms_iou, ev.max_detections, tta=None if ev.tta == "auto" else ev.tta)
 
 
 PROPOSAL_KEYS = ("mode", "max_side", "min_size", "max_proposals")
@@ -69,6 +70,8 @@ def settings_config(kind: str, settings: PredictSettings) -> dict[str, Any]:
         p = settings.proposals
         out["proposals"] = {k: (p[k] if isinstance(p, dict) else getattr(p, k)) for k in PROPOSAL_KEYS}
         out["box_voting"] = float(settings.box_voting)
+    else:
+        out["tta"] = None if settings.tta is None else bool(settings.tta)
     return out
 
 
@@ -83,6 +86,9 @@ def settings_from_config(kind: str, config: dict[str, Any]) -> PredictSettings:
     if kind == "rcnn":  # a model served before box voting has none: off
         settings = replace(settings, box_voting=float(config.get("box_voting", 0.0)),
                            proposals=dict(config["proposals"]))
+    else:  # likewise test-time augmentation for a YOLOv1 served before it
+        tta = config.get("tta", False)
+        settings = replace(settings, tta=None if tta is None else bool(tta))
     return settings
 
 

@@ -282,6 +282,7 @@ class YoloEvalConfig:
     min_score: float = param(0.01, ge=0.0, le=1.0)
     nms_iou: float | Literal["auto"] = param(0.5, gt=0.0, le=1.0)
     max_detections: int = param(100, ge=1)
+    tta: bool | Literal["auto"] = False
     warmup_images: int = param(5, ge=0)
     samples: int = param(8, ge=0, le=100)
 

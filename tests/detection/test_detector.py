@@ -12,7 +12,7 @@ from segdet.data.formats import coco_annotation
 from segdet.detection.detector import run_detector
 from segdet.detection.rcnn.detect import load_rcnn
 from segdet.detection.rcnn.model import RegionCNN
-from segdet.detection.yolo.detect import YoloDetector, load_yolo_detector, save_with_thresholds
+from segdet.detection.yolo.detect import TTA_PASSES, YoloDetector, load_yolo_detector, save_with_thresholds
 from segdet.nets.unet import build_unet
 from segdet.nets.weights import CheckpointError, save_checkpoint
 from segdet.nets.yolo import YOLOv1
@@ -138,6 +138,11 @@ def test_detectors_use_the_nms_iou_stored_with_the_model_unless_given(tmp_path):
     torch.save({**ckpt, "nms_iou": 0.7}, yolo)
     assert load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1).nms_iou == 0.7
     assert load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1, nms_iou=0.45).nms_iou == 0.45
+    # test-time augmentation likewise (yolo_eval.tta: auto -> None): stored, else off; a bool given wins
+    assert not load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1, tta=None).tta  # none stored
+    torch.save({**ckpt, "tta": True}, yolo)
+    assert load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1, tta=None).tta
+    assert not load_yolo_detector(yolo, device=torch.device("cpu"), min_score=0.1, tta=False).tta
 
 
 class _TwoBoxYolo(torch.nn.Module):
@@ -164,14 +169,16 @@ def test_yolo_auto_nms_iou_is_chosen_on_val_and_stored_with_the_thresholds(tmp_p
                           coco_annotation(2, 1, 1, (12.5, 0.0, 28.5, 32.0))]}
     val = [(torch.zeros(3, 64, 64, dtype=torch.uint8), None)]
     settings = {"device": torch.device("cpu"), "min_score": 0.01, "max_detections": 100}
-    thresholds, nms_iou, tried = save_with_thresholds(_TwoBoxYolo(), best, tmp_path / "auto.pt", val, gt,
-                                                      nms_iou=None, **settings)
+    thresholds, nms_iou, tried, tta, tta_tried = save_with_thresholds(_TwoBoxYolo(), best, tmp_path / "auto.pt",
+                                                                      val, gt, nms_iou=None, **settings)
+    assert (tta, tta_tried) == (False, {})
     assert nms_iou == 0.6 and tried == pytest.approx({0.3: 0.5, 0.4: 0.5, 0.5: 0.5, 0.6: 1.0, 0.7: 1.0})
     assert thresholds == pytest.approx([0.8])
     saved = torch.load(tmp_path / "auto.pt", weights_only=True)
     assert saved["nms_iou"] == 0.6 and saved["score_thresholds"] == pytest.approx([0.8]) and saved["epoch"] == 3
-    thresholds, nms_iou, tried = save_with_thresholds(_TwoBoxYolo(), best, tmp_path / "fixed.pt", val, gt,
-                                                      nms_iou=0.5, **settings)
+    assert "tta" not in saved
+    thresholds, nms_iou, tried, _, _ = save_with_thresholds(_TwoBoxYolo(), best, tmp_path / "fixed.pt", val, gt,
+                                                            nms_iou=0.5, **settings)
     assert (nms_iou, tried, thresholds) == (0.5, {}, pytest.approx([0.9]))
     assert "nms_iou" not in torch.load(tmp_path / "fixed.pt", weights_only=True)
 
@@ -192,3 +199,77 @@ def test_predict_settings_carry_auto_nms_iou_as_the_models_own():
         fixed, proposals=settings_config("rcnn", fixed)["proposals"])
     older = {k: v for k, v in settings_config("rcnn", fixed).items() if k != "box_voting"}  # served before voting
     assert settings_from_config("rcnn", older).box_voting == 0.0
+    tta = settings_of("yolo", YoloEvalConfig(tta=True))
+    assert tta.tta and settings_config("yolo", tta)["tta"] is True
+    assert settings_from_config("yolo", settings_config("yolo", tta)) == tta
+    assert not settings_from_config("yolo", {"score_threshold": None, "nms_iou": None, "max_detections": 100}).tta
+    auto_tta = settings_of("yolo", YoloEvalConfig(tta="auto"))  # the model's own choice
+    assert auto_tta.tta is None and settings_config("yolo", auto_tta)["tta"] is None
+    assert settings_from_config("yolo", settings_config("yolo", auto_tta)) == auto_tta
+
+
+class _BrightBoxYolo(torch.nn.Module):
+    """A YOLOv1 stand-in (S=4, B=1, C=1, 64 px input) that finds the one bright rectangle of each input exactly:
+    its box, in input pixels, on the cell of its centre at confidence 1 (a flipped or shrunk input moves it)."""
+
+    input_size, B, C, S = 64, 1, 1, 4
+
+    def forward(self, x):
+        pred = torch.zeros(len(x), 4, 4, 6)
+        for n, image in enumerate(x):
+            ys, xs = torch.nonzero(image[0] > 0.5, as_tuple=True)  # normalised red above 0.5: bright
+            x1, y1, x2, y2 = xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
+            cx, cy = (x1 + x2) / 2 / 16, (y1 + y2) / 2 / 16  # in cells of 16 px
+            i, j = int(cy), int(cx)
+            pred[n, i, j] = torch.tensor([cx - j, cy - i, (x2 - x1) / 64, (y2 - y1) / 64, 1.0, 1.0])
+        return pred
+
+
+def test_yolo_tta_maps_each_flipped_and_shrunk_pass_back_to_the_image():
+    """A white (20, 30, 60, 70) box left of the centre of a black 128x96 image: each of the four passes (itself,
+    flipped, shrunk to 0.83 on a black border, both) finds it where it is in the image, to a pixel of the input
+    (2 image pixels) and the 0.83 pass's rounding; a wrong flip would put it at x 68-108, a missed border 12 px
+    off. NMS then keeps one box where the passes agree."""
+    image = torch.zeros(3, 96, 128, dtype=torch.uint8)
+    image[:, 30:70, 20:60] = 255
+    settings = {"device": torch.device("cpu"), "min_score": 0.1, "max_detections": 100}
+    every = YoloDetector(_BrightBoxYolo(), nms_iou=1.0, tta=True, **settings).detect(image)[0]  # nothing suppressed
+    assert len(TTA_PASSES) == 4 and len(every["boxes"]) == 4
+    for box in every["boxes"].tolist():
+        assert box == pytest.approx([20.0, 30.0, 60.0, 70.0], abs=3.0)
+    assert len({tuple(round(v, 3) for v in box) for box in every["boxes"].tolist()}) > 1  # four passes, not one
+    one, seconds = YoloDetector(_BrightBoxYolo(), nms_iou=0.5, tta=True, **settings).detect(image)
+    assert one["boxes"].tolist() == [pytest.approx([20.0, 30.0, 60.0, 70.0], abs=3.0)]
+    assert one["scores"].tolist() == [1.0] and one["labels"].tolist() == [1]
+    assert set(seconds) == {"preprocess", "forward", "decode"}
+    plain = YoloDetector(_BrightBoxYolo(), nms_iou=1.0, **settings).detect(image)[0]
+    assert plain["boxes"].tolist() == [pytest.approx([20.0, 30.0, 60.0, 70.0], abs=3.0)]
+
+
+class _LeftBoxYolo(_BrightBoxYolo):
+    """:class:`_BrightBoxYolo` blind to the right half of its input: a rectangle there scores 0."""
+
+    def forward(self, x):
+        pred = super().forward(x)
+        pred[:, :, 2:, 4] = 0.0  # confidence of the cells of columns 2 and 3 (x >= 32 px)
+        return pred
+
+
+@pytest.mark.parametrize(("left", "expected"), [(False, True), (True, False)])
+def test_yolo_auto_tta_is_chosen_on_val_and_stored(tmp_path, left, expected):
+    """``yolo_eval.tta: auto``: a detector blind to the right half misses a box there (val AP 0) unless the flipped
+    pass sees it (AP 1): auto turns TTA on and stores it. A box on the left is found either way (AP 1 both): the
+    tie keeps TTA off."""
+    best = tmp_path / "best.pt"
+    save_checkpoint(best, model=torch.nn.Linear(1, 1), epoch=3, config={}, classes=["a"], metrics={})
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    box = (8.0, 20.0, 24.0, 40.0) if left else (40.0, 20.0, 56.0, 40.0)
+    image[:, 20:40, int(box[0]):int(box[2])] = 255
+    gt = {"images": [{"id": 1, "width": 64, "height": 64}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [coco_annotation(1, 1, 1, box)]}
+    choice = save_with_thresholds(_LeftBoxYolo(), best, tmp_path / "yolo.pt", [(image, None)], gt,
+                                  device=torch.device("cpu"), min_score=0.01, nms_iou=0.5, max_detections=100, tta=None)
+    assert choice.tta is expected and choice.nms_tried == {}
+    assert choice.tta_tried == pytest.approx({False: 1.0 if left else 0.0, True: 1.0})
+    assert torch.load(tmp_path / "yolo.pt", weights_only=True)["tta"] is expected
+    assert choice.thresholds == pytest.approx([1.0])  # the one box found, at confidence 1
