@@ -162,12 +162,6 @@ def yolo_predictor(files: list[Path], device: torch.device, settings) -> DetPred
     return DetPredictor("yolo", detector, cut)
 
 
-def choose_yolo_thresholds(detector: YoloDetector, dataset, gt: dict) -> list[float]:
-    """Per-class best-F1 score thresholds of ``detector`` on ``dataset`` (a :class:`DetectionDataset` of the
-    validation split, whose COCO ground truth is ``gt``); see :func:`segdet.detection.evaluate.operating_thresholds`."""
-    return choose_thresholds(gt, (detector.detect(dataset[i][0])[0] for i in range(len(dataset))), FALLBACK_SCORE)
-
-
 class ValChoice(NamedTuple):
     """What :func:`save_with_thresholds` chose on the validation split and stored with the model."""
 
