@@ -1,3 +1,6 @@
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from segdet.detection.rcnn.detect import RCNNDetector
 from segdet.detection.rcnn.features import extract_features, iter_chunks
 from segdet.detection.rcnn.model import RegionCNN, normalise, warp
 from segdet.detection.rcnn.regions import RegionBatches, label_regions
-from segdet.detection.rcnn.svm import load_svm, save_svm, train_svms
+from segdet.detection.rcnn.svm import _Reservoir, load_svm, save_svm, train_svms
 from segdet.nets.weights import transfer_weights
 from segdet.sections import RcnnSvmConfig
 
@@ -375,3 +378,19 @@ def test_padded_batches_give_each_region_its_own_features():
                        for i in (0, 300, 512, 530)])
     assert got.shape == (531, 3)
     torch.testing.assert_close(got[[0, 300, 512, 530]], alone, atol=1e-5, rtol=0)
+
+
+def test_svm_sample_of_a_stream_does_not_keep_the_chunks_it_came_from():
+    """The SVMs' first negatives and the regression samples are uniform samples of the streamed feature chunks
+    (Algorithm R): a sampled row kept as a view of its chunk would keep the whole chunk in memory, so the memory of
+    rcnn_svm would grow with the training set. A 1000-row chunk: once the caller drops it, it is freed, while the
+    sample keeps its rows' values; the first rows fill the sample, as Algorithm R does."""
+    sample = _Reservoir(3, np.random.default_rng(0))
+    chunk = np.arange(4000, dtype=np.float32).reshape(1000, 4).copy()  # owns its memory, as a read chunk does
+    first = chunk[:3].copy()
+    alive = weakref.ref(chunk)
+    sample.add(chunk[:3])
+    del chunk
+    gc.collect()
+    assert alive() is None
+    assert np.array_equal(sample.array(4), first) and sample.seen == 3

@@ -30,7 +30,8 @@ INTERCEPT_SCALING = 10.0
 
 
 class _Reservoir:
-    """Uniform sample of at most ``size`` rows from a stream (Algorithm R), memory bounded by ``size``."""
+    """Uniform sample of at most ``size`` rows from a stream (Algorithm R), memory bounded by ``size``: each row
+    kept is a copy, as a view would keep the whole array it came from (a chunk's features) alive."""
 
     def __init__(self, size: int, rng: np.random.Generator):
         self.size, self.rng, self.seen, self.rows = size, rng, 0, []
@@ -38,11 +39,11 @@ class _Reservoir:
     def add(self, rows: np.ndarray) -> None:
         for row in rows:
             if len(self.rows) < self.size:
-                self.rows.append(row)
+                self.rows.append(row.copy())
             else:
                 j = self.rng.integers(0, self.seen + 1)
                 if j < self.size:
-                    self.rows[j] = row
+                    self.rows[j] = row.copy()
             self.seen += 1
 
     def array(self, dim: int) -> np.ndarray:
