@@ -106,12 +106,17 @@ class YoloDetector:
         size, h, w = self.size, *image.shape[-2:]
         fill = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]  # black, normalised
         inputs, frames = [], []  # frames: (offset, side) of the image in the input, in input pixels
+        scaled = {}  # side -> the resized, padded input: a flipped pass reuses its unflipped twin's
         for scale, flip in self.tta_passes:
             side = size if scale == 1.0 else int(round(size * scale))
-            x = yolo_preprocess(side)(tv_tensors.Image(image)).as_subclass(torch.Tensor)
-            if side < size:
-                lo = (size - side) // 2
-                x = TF.pad(x, [lo, lo, size - side - lo, size - side - lo], fill=fill)
+            if side not in scaled:
+                x = (self.preprocess if side == size else yolo_preprocess(side))(tv_tensors.Image(image))
+                x = x.as_subclass(torch.Tensor)
+                if side < size:
+                    lo = (size - side) // 2
+                    x = TF.pad(x, [lo, lo, size - side - lo, size - side - lo], fill=fill)
+                scaled[side] = x
+            x = scaled[side]
             inputs.append(x.flip(-1) if flip else x)
             frames.append(((size - side) // 2, side))
         x = torch.stack(inputs).to(self.device, memory_format=torch.channels_last)
