@@ -396,9 +396,17 @@ def loaders(train_ds, val_ds, *, batch_size: int, workers: int | str, device: to
     Under torchrun ``batch_size`` (the parameter ``key``) is the global batch: each process loads its share of it
     through :class:`segdet.distributed.ShardedRandomSampler`; validation is not split (rank 0 runs it).
     No ``persistent_workers``: each epoch's workers are seeded from the re-seeded generator, so a resumed run
-    draws the same augmentations as an uninterrupted one."""
+    draws the same augmentations as an uninterrupted one. For the same reason, worker processes would lose what
+    they put in a dataset's image cache (``cache=True``) at the end of each epoch: with workers, the caches are
+    filled here first (on as many threads as workers), and the workers share them."""
     pin = device.type == "cuda"
     n = resolve_workers(workers, device)
+    if n > 0:
+        from segdet.data.datasets import fill_cache
+
+        for ds in (train_ds, val_ds):
+            if getattr(ds, "cache", None) is not None:
+                fill_cache(ds, n)
     if distributed.world() > 1:
         train = DataLoader(train_ds, distributed.per_process(batch_size, key),
                            sampler=distributed.ShardedRandomSampler(train_ds, generator), generator=generator,

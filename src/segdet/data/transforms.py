@@ -32,8 +32,11 @@ def seg_transforms(
     rotate: float = 0.0,
     scale: float = 0.0,
     color_jitter: float = 0.0,
+    resize: bool = True,
 ) -> v2.Compose:
     """Resize to ``size`` (int: square; ``(H, W)``); when ``train``, random augmentation. Image -> float in [0, 1].
+    ``resize=False`` leaves the resize out, for pairs that come resized already
+    (``SegmentationDataset(resize_to=size)``, whose cache then holds them resized).
 
     Input ``(Image[3, H, W] uint8, Mask[H, W])``; output ``(Image[3, h, w] float32, Mask[h, w])``.
     Training augmentation, each off at 0: flips (lesions have no up or down, so vertical flips are on by
@@ -43,7 +46,7 @@ def seg_transforms(
     saturation jitter of strength ``color_jitter`` (hue a tenth of it), image only. Geometry is applied
     after the resize, so its cost does not grow with the source image size.
     """
-    ops: list = [v2.Resize(_size(size), antialias=True)]
+    ops: list = [v2.Resize(_size(size), antialias=True)] if resize else []
     if train:
         ops += [v2.RandomHorizontalFlip(hflip), v2.RandomVerticalFlip(vflip)]
         if rotate > 0 or scale > 0:

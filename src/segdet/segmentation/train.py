@@ -77,11 +77,13 @@ def train_unet(
 
     generator = torch.Generator()
     augment = seg_transforms(cfg.input_size, train=cfg.augment, rotate=cfg.rotate, scale=cfg.scale,
-                             color_jitter=cfg.color_jitter)
-    # both resize every image to input_size x input_size: a photo 8x larger or more is decoded reduced
-    train_ds = SegmentationDataset(train_manifest, root, augment, decode_at_least=cfg.input_size)
-    val_ds = SegmentationDataset(val_manifest, root, seg_transforms(cfg.input_size, train=False),
-                                 decode_at_least=cfg.input_size)
+                             color_jitter=cfg.color_jitter, resize=False)
+    # both resize every pair to input_size x input_size as it is read (a photo 8x larger or more is decoded
+    # reduced) and keep it so in memory for the next epochs; the augmentation runs on every read
+    size = cfg.input_size
+    train_ds = SegmentationDataset(train_manifest, root, augment, decode_at_least=size, resize_to=size, cache=True)
+    val_ds = SegmentationDataset(val_manifest, root, seg_transforms(size, train=False, resize=False),
+                                 decode_at_least=size, resize_to=size, cache=True)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise UserError(f"unet_train needs images in both {train_manifest} ({len(train_ds)}) and "
                         f"{val_manifest} ({len(val_ds)}); give the split that has none some images (data.split, "

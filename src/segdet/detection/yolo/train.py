@@ -244,9 +244,13 @@ def train_yolo(
         torch.backends.cudnn.benchmark = True
     generator = torch.Generator()
     augment = yolo_transforms(cfg.input_size, cfg.augment, cfg.hflip, cfg.vflip)
-    train_ds = DetectionDataset(train_manifest, classes, root, augment, use_difficult=use_difficult)
+    # images resized to the input as they are read and kept so in memory for the next epochs (the augmentation
+    # runs on every read)
+    train_ds = DetectionDataset(train_manifest, classes, root, augment, use_difficult=use_difficult,
+                                resize_to=cfg.input_size, cache=True)
     # difficult objects kept and flagged: validate() ignores them in the mAP
-    val_ds = DetectionDataset(val_manifest, classes, root, yolo_transforms(cfg.input_size, False), use_difficult=True)
+    val_ds = DetectionDataset(val_manifest, classes, root, yolo_transforms(cfg.input_size, False), use_difficult=True,
+                              resize_to=cfg.input_size, cache=True)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise UserError(f"yolo_train needs images in both {train_manifest} ({len(train_ds)}) and "
                         f"{val_manifest} ({len(val_ds)}); give the split that has none some images (data.split, "
