@@ -104,10 +104,11 @@ def _train_step(model, optimizer, forward_loss):
     return run
 
 
-def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool) -> list[Case]:
+def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool, upsample: str = "bilinear"
+               ) -> list[Case]:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = build_unet(variant, num_classes=2).to(device, memory_format=fmt)
+    model = build_unet(variant, num_classes=2, upsample=upsample).to(device, memory_format=fmt)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch, size, size), device=device)
     loss = SegLoss("ce+dice")
@@ -120,6 +121,8 @@ def unet_cases(device, variant: str, size: int, batch: int, channels_last: bool)
         with torch.inference_mode():
             model(x)
     name = variant if variant.startswith("unet") else f"unet-{variant}"  # resnet18 -> unet-resnet18
+    if upsample != "bilinear":
+        name += f"-{upsample}"  # unet32-transpose: unet_train.upsample
     return [Case(name, "train", f"{size} px, batch {batch}, {layout}", train),
             Case(name, "infer", f"{size} px, batch {batch}, {layout}", infer)]
 
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                  + yolo_cases(device, "small", 64, 2, frozen=STAGE_FROZEN) + rcnn_cases(device, 24, 8, 16))
     else:
         cases = (unet_cases(device, "unet32", 96, 8, False) + unet_cases(device, "unet32", 96, 8, True)
+                 + unet_cases(device, "unet32", 96, 8, True, "transpose")
                  + unet_cases(device, "unet32", 128, 8, True) + unet_cases(device, "unet64", 96, 8, True)
                  + unet_cases(device, "resnet18", 96, 8, True) + unet_cases(device, "resnet18", 128, 8, True)
                  + yolo_cases(device, "small", 256, 8) + yolo_cases(device, "small", 256, 8, frozen=STAGE_FROZEN)

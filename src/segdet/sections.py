@@ -117,6 +117,7 @@ class UnetTrainConfig:
     """``unet_train``: UNet training (ISIC-style lesion segmentation)."""
 
     variant: Literal["unet32", "unet64", "unet128", "resnet18"] = "unet32"
+    upsample: Literal["bilinear", "transpose"] = "bilinear"
     input_size: int = param(96, ge=16, le=2048)
     batch_size: int = param(8, ge=1, le=1024)
     epochs: int = param(16, ge=1, le=10_000)

@@ -87,3 +87,22 @@ def test_resnet18_unet_normalises_its_input_with_imagenet_statistics():
         m((mean + std).view(1, 3, 1, 1).expand(1, 3, 32, 32))
     assert torch.allclose(seen[0], torch.zeros(1, 3, 32, 32), atol=1e-6)
     assert torch.allclose(seen[1], torch.ones(1, 3, 32, 32), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53)])
+def test_transposed_upsampling_learns_2x2_up_convolutions_and_keeps_any_input_size(size):
+    m = UNet(base_channel=4, upsample="transpose").eval()
+    ups = [u.up for u in (m.up1, m.up2, m.up3, m.up4)]
+    assert all(isinstance(u, torch.nn.ConvTranspose2d) and u.kernel_size == (2, 2) and u.stride == (2, 2) for u in ups)
+    assert [(u.in_channels, u.out_channels) for u in ups] == [(32, 32), (16, 16), (8, 8), (4, 4)]  # base 4
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, *size)).shape == (2, 2, *size)
+    # the learned up-convolutions are the only extra weights: 4 x (c * c * 2 * 2 + c) for c = 32, 16, 8, 4
+    extra = sum(c * c * 4 + c for c in (32, 16, 8, 4))
+    count = [sum(p.numel() for p in UNet(4, upsample=u).parameters()) for u in ("bilinear", "transpose")]
+    assert count[1] - count[0] == extra
+
+
+def test_unknown_upsampling_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"Wrong UNet upsample 'nearest'. Available options are: bilinear, transpose"):
+        build_unet("unet32", upsample="nearest")

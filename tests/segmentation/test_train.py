@@ -205,3 +205,20 @@ def test_config_dataclass_round_trips_through_checkpoint_config(tiny, tmp_path):
     cfg = _cfg(epochs=1)
     _train(tiny, tmp_path, cfg)
     assert UnetTrainConfig(**load_checkpoint(tmp_path / "last.pt")["config"]) == dataclasses.replace(cfg)
+
+
+def test_transposed_upsampling_trains_and_loads_its_checkpoint_while_old_checkpoints_stay_bilinear(tiny, tmp_path):
+    model, _ = _train(tiny, tmp_path / "t", _cfg(upsample="transpose", epochs=1))
+    ckpt = load_checkpoint(tmp_path / "t" / "best.pt")
+    assert ckpt["config"]["upsample"] == "transpose" and "up1.up.weight" in ckpt["model"]
+    loaded, _ = load_unet(ckpt)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # the trained model runs channels-last, the loaded one not: the same up to rounding
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    # a checkpoint written before unet_train.upsample existed has no such key: its decoder was bilinear
+    _train(tiny, tmp_path / "b", _cfg(epochs=1))
+    old = load_checkpoint(tmp_path / "b" / "best.pt")
+    del old["config"]["upsample"]
+    assert isinstance(load_unet(old)[0].up1.up, torch.nn.Upsample)
+    with pytest.raises(UserError, match="was trained with upsample transpose but unet_train.upsample is bilinear"):
+        _train(tiny, tmp_path / "b2", _cfg(epochs=2, weights=str(tmp_path / "t" / "last.pt")))

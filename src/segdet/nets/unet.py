@@ -1,8 +1,9 @@
 """UNet (Ronneberger et al., 2015) with ``base_channel`` as the width knob.
 
 Encoder: a double 3x3 conv block at ``base`` channels, then 4 downsamplings (2x2 max-pool + double conv),
-each doubling the channels except the last, which keeps them because the decoder upsamples bilinearly
-(no transposed conv): for base 32 the encoder gives 32, 64, 128, 256 and 256 at the bottom. Each decoder
+each doubling the channels except the last, which keeps them (the plan of a bilinear-upsampling decoder):
+for base 32 the encoder gives 32, 64, 128, 256 and 256 at the bottom. The decoder upsamples bilinearly or, with
+``upsample="transpose"``, with the paper's learned 2x2 up-convolutions on the same channels. Each decoder
 block upsamples x2, pads to the skip's size (so any input size works), concatenates the skip connection
 (the first decoder block sees 256 + 256 = 512 channels for base 32) and halves the channels back down to
 ``base``; a 1x1 conv maps to ``num_classes`` logits.
@@ -51,15 +52,26 @@ class Down(nn.Sequential):
         super().__init__(nn.MaxPool2d(2), DoubleConv(in_ch, out_ch))
 
 
-class Up(nn.Module):
-    """Bilinear x2 upsample, pad to the skip's size, concatenate ``[skip, up]``, :class:`DoubleConv`.
+#: how the classic UNet's decoder doubles the resolution (``unet_train.upsample``)
+UPSAMPLE = ("bilinear", "transpose")
 
-    ``x [N, in_ch // 2, h, w]``, ``skip [N, in_ch // 2, H, W]`` -> ``[N, out_ch, H, W]``.
+
+class Up(nn.Module):
+    """x2 upsample, pad to the skip's size, concatenate ``[skip, up]``, :class:`DoubleConv`.
+
+    ``x [N, in_ch // 2, h, w]``, ``skip [N, in_ch // 2, H, W]`` -> ``[N, out_ch, H, W]``. ``upsample``: ``bilinear``
+    (no weights) or ``transpose``, the paper's learned 2x2 up-convolution with stride 2 (``in_ch // 2`` channels in
+    and out, as the bilinear plan keeps them).
     """
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, upsample: str = "bilinear"):
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        if upsample == "transpose":
+            self.up = nn.ConvTranspose2d(in_ch // 2, in_ch // 2, 2, stride=2)
+        elif upsample == "bilinear":
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        else:
+            raise ValueError(f"Wrong UNet upsample {upsample!r}. Available options are: {', '.join(UPSAMPLE)}")
         self.conv = DoubleConv(in_ch, out_ch, in_ch // 2)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -77,9 +89,11 @@ class UNet(nn.Module):
         base_channel: channels of the first block (32, 64 or 128 for the named variants).
         num_classes: output channels (2 for lesion vs background, trained with cross-entropy).
         in_channels: input channels (3 for RGB).
+        upsample: the decoder's x2 upsampling, ``bilinear`` or ``transpose`` (:class:`Up`).
     """
 
-    def __init__(self, base_channel: int = 32, num_classes: int = 2, in_channels: int = 3):
+    def __init__(self, base_channel: int = 32, num_classes: int = 2, in_channels: int = 3,
+                 upsample: str = "bilinear"):
         super().__init__()
         if base_channel < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError("UNet: base_channel, num_classes and in_channels must be positive")
@@ -88,8 +102,8 @@ class UNet(nn.Module):
         self.inc = DoubleConv(in_channels, b)
         self.down1, self.down2, self.down3 = Down(b, 2 * b), Down(2 * b, 4 * b), Down(4 * b, 8 * b)
         self.down4 = Down(8 * b, 8 * b)
-        self.up1, self.up2 = Up(16 * b, 4 * b), Up(8 * b, 2 * b)
-        self.up3, self.up4 = Up(4 * b, b), Up(2 * b, b)
+        self.up1, self.up2 = Up(16 * b, 4 * b, upsample), Up(8 * b, 2 * b, upsample)
+        self.up3, self.up4 = Up(4 * b, b, upsample), Up(2 * b, b, upsample)
         self.outc = nn.Conv2d(b, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,8 +175,9 @@ class ResNetUNet(nn.Module):
         return self.head(x)
 
 
-def build_unet(variant: str, num_classes: int = 2, in_channels: int = 3) -> nn.Module:
-    """A named UNet variant (``unet32``, ``unet64``, ``unet128``, ``resnet18``).
+def build_unet(variant: str, num_classes: int = 2, in_channels: int = 3, upsample: str = "bilinear") -> nn.Module:
+    """A named UNet variant (``unet32``, ``unet64``, ``unet128``, ``resnet18``); ``upsample`` is the classic
+    variants' decoder upsampling (:class:`Up`; ``resnet18``'s decoder upsamples nearest-neighbour either way).
 
     Raises:
         ValueError: for any other name, listing the valid ones.
@@ -172,4 +187,4 @@ def build_unet(variant: str, num_classes: int = 2, in_channels: int = 3) -> nn.M
     if variant not in VARIANTS:
         raise ValueError(f"Wrong UNet variant {variant!r}. Available options are: "
                          f"{', '.join([*VARIANTS, *ENCODER_VARIANTS])}")
-    return UNet(VARIANTS[variant], num_classes=num_classes, in_channels=in_channels)
+    return UNet(VARIANTS[variant], num_classes=num_classes, in_channels=in_channels, upsample=upsample)

@@ -40,7 +40,8 @@ def load_unet(ckpt: dict, path: str = "checkpoint") -> tuple[UNet, dict]:
     cfg = ckpt.get("config", {})
     if "variant" not in cfg or "classes" not in ckpt:
         raise CheckpointError(f"{path}: not a UNet checkpoint (its config has no variant)")
-    model = build_unet(cfg["variant"], num_classes=len(ckpt["classes"]))
+    # checkpoints from before unet_train.upsample upsample bilinearly
+    model = build_unet(cfg["variant"], num_classes=len(ckpt["classes"]), upsample=cfg.get("upsample", "bilinear"))
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
 

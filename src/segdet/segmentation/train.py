@@ -64,8 +64,9 @@ def train_unet(
     ``on_transfer``). Returns the model with the best weights loaded and the fit result.
     """
     check_resumable(cfg.weights, "unet_train", "variant", cfg.variant)
+    check_resumable(cfg.weights, "unet_train", "upsample", cfg.upsample)
     torch.manual_seed(seed)  # model initialisation
-    model = build_unet(cfg.variant, num_classes=len(CLASSES))
+    model = build_unet(cfg.variant, num_classes=len(CLASSES), upsample=cfg.upsample)
     # "encoder.": a torchvision ResNet-18 state dict lands in the resnet18 variant's encoder
     announce_transfer(init_from(model, cfg.init_from, prefixes=("", "encoder.")) if cfg.init_from else None,
                       on_transfer)
