@@ -104,6 +104,34 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+#: cgroup memory limits at or above this are "no limit" (cgroup v1 writes 2^63 rounded down to a page)
+_NO_LIMIT = 1 << 60
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (cgroup v2's no limit) -> None
+
+
+def available_memory(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes this process may still allocate: the machine's available memory (``psutil``), or less where a
+    container's or a batch scheduler's cgroup limit leaves less (limit minus usage; cgroup v2's ``memory.max`` and
+    ``memory.current``, or v1's ``memory/memory.limit_in_bytes`` and ``memory.usage_in_bytes``). psutil alone
+    reports the host's memory inside a container."""
+    import psutil
+
+    free = psutil.virtual_memory().available
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(cgroup_root / limit_file), _read_int(cgroup_root / usage_file)
+        if limit is not None and usage is not None and limit < _NO_LIMIT:
+            free = min(free, max(0, limit - usage))
+    return free
+
+
 def queue_workers() -> int:
     """DVC experiment-queue workers running on this machine now (``dvc queue start -j N`` starts N of them,
     each running one experiment at a time): processes ``dvc exp queue-worker dvc-exp-<repo>-<n>@localhost``.

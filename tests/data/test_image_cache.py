@@ -152,3 +152,32 @@ def test_cached_real_photos_are_the_uncached_ones():
         cached = DetectionDataset(pairs, ["raccoon"], "/", tf, resize_to=size, cache=True)
         a, b = _epochs(plain), _epochs(cached)
         assert all(_equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True))
+
+
+@pytest.mark.parametrize(("files", "expected_gib"), [
+    ({}, 8.0),  # no cgroup files: the machine's available memory
+    ({"memory.max": "max", "memory.current": "1073741824"}, 8.0),  # cgroup v2 without a limit
+    ({"memory.max": "4294967296", "memory.current": "1073741824"}, 3.0),  # v2: 4 GiB limit, 1 GiB used
+    ({"memory/memory.limit_in_bytes": "9223372036854771712", "memory/memory.usage_in_bytes": "1"}, 8.0),  # v1, none
+    ({"memory/memory.limit_in_bytes": "2147483648", "memory/memory.usage_in_bytes": "536870912"}, 1.5),  # v1: 2 GiB
+    ({"memory.max": "1073741824", "memory.current": "2147483648"}, 0.0),  # over its limit already
+])
+def test_available_memory_counts_a_containers_limit(tmp_path, monkeypatch, files, expected_gib):
+    import psutil
+
+    from segdet.runtime import available_memory
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 8 << 30})())
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    assert available_memory(tmp_path) == int(expected_gib * (1 << 30))
+
+
+def test_the_cache_budget_is_a_fifth_of_the_available_memory_and_at_most_2_gib(monkeypatch):
+    import segdet.runtime
+
+    monkeypatch.setattr(segdet.runtime, "available_memory", lambda: 5 << 30)
+    assert datasets.cache_budget() == 1 << 30
+    monkeypatch.setattr(segdet.runtime, "available_memory", lambda: 100 << 30)
+    assert datasets.cache_budget() == 2 << 30

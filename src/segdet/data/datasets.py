@@ -29,11 +29,11 @@ def _pairs(manifest: str | Path | Sequence[Pair]) -> list[Pair]:
 
 
 def cache_budget() -> int:
-    """Bytes one dataset's image cache may hold: :data:`CACHE_MEMORY_SHARE` of the available memory, at most
-    :data:`CACHE_MAX_BYTES`."""
-    import psutil
+    """Bytes one dataset's image cache may hold: :data:`CACHE_MEMORY_SHARE` of the available memory (a container's
+    limit counted: :func:`segdet.runtime.available_memory`), at most :data:`CACHE_MAX_BYTES`."""
+    from segdet.runtime import available_memory
 
-    return int(min(CACHE_MAX_BYTES, CACHE_MEMORY_SHARE * psutil.virtual_memory().available))
+    return int(min(CACHE_MAX_BYTES, CACHE_MEMORY_SHARE * available_memory()))
 
 
 class ImageCache:
