@@ -335,3 +335,69 @@ def test_box_voting_averages_the_suppressed_boxes_of_the_class_by_exp_score():
     low = suppress(dets, 0.3, 100, vote_iou=0.2)["boxes"][1].tolist()
     w = [3.0, 1.0, math.exp(-1.0)]
     assert low == pytest.approx([0.0, 0.0, 10.0, (10 * w[0] + 12 * w[1] + 40 * w[2]) / sum(w)])
+
+
+def _reference_voc_match(gt, dets, category_id, iou_threshold):
+    """The VOC devkit's greedy rule in plain Python (no torch, no numpy): detections best first, each takes the
+    ground-truth box of its image with the highest IoU (the first of equal ones); a difficult box leaves it out."""
+    def iou(a, b):
+        ax1, ay1, aw, ah = a
+        bx1, by1, bw, bh = b
+        w = max(0.0, min(ax1 + aw, bx1 + bw) - max(ax1, bx1))
+        h = max(0.0, min(ay1 + ah, by1 + bh) - max(ay1, by1))
+        return w * h / (aw * ah + bw * bh - w * h)
+
+    boxes = [a for a in gt["annotations"] if a["category_id"] == category_id]
+    taken, out = set(), []
+    for d in sorted((d for d in dets if d["category_id"] == category_id), key=lambda d: -d["score"]):
+        mine = [a for a in boxes if a["image_id"] == d["image_id"]]
+        if not mine:
+            out.append((d["score"], False))
+            continue
+        ious = [iou(d["bbox"], a["bbox"]) for a in mine]
+        a = mine[ious.index(max(ious))]
+        if max(ious) < iou_threshold:
+            out.append((d["score"], False))
+        elif a["iscrowd"]:
+            continue
+        else:
+            out.append((d["score"], a["id"] not in taken))
+            taken.add(a["id"])
+    return [s for s, _ in out], [t for _, t in out], sum(1 for a in boxes if not a["iscrowd"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matching_agrees_with_a_plain_python_voc_matcher_on_crowded_random_scenes(seed):
+    """Many overlapping boxes and detections, duplicates, difficult boxes and images without any box of a class."""
+    rng = np.random.default_rng(seed)
+    gt = {"images": [{"id": i} for i in range(1, 13)], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+          "annotations": []}
+    dets = []
+    for image_id in range(1, 13):
+        for _ in range(int(rng.integers(0, 9))):
+            x, y, w, h = (float(v) for v in np.round(rng.uniform([0, 0, 8, 8], [80, 80, 40, 40]), 1))
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "bbox": [x, y, w, h],
+                                      "category_id": int(rng.integers(1, 3)), "area": w * h,
+                                      "iscrowd": int(rng.random() < 0.15)})
+            for _ in range(int(rng.integers(0, 4))):  # detections near it, of either class
+                j = np.round(rng.normal(0, 2, 4), 1)
+                dets.append({"image_id": image_id, "category_id": int(rng.integers(1, 3)),
+                             "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
+                             "score": float(np.round(rng.random(), 3))})
+        dets += [{"image_id": image_id, "category_id": 1, "bbox": [float(v) for v in rng.uniform([0, 0, 5, 5], [90, 90, 30, 30])],
+                  "score": float(np.round(rng.random(), 3))} for _ in range(3)]  # background
+    hits = misses = 0
+    for category_id in (1, 2):
+        for iou_threshold in (0.5, 0.75):
+            scores, tp, n_gt = match(gt, dets, category_id, iou_threshold)
+            ref_scores, ref_tp, ref_n = _reference_voc_match(gt, dets, category_id, iou_threshold)
+            assert scores.tolist() == ref_scores and tp.tolist() == ref_tp and n_gt == ref_n
+            hits, misses = hits + sum(ref_tp), misses + len(ref_tp) - sum(ref_tp)
+    assert hits > 10 and misses > 10  # the scenes give both
+
+
+def test_evaluation_without_coco_metrics_gives_the_same_voc_figures():
+    gt, dets = _imperfect()
+    full, voc_only = evaluate_detections(gt, dets, 0.75), evaluate_detections(gt, dets, 0.75, coco=False)
+    assert "coco_map" in full.summary and "coco_map" not in voc_only.summary and "coco_map50" not in voc_only.summary
+    assert {k: v for k, v in full.summary.items() if not k.startswith("coco")} == voc_only.summary

@@ -239,8 +239,8 @@ def test_validation_ignores_difficult_objects(tmp_path, monkeypatch):
     loader = DataLoader(ds, 2, collate_fn=collate)
     seen: dict = {}
 
-    def evaluate(gt, results, score_threshold):
-        seen["gt"] = gt
+    def evaluate(gt, results, score_threshold, coco=True):
+        seen["gt"], seen["coco"] = gt, coco
         return SimpleNamespace(summary={"map50": 0.5})
 
     losses: list = []
@@ -254,6 +254,7 @@ def test_validation_ignores_difficult_objects(tmp_path, monkeypatch):
     assert validate(model, loader, loss_fn, CPU, classes, 0.2) == {"val_loss": 1.0, "val_map50": 0.5}
     # the difficult cat is in the mAP's ground truth as iscrowd (ignored), and out of the loss as in training
     assert [(a["category_id"], a["iscrowd"]) for a in seen["gt"]["annotations"]] == [(2, 0), (1, 1)]
+    assert seen["coco"] is False  # epochs are ranked by mAP@0.5 alone: no pycocotools evaluation every epoch
     assert losses == [[[2]]]
     validate(model, loader, loss_fn, CPU, classes, 0.2, use_difficult=True)
     assert losses[-1] == [[2, 1]]

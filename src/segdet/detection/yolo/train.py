@@ -189,7 +189,7 @@ def validate(model: YOLOv1, loader: DataLoader, loss_fn: YoloLoss, device: torch
             for b, c, d in zip(t["boxes"].tolist(), t["labels"].tolist(), difficult, strict=True):
                 gt["annotations"].append(coco_annotation(len(gt["annotations"]) + 1, n, c, b, d))
             results += coco_results(n, dets["boxes"], dets["scores"], dets["labels"])
-    ev = evaluate_detections(gt, results, score_threshold=FALLBACK_SCORE)  # only its mAP is used
+    ev = evaluate_detections(gt, results, score_threshold=FALLBACK_SCORE, coco=False)  # only its mAP@0.5 is used
     return {"val_loss": total / max(n, 1), "val_map50": ev.summary["map50"]}
 
 
