@@ -39,8 +39,8 @@ def cache_budget() -> int:
 class ImageCache:
     """Decoded (and resized) images of a dataset by index, kept between epochs up to ``budget`` bytes.
 
-    Training reads every image once an epoch; decoding a photo and resizing it to the input size costs as much
-    as a third of a small network's epoch on a CPU (docs/benchmarks.md). Only the deterministic part of the
+    Training reads every image once an epoch; decoding a photo and resizing it to the input size took about a
+    tenth of a small network's CPU epoch on real photos (docs/benchmarks.md). Only the deterministic part of the
     loading is kept (decode, resize); the random augmentation still runs on every read, so a cached epoch
     yields the same tensors as an uncached one. When the next image would pass the budget, the cache stops
     growing (logged once) and the images it does not hold are decoded as before. The cached tensors are shared
