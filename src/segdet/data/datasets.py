@@ -88,8 +88,18 @@ def fill_cache(dataset: SegmentationDataset | DetectionDataset, threads: int) ->
         list(pool.map(fill, range(len(dataset))))
 
 
-def _square(size: int | tuple[int, int]) -> list[int]:
-    return [size, size] if isinstance(size, int) else list(size)
+def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An input size as ``(H, W)``: an int is a square."""
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def resize_with_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 ``[3, H, W]`` image resized to ``size`` x ``size`` (antialiased, as YOLOv1's input) and its XYXY pixel
+    ``boxes [N, 4]`` scaled with it (float32)."""
+    h, w = image.shape[-2:]
+    if (h, w) != (size, size):
+        image = v2.functional.resize(image, [size, size], antialias=True)
+    return image, boxes.float() * torch.tensor([size / w, size / h] * 2)
 
 
 def _to_image(rgb) -> tv_tensors.Image:
@@ -124,7 +134,7 @@ class SegmentationDataset(Dataset):
         self.root = Path(root)
         self.transforms = transforms
         self.decode_at_least = decode_at_least
-        self.resize = v2.Resize(_square(resize_to), antialias=True) if resize_to else None
+        self.resize = v2.Resize(size_hw(resize_to), antialias=True) if resize_to else None
         self.cache = ImageCache(f"{len(self.pairs)} segmentation pairs") if cache else None
 
     def __len__(self) -> int:
@@ -202,10 +212,8 @@ class DetectionDataset(Dataset):
         image = torch.from_numpy(read_rgb(resolve(self.pairs[i].image, self.root))).permute(2, 0, 1).contiguous()
         h, w = image.shape[-2:]
         boxes = self.targets[i][0]
-        s = self.resize_to
-        if s and (h, w) != (s, s):
-            image = v2.functional.resize(image, [s, s], antialias=True)
-            boxes = boxes.float() * torch.tensor([s / w, s / h] * 2)
+        if self.resize_to:
+            image, boxes = resize_with_boxes(image, boxes, self.resize_to)
         item = (image, boxes, (h, w))
         if self.cache is not None:
             self.cache.put(i, item)

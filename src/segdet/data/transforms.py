@@ -13,14 +13,10 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from segdet.data.datasets import box_labels
+from segdet.data.datasets import box_labels, resize_with_boxes, size_hw
 from segdet.nets.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 _IMAGE_TO_FLOAT = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
-
-
-def _size(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def seg_transforms(
@@ -46,7 +42,7 @@ def seg_transforms(
     saturation jitter of strength ``color_jitter`` (hue a tenth of it), image only. Geometry is applied
     after the resize, so its cost does not grow with the source image size.
     """
-    ops: list = [v2.Resize(_size(size), antialias=True)] if resize else []
+    ops: list = [v2.Resize(size_hw(size), antialias=True)] if resize else []
     if train:
         ops += [v2.RandomHorizontalFlip(hflip), v2.RandomVerticalFlip(vflip)]
         if rotate > 0 or scale > 0:
@@ -64,7 +60,7 @@ def det_transforms(size: int | tuple[int, int], train: bool, hflip: float = 0.5)
     Input ``(Image[3, H, W] uint8, {"boxes": BoundingBoxes[N, 4] XYXY, "labels": Tensor[N]})``; a
     ``difficult`` ``Tensor[N]`` in the target is kept in step with the boxes (:func:`segdet.data.datasets.box_labels`).
     """
-    ops: list = [v2.Resize(_size(size), antialias=True)]
+    ops: list = [v2.Resize(size_hw(size), antialias=True)]
     if train:
         ops.append(v2.RandomHorizontalFlip(hflip))
     ops += [_IMAGE_TO_FLOAT, v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=box_labels)]
@@ -106,10 +102,7 @@ class YoloAugment:
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[tv_tensors.Image, dict]:
         size = self.size
-        image = image.as_subclass(torch.Tensor)
-        h, w = image.shape[-2:]
-        if (h, w) != (size, size):
-            image = v2.functional.resize(image, [size, size], antialias=True)
+        image, b = resize_with_boxes(image.as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor), size)
         rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
         r = torch.rand(8).tolist()
         s = 1.0 + self.scale * (2 * r[0] - 1)
@@ -137,7 +130,6 @@ class YoloAugment:
         out = torch.addcmul(self._add, torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float(),
                             self._mul)
 
-        b = target["boxes"].as_subclass(torch.Tensor).float() * torch.tensor([size / w, size / h] * 2)
         b = ((b - c) * s + c + torch.tensor([tx, ty, tx, ty], dtype=torch.float32)).clamp(0, size)
         if hflip:
             b = torch.stack([size - b[:, 2], b[:, 1], size - b[:, 0], b[:, 3]], dim=1)
