@@ -209,7 +209,7 @@ class DetectionDataset(Dataset):
         :func:`segdet.data.transforms.yolo_preprocess`) and the boxes scaled to it."""
         if self.cache is not None and (hit := self.cache.get(i)) is not None:
             return hit
-        image = torch.from_numpy(read_rgb(resolve(self.pairs[i].image, self.root))).permute(2, 0, 1).contiguous()
+        image = _to_image(read_rgb(resolve(self.pairs[i].image, self.root))).as_subclass(torch.Tensor)
         h, w = image.shape[-2:]
         boxes = self.targets[i][0]
         if self.resize_to:
