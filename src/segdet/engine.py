@@ -353,17 +353,22 @@ def fit(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def check_resumable(weights: str | None, section: str, key: str, expected: str) -> None:
-    """Refuse to resume ``<section>.weights`` from a checkpoint trained with another ``key`` (a UNet variant, an
-    R-CNN backbone) than ``expected``: its tensors would not fit, and ``init_from`` is the way to reuse them."""
+def check_resumable(weights: str | None, section: str, expected: dict[str, str],
+                    legacy: dict[str, str] | None = None) -> None:
+    """Refuse to resume ``<section>.weights`` from a checkpoint trained with other values of the ``expected`` keys
+    (a UNet variant or decoder, an R-CNN backbone): its tensors would not fit, and ``init_from`` is the way to reuse
+    them. ``legacy`` gives the value a key had in checkpoints written before it existed (UNet ``upsample``:
+    ``bilinear``); a key neither records is not checked. The checkpoint is read once for all keys."""
     if not weights:
         return
-    trained_as = load_checkpoint(weights).get("config", {}).get(key)
-    if trained_as and trained_as != expected:
-        raise CheckpointError(
-            f"{section}.weights = {weights} was trained with {key} {trained_as} but {section}.{key} is {expected}; "
-            f"resume with {key} {trained_as}, or use init_from to start a {expected} from its weights"
-        )
+    config = load_checkpoint(weights).get("config", {})
+    for key, value in expected.items():
+        trained_as = config.get(key, (legacy or {}).get(key))
+        if trained_as and trained_as != value:
+            raise CheckpointError(
+                f"{section}.weights = {weights} was trained with {key} {trained_as} but {section}.{key} is {value}; "
+                f"resume with {key} {trained_as}, or use init_from to start a {value} from its weights"
+            )
 
 
 def announce_transfer(report: TransferReport | None, on_transfer: Callable[[TransferReport], None] | None) -> None:

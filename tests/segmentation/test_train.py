@@ -222,3 +222,7 @@ def test_transposed_upsampling_trains_and_loads_its_checkpoint_while_old_checkpo
     assert isinstance(load_unet(old)[0].up1.up, torch.nn.Upsample)
     with pytest.raises(UserError, match="was trained with upsample transpose but unet_train.upsample is bilinear"):
         _train(tiny, tmp_path / "b2", _cfg(epochs=2, weights=str(tmp_path / "t" / "last.pt")))
+    # ... so resuming such a checkpoint with the learned up-convolutions stops with the same message
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="was trained with upsample bilinear but unet_train.upsample is transpose"):
+        _train(tiny, tmp_path / "b3", _cfg(epochs=2, upsample="transpose", weights=str(tmp_path / "old.pt")))

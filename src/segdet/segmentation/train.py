@@ -63,8 +63,9 @@ def train_unet(
     ``cfg.init_from`` starts from another network's weights (strict=False transfer, reported to
     ``on_transfer``). Returns the model with the best weights loaded and the fit result.
     """
-    check_resumable(cfg.weights, "unet_train", "variant", cfg.variant)
-    check_resumable(cfg.weights, "unet_train", "upsample", cfg.upsample)
+    # checkpoints written before unet_train.upsample existed had a bilinear decoder
+    check_resumable(cfg.weights, "unet_train", {"variant": cfg.variant, "upsample": cfg.upsample},
+                    legacy={"upsample": "bilinear"})
     torch.manual_seed(seed)  # model initialisation
     model = build_unet(cfg.variant, num_classes=len(CLASSES), upsample=cfg.upsample)
     # "encoder.": a torchvision ResNet-18 state dict lands in the resnet18 variant's encoder

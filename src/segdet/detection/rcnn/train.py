@@ -70,7 +70,7 @@ def finetune_rcnn(
 ) -> tuple[RegionCNN, FitResult]:
     """Fine-tune a :class:`RegionCNN`; ``run_dir`` gets ``last.pt`` and ``best.pt`` (lowest val loss).
     ``cfg.weights`` resumes a run from its checkpoint (model, optimizer, scheduler, epoch)."""
-    check_resumable(cfg.weights, "rcnn_finetune", "backbone", cfg.backbone)
+    check_resumable(cfg.weights, "rcnn_finetune", {"backbone": cfg.backbone})
     torch.manual_seed(seed)
     model = RegionCNN(cfg.backbone, len(classes))
     announce_transfer(init_from(model, cfg.init_from) if cfg.init_from else None, on_transfer)
