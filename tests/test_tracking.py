@@ -1,4 +1,6 @@
+import os
 import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -70,13 +72,33 @@ def test_default_store_is_mlflow_db_in_repository_root(monkeypatch, tmp_path):
 
 def test_pipeline_run_id_outside_dvc_is_one_per_process(monkeypatch):
     """A stage run by hand is its own pipeline run: the same id within the process, another in the next one."""
-    import sys
-
     monkeypatch.delenv("SEGDET_PIPELINE_RUN", raising=False)
     assert tracking.pipeline_run_id() == tracking.pipeline_run_id()
     code = "from segdet import tracking; print(tracking.pipeline_run_id())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert len(other) == 16 and other != tracking.pipeline_run_id()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the boot time psutil adds is Linux's /proc/stat")
+def test_pipeline_run_id_and_process_start_survive_a_moved_boot_time(monkeypatch):
+    """The boot time in /proc/stat follows the wall clock, so psutil's create_time() of one process moves when the
+    clock is synchronised. The id the stages of one ``dvc repro`` share, and the start time that tells whether a
+    RUNNING run's process is still there, must not move with it."""
+    import psutil
+    from psutil import _pslinux
+
+    monkeypatch.delenv("SEGDET_PIPELINE_RUN", raising=False)
+    monkeypatch.setattr(tracking, "_dvc_process", lambda: psutil.Process())  # this process plays the dvc parent
+    before_id, before_start = tracking.pipeline_run_id(), tracking.process_start(psutil.Process())
+    created = psutil.Process().create_time()
+    booted = _pslinux.boot_time()
+    monkeypatch.setattr(_pslinux, "boot_time", lambda: booted + 1.0)
+    assert psutil.Process().create_time() == pytest.approx(created + 1.0)  # what psutil reports moved ...
+    assert tracking.pipeline_run_id() == before_id  # ... the id did not
+    assert tracking.process_start(psutil.Process()) == before_start
+    assert before_start.startswith("ticks:")
+    assert tracking._alive(str(os.getpid()), before_start)
+    assert not tracking._alive(str(os.getpid()), "ticks:1")
 
 
 def _git_repo(path):

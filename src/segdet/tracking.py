@@ -80,6 +80,20 @@ def _dvc_process() -> Any | None:
     return None
 
 
+def process_start(proc: Any) -> str:
+    """A start time of ``proc`` (a ``psutil.Process``) that stays the same for the process's whole life. On Linux
+    the clock ticks from boot to its start (``starttime`` in ``/proc/<pid>/stat``), as ``ticks:<n>``: psutil's
+    ``create_time()`` adds the boot time from ``/proc/stat``, which the kernel derives from the wall clock, so it
+    moves when that clock is stepped (time synchronisation, a virtual machine resumed: the stages of one fresh-clone
+    ``dvc repro`` once got three pipeline run ids within minutes). Elsewhere ``create_time()`` to the millisecond."""
+    try:
+        with open(f"/proc/{proc.pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": the comm may hold spaces
+        return f"ticks:{int(fields[19])}"  # field 22 of proc(5), the 20th after the comm
+    except (OSError, IndexError, ValueError):
+        return f"{proc.create_time():.3f}"
+
+
 _OWN_PIPELINE_RUN = uuid.uuid4().hex[:16]
 
 
@@ -87,7 +101,7 @@ def pipeline_run_id() -> str:
     """An id shared by all stage runs of one pipeline run.
 
     ``SEGDET_PIPELINE_RUN`` when set; else derived from the ``dvc`` process that started this stage
-    (its pid and start time), so every stage of one ``dvc repro`` or of one queued experiment shares
+    (its pid and :func:`process_start`), so every stage of one ``dvc repro`` or of one queued experiment shares
     it; else an id of this process (a stage run by hand is its own pipeline run).
     """
     env = os.environ.get("SEGDET_PIPELINE_RUN")
@@ -96,7 +110,7 @@ def pipeline_run_id() -> str:
     proc = _dvc_process()
     if proc is not None:
         try:
-            key = f"{proc.pid}-{proc.create_time()}-{' '.join(proc.cmdline())}"
+            key = f"{proc.pid}-{process_start(proc)}-{' '.join(proc.cmdline())}"
             return hashlib.sha1(key.encode()).hexdigest()[:16]
         except Exception as exc:  # pragma: no cover - the dvc process ended meanwhile
             log.debug("dvc process unreadable: %s", exc)
@@ -327,7 +341,7 @@ def _process_tags() -> dict[str, str]:
     import psutil
 
     me = psutil.Process()
-    return {"segdet.host": socket.gethostname(), "segdet.pid": str(me.pid), "segdet.pid_start": f"{me.create_time():.3f}",
+    return {"segdet.host": socket.gethostname(), "segdet.pid": str(me.pid), "segdet.pid_start": process_start(me),
             "segdet.pid_ns": _pid_namespace()}
 
 
@@ -343,7 +357,10 @@ def _alive(pid: str, start: str) -> bool:
     import psutil
 
     try:
-        return f"{psutil.Process(int(pid)).create_time():.3f}" == start
+        proc = psutil.Process(int(pid))
+        if start.startswith("ticks:"):
+            return process_start(proc) == start
+        return f"{proc.create_time():.3f}" == start  # tags written before process_start existed
     except (psutil.Error, ValueError):
         return False
 
