@@ -66,3 +66,33 @@ def test_make_optimizer_is_fused_on_cpu_with_the_textbook_update():
     torch.testing.assert_close(v.detach(), torch.tensor([0.85 - 0.2775]), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="Available options are: adam, sgd"):
         make_optimizer("rmsprop", [v], lr=0.1)
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+model name\t: {model}
+flags\t\t: fpu sse sse2 avx avx2 avx512f avx512bw {extra}
+
+"""
+
+
+def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_native_bfloat16(monkeypatch, tmp_path):
+    """``base.cpu_bf16`` autocasts to bfloat16 on AMX (Intel Xeon 4th gen) and AVX512-BF16 (AMD EPYC Zen 4/5) and
+    stays float32 on an AVX-512 CPU without either, where oneDNN would emulate bfloat16 more slowly than float32."""
+    from segdet import runtime
+    from segdet.engine import autocast_dtype
+
+    cpu = torch.device("cpu")
+    cases = {"Intel(R) Xeon(R) Platinum 8481C": ("amx_bf16 amx_tile avx512_bf16", "AMX", torch.bfloat16),
+             "AMD EPYC 9B14": ("avx512_bf16 avx512_vnni", "AVX512-BF16", torch.bfloat16),
+             "Intel(R) Xeon(R) Platinum 8259CL": ("avx512_vnni", None, None)}
+    for k, (model, (extra, units, dtype)) in enumerate(cases.items()):
+        info = tmp_path / f"cpuinfo{k}"
+        info.write_text(_CPUINFO.format(vendor="x", model=model, extra=extra) * 2)
+        monkeypatch.setattr(runtime, "CPUINFO", str(info))
+        assert runtime.cpu_bf16_units() == units, model
+        assert autocast_dtype(cpu, cpu_bf16=True) == dtype, model
+        assert autocast_dtype(cpu, cpu_bf16=False) is None  # float32 unless asked
+        assert runtime.cpu_has_amx() == (units == "AMX")
+    monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "none"))  # not Linux: no flags, float32
+    assert runtime.cpu_flags() == set() and autocast_dtype(cpu, cpu_bf16=True) is None

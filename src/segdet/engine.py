@@ -7,7 +7,7 @@ moves the checkpoints of the run before it to ``run_dir/previous/``, so that run
 PyTorch and the loader's generator from ``(seed, epoch)``, so a run resumed from ``last.pt`` after epoch
 k ends with the same weights as a run that was never interrupted. A non-finite loss stops training
 with :class:`NonFiniteLossError`. AMP when asked: float16 autocast + GradScaler on CUDA, and with ``cpu_bf16``
-bfloat16 autocast on a CPU with AMX (:func:`autocast_dtype`).
+bfloat16 autocast on a CPU with AMX or AVX512-BF16 (:func:`autocast_dtype`).
 Models differ only in the ``step`` (batch -> loss) and ``evaluate`` functions they pass in.
 """
 
@@ -50,14 +50,15 @@ RANK_SEED_STRIDE = 7919
 
 def autocast_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
     """What ``amp: true`` trains in: float16 (with a GradScaler) on CUDA; with ``cpu_bf16`` (``base.cpu_bf16``)
-    bfloat16 on a CPU with AMX units (Intel Xeon 4th generation and later: about 2x the float32 speed of the
-    stages' networks, at 0.01 to 0.02 of each test metric on the default data: docs/benchmarks.md); None (float32)
+    bfloat16 on a CPU with native bfloat16 arithmetic (:func:`segdet.runtime.cpu_bf16_units`: AMX on Intel Xeon
+    4th generation and later, AVX512-BF16 on AMD EPYC Zen 4 and later; about 2x the float32 speed of the stages'
+    networks, at up to 0.02 of each test metric on the default data: docs/benchmarks.md); None (float32)
     elsewhere."""
-    from segdet.runtime import cpu_has_amx
+    from segdet.runtime import cpu_bf16_units
 
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and cpu_bf16 and cpu_has_amx():
+    if device.type == "cpu" and cpu_bf16 and cpu_bf16_units():
         return torch.bfloat16
     return None
 

@@ -86,14 +86,36 @@ def hardware(device) -> str:
     return f"{model}{amx}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
+#: where :func:`cpu_flags` reads the CPU's feature flags
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (the ``flags`` line of /proc/cpuinfo); empty where there is none (not Linux)."""
+    try:
+        with open(CPUINFO) as fh:
+            return next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
 def cpu_has_amx() -> bool:
     """True on a CPU with AMX bfloat16 units (``amx_bf16`` in /proc/cpuinfo: Intel Xeon Sapphire Rapids and
     later), where bfloat16 convolutions and matrix products run several times faster than float32."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
-    except OSError:
-        return False
+    return "amx_bf16" in cpu_flags()
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's native bfloat16 arithmetic, which ``base.cpu_bf16`` trains with: ``AMX`` (Intel Xeon Sapphire
+    Rapids and later), ``AVX512-BF16`` (AMD EPYC Zen 4 and Zen 5, Intel Cooper Lake: ``avx512_bf16``), or None.
+    Both ran the stages' training steps 1.4x (the R-CNN region CNN) to 2.4x (UNet) faster than float32
+    (docs/benchmarks.md); without them oneDNN would emulate bfloat16, slower than float32."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
 
 
 def cores() -> int:
