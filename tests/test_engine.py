@@ -1,4 +1,7 @@
-"""The shared training loop: the exponential moving average of the weights (``ema_decay``)."""
+"""The shared training loop: the exponential moving average of the weights (``ema_decay``) and the precision it
+trains in (``base.cpu_bf16``)."""
+
+import logging
 
 import torch
 from torch import nn
@@ -9,7 +12,7 @@ from segdet.nets.weights import load_checkpoint
 CPU = torch.device("cpu")
 
 
-def _fit(run_dir, epochs, ema_decay=0.0, seen=None):
+def _fit(run_dir, epochs, ema_decay=0.0, seen=None, **kw):
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     x, y = torch.randn(4, 3), torch.randn(4, 1)
@@ -22,7 +25,7 @@ def _fit(run_dir, epochs, ema_decay=0.0, seen=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     fit(model, optimizer, None, [(x, y)], step=lambda m, b, d: (((m(b[0]) - b[1]) ** 2).mean(), {}),
         evaluate=evaluate, epochs=epochs, device=CPU, run_dir=run_dir, monitor="val_loss", mode="min",
-        progress=False, ema_decay=ema_decay)
+        progress=False, ema_decay=ema_decay, **kw)
     return load_checkpoint(run_dir / "last.pt")
 
 
@@ -76,7 +79,7 @@ flags\t\t: fpu sse sse2 avx avx2 avx512f avx512bw {extra}
 """
 
 
-def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_native_bfloat16(monkeypatch, tmp_path):
+def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_native_bfloat16(monkeypatch, tmp_path, caplog):
     """``base.cpu_bf16`` autocasts to bfloat16 on AMX (Intel Xeon 4th gen) and AVX512-BF16 (AMD EPYC Zen 4/5) and
     stays float32 on an AVX-512 CPU without either, where oneDNN would emulate bfloat16 more slowly than float32."""
     from segdet import runtime
@@ -96,3 +99,13 @@ def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_native_bfloat16(monk
         assert runtime.cpu_has_amx() == (units == "AMX")
     monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "none"))  # not Linux: no flags, float32
     assert runtime.cpu_flags() == set() and autocast_dtype(cpu, cpu_bf16=True) is None
+    # training says so when the parameter cannot act here (the last fake CPU, without bfloat16 units) ...
+    with caplog.at_level(logging.INFO, logger="segdet.engine"):
+        _fit(tmp_path / "fp32", 1, amp=True, cpu_bf16=True)
+    assert "base.cpu_bf16 = true has no effect here" in caplog.text and "bfloat16 autocast" not in caplog.text
+    caplog.clear()
+    info = tmp_path / "cpuinfo1"  # ... and trains in bfloat16 where it can
+    monkeypatch.setattr(runtime, "CPUINFO", str(info))
+    with caplog.at_level(logging.INFO, logger="segdet.engine"):
+        _fit(tmp_path / "bf16", 1, amp=True, cpu_bf16=True)
+    assert "mixed precision: bfloat16 autocast on cpu" in caplog.text and "no effect" not in caplog.text

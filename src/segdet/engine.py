@@ -243,10 +243,13 @@ def fit(
         for stale in run_dir.glob(".*.pt.tmp-*"):  # a checkpoint write cut short by SIGKILL; the old file is intact
             log.info("removing %s, the unfinished write of a killed run", stale)
             stale.unlink()
-    amp = autocast_dtype(device, cpu_bf16) if amp else None
+    wanted_amp, amp = amp, autocast_dtype(device, cpu_bf16) if amp else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # bfloat16 needs no loss scaling
     if amp is not None:
         log.info("mixed precision: %s autocast on %s", str(amp).removeprefix("torch."), device)
+    elif wanted_amp and cpu_bf16 and device.type == "cpu":
+        log.warning("base.cpu_bf16 = true has no effect here: this CPU has neither AMX nor AVX512-BF16 (bfloat16 "
+                    "would be emulated, slower than float32); training in float32")
     ema = None
     if ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
