@@ -3,6 +3,7 @@ trains in (``base.cpu_bf16``)."""
 
 import logging
 
+import pytest
 import torch
 from torch import nn
 
@@ -99,13 +100,41 @@ def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_native_bfloat16(monk
         assert runtime.cpu_has_amx() == (units == "AMX")
     monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "none"))  # not Linux: no flags, float32
     assert runtime.cpu_flags() == set() and autocast_dtype(cpu, cpu_bf16=True) is None
-    # training says so when the parameter cannot act here (the last fake CPU, without bfloat16 units) ...
+    # training says so when the parameter cannot act here: without flags (above) it cannot tell ...
     with caplog.at_level(logging.INFO, logger="segdet.engine"):
         _fit(tmp_path / "fp32", 1, amp=True, cpu_bf16=True)
-    assert "base.cpu_bf16 = true has no effect here" in caplog.text and "bfloat16 autocast" not in caplog.text
+    assert "base.cpu_bf16 = true has no effect here: this system shows no CPU flags" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "cpuinfo2"))  # ... on the AVX-512 Xeon without bf16
+    with caplog.at_level(logging.INFO, logger="segdet.engine"):
+        _fit(tmp_path / "fp32b", 1, amp=True, cpu_bf16=True)
+    assert "no effect here: this CPU has neither AMX nor AVX512-BF16" in caplog.text
+    assert "bfloat16 autocast" not in caplog.text
     caplog.clear()
     info = tmp_path / "cpuinfo1"  # ... and trains in bfloat16 where it can
     monkeypatch.setattr(runtime, "CPUINFO", str(info))
     with caplog.at_level(logging.INFO, logger="segdet.engine"):
         _fit(tmp_path / "bf16", 1, amp=True, cpu_bf16=True)
     assert "mixed precision: bfloat16 autocast on cpu" in caplog.text and "no effect" not in caplog.text
+
+
+def test_resume_checks_compare_what_the_checkpoint_recorded(tmp_path):
+    """A checkpoint trained with another variant stops the resume with a message naming both values; a key older
+    checkpoints lack takes its old meaning (``legacy``); a file without a training config (another network's) is
+    not judged here."""
+    from segdet.engine import check_resumable
+    from segdet.stage import UserError
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {}, "config": {"variant": "unet32", "upsample": "transpose"}}, path)
+    check_resumable(str(path), "unet_train", {"variant": "unet32", "upsample": "transpose"})
+    with pytest.raises(UserError, match="was trained with variant unet32 but unet_train.variant is unet64"):
+        check_resumable(str(path), "unet_train", {"variant": "unet64", "upsample": "transpose"})
+    torch.save({"model": {}, "config": {"variant": "unet32"}}, path)  # from before unet_train.upsample
+    with pytest.raises(UserError, match="trained with upsample bilinear but unet_train.upsample is transpose"):
+        check_resumable(str(path), "unet_train", {"variant": "unet32", "upsample": "transpose"},
+                        legacy={"upsample": "bilinear"})
+    torch.save({"model": {}}, path)  # no config: nothing recorded to compare
+    check_resumable(str(path), "unet_train", {"variant": "unet32", "upsample": "transpose"},
+                    legacy={"upsample": "bilinear"})
+    check_resumable(None, "unet_train", {"variant": "unet64"})  # nothing to resume

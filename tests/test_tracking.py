@@ -81,22 +81,22 @@ def test_pipeline_run_id_outside_dvc_is_one_per_process(monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the boot time psutil adds is Linux's /proc/stat")
 def test_pipeline_run_id_and_process_start_survive_a_moved_boot_time(monkeypatch):
-    """The boot time in /proc/stat follows the wall clock, so psutil's create_time() of one process moves when the
-    clock is synchronised. The id the stages of one ``dvc repro`` share, and the start time that tells whether a
+    """psutil's create_time() adds the boot time of /proc/stat, which follows the wall clock, so it moves for one
+    process when the clock is stepped. The id the stages of one ``dvc repro`` share, and the start time that tells whether a
     RUNNING run's process is still there, must not move with it."""
     import psutil
-    from psutil import _pslinux
 
     monkeypatch.delenv("SEGDET_PIPELINE_RUN", raising=False)
     monkeypatch.setattr(tracking, "_dvc_process", lambda: psutil.Process())  # this process plays the dvc parent
     before_id, before_start = tracking.pipeline_run_id(), tracking.process_start(psutil.Process())
     created = psutil.Process().create_time()
-    booted = _pslinux.boot_time()
-    monkeypatch.setattr(_pslinux, "boot_time", lambda: booted + 1.0)
-    assert psutil.Process().create_time() == pytest.approx(created + 1.0)  # what psutil reports moved ...
-    assert tracking.pipeline_run_id() == before_id  # ... the id did not
+    moved = psutil.Process.create_time  # what a stepped clock does to it: the same process, one second later
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: moved(self) + 1.0)
+    assert psutil.Process().create_time() == pytest.approx(created + 1.0)
+    assert tracking.pipeline_run_id() == before_id  # the id did not move with it
     assert tracking.process_start(psutil.Process()) == before_start
-    assert before_start.startswith("ticks:")
+    with open("/proc/sys/kernel/random/boot_id") as fh:  # ticks since boot, and which boot
+        assert before_start.startswith("ticks:") and before_start.endswith(f":{fh.read().strip()}")
     assert tracking._alive(str(os.getpid()), before_start)
     assert not tracking._alive(str(os.getpid()), "ticks:1")
 

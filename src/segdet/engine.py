@@ -247,9 +247,13 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # bfloat16 needs no loss scaling
     if amp is not None:
         log.info("mixed precision: %s autocast on %s", str(amp).removeprefix("torch."), device)
-    elif wanted_amp and cpu_bf16 and device.type == "cpu":
-        log.warning("base.cpu_bf16 = true has no effect here: this CPU has neither AMX nor AVX512-BF16 (bfloat16 "
-                    "would be emulated, slower than float32); training in float32")
+    elif wanted_amp and cpu_bf16 and device.type == "cpu" and main:
+        from segdet.runtime import cpu_flags
+
+        why = ("this CPU has neither AMX nor AVX512-BF16 (bfloat16 would be emulated, slower than float32)"
+               if cpu_flags() else "this system shows no CPU flags in /proc/cpuinfo, so native bfloat16 cannot be "
+               "confirmed")
+        log.warning("base.cpu_bf16 = true has no effect here: %s; training in float32", why)
     ema = None
     if ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
@@ -362,12 +366,13 @@ def check_resumable(weights: str | None, section: str, expected: dict[str, str],
     """Refuse to resume ``<section>.weights`` from a checkpoint trained with other values of the ``expected`` keys
     (a UNet variant or decoder, an R-CNN backbone): its tensors would not fit, and ``init_from`` is the way to reuse
     them. ``legacy`` gives the value a key had in checkpoints written before it existed (UNet ``upsample``:
-    ``bilinear``); a key neither records is not checked. The checkpoint is read once for all keys."""
+    ``bilinear``), for checkpoints that record a training config at all (another network's file has none, and then
+    nothing here is known to differ); a key neither records is not checked. The checkpoint is read once."""
     if not weights:
         return
-    config = load_checkpoint(weights).get("config", {})
+    config = load_checkpoint(weights).get("config") or {}
     for key, value in expected.items():
-        trained_as = config.get(key, (legacy or {}).get(key))
+        trained_as = config.get(key, (legacy or {}).get(key) if config else None)
         if trained_as and trained_as != value:
             raise CheckpointError(
                 f"{section}.weights = {weights} was trained with {key} {trained_as} but {section}.{key} is {value}; "

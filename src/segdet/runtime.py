@@ -108,8 +108,9 @@ def cpu_has_amx() -> bool:
 def cpu_bf16_units() -> str | None:
     """The CPU's native bfloat16 arithmetic, which ``base.cpu_bf16`` trains with: ``AMX`` (Intel Xeon Sapphire
     Rapids and later), ``AVX512-BF16`` (AMD EPYC Zen 4 and Zen 5, Intel Cooper Lake: ``avx512_bf16``), or None.
-    Both ran the stages' training steps 1.4x (the R-CNN region CNN) to 2.4x (UNet) faster than float32
-    (docs/benchmarks.md); without them oneDNN would emulate bfloat16, slower than float32."""
+    AMX ran the stages' training steps 1.4x (the R-CNN region CNN) to 2.4x (UNet) faster than float32 on an Intel
+    Xeon, AVX512-BF16 1.3x to 2.3x on an AMD EPYC Zen 4 (docs/benchmarks.md); without either oneDNN would emulate
+    bfloat16, slower than float32."""
     flags = cpu_flags()
     if "amx_bf16" in flags:
         return "AMX"

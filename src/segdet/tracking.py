@@ -12,7 +12,7 @@ under it (``mlflow.parentRunId``) with its params section flattened, its metrics
 ``mlflow.source.git.commit``  the commit the run started from (``DVC_EXP_BASELINE_REV`` in experiments)
 ``segdet.git_dirty``         ``true`` when tracked files other than params.yaml, dvc.lock and outputs differ from it
 ``segdet.device``            ``cpu`` or the GPU's name
-``segdet.host``, ``.pid``     the process that runs the stage (with ``segdet.pid_start``, its start time, and
+``segdet.host``, ``.pid``     the process that runs the stage (with ``segdet.pid_start``, :func:`process_start`, and
                              ``segdet.pid_ns``, its pid namespace): a run still RUNNING whose process is gone
                              is marked KILLED by the next stage run
 ===========================  ==========================================================================
@@ -82,14 +82,18 @@ def _dvc_process() -> Any | None:
 
 def process_start(proc: Any) -> str:
     """A start time of ``proc`` (a ``psutil.Process``) that stays the same for the process's whole life. On Linux
-    the clock ticks from boot to its start (``starttime`` in ``/proc/<pid>/stat``), as ``ticks:<n>``: psutil's
+    the clock ticks from boot to its start (``starttime`` in ``/proc/<pid>/stat``) and the boot's id
+    (``/proc/sys/kernel/random/boot_id``, so that a pid and tick count reused after a reboot differ), as
+    ``ticks:<n>:<boot id>``: psutil's
     ``create_time()`` adds the boot time from ``/proc/stat``, which the kernel derives from the wall clock, so it
     moves when that clock is stepped (time synchronisation, a virtual machine resumed: the stages of one fresh-clone
     ``dvc repro`` once got three pipeline run ids within minutes). Elsewhere ``create_time()`` to the millisecond."""
     try:
         with open(f"/proc/{proc.pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": the comm may hold spaces
-        return f"ticks:{int(fields[19])}"  # field 22 of proc(5), the 20th after the comm
+        ticks = int(fields[19])  # field 22 of proc(5), the 20th after the comm
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return f"ticks:{ticks}:{fh.read().strip()}"
     except (OSError, IndexError, ValueError):
         return f"{proc.create_time():.3f}"
 
