@@ -81,13 +81,14 @@ def _dvc_process() -> Any | None:
 
 
 def process_start(proc: Any) -> str:
-    """A start time of ``proc`` (a ``psutil.Process``) that stays the same for the process's whole life. On Linux
-    the clock ticks from boot to its start (``starttime`` in ``/proc/<pid>/stat``) and the boot's id
-    (``/proc/sys/kernel/random/boot_id``, so that a pid and tick count reused after a reboot differ), as
-    ``ticks:<n>:<boot id>``: psutil's
-    ``create_time()`` adds the boot time from ``/proc/stat``, which the kernel derives from the wall clock, so it
-    moves when that clock is stepped (time synchronisation, a virtual machine resumed: the stages of one fresh-clone
-    ``dvc repro`` once got three pipeline run ids within minutes). Elsewhere ``create_time()`` to the millisecond."""
+    """A start time of ``proc`` (a ``psutil.Process``) that stays the same for the process's whole life.
+
+    On Linux ``ticks:<n>:<boot id>``: the clock ticks from boot to its start (``starttime`` in ``/proc/<pid>/stat``)
+    and the boot's id (``/proc/sys/kernel/random/boot_id``, so that a pid and tick count reused after a reboot
+    differ). psutil's ``create_time()`` adds the boot time from ``/proc/stat``, which the kernel derives from the
+    wall clock, so it moves when that clock is stepped (time synchronisation, a virtual machine resumed: the stages
+    of one fresh-clone ``dvc repro`` once got three pipeline run ids within minutes). Elsewhere ``create_time()`` to
+    the millisecond."""
     try:
         with open(f"/proc/{proc.pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": the comm may hold spaces
