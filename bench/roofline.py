@@ -3,10 +3,11 @@
 Peak: a large matrix product and a large 3x3 convolution with torch, on the same threads, in float32 and in the
 precision the stages' ``amp: true`` can train in here (bfloat16 on a CPU with AMX or AVX512-BF16 and
 ``base.cpu_bf16``, float16 on CUDA). Models: each model's training step (forward, backward, optimizer step) and
-inference (no autograd) in the layout its stage uses, FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; what
-the peak measures too), time the best of ``--repeats`` timed runs after warm-up. ``share`` = achieved / the
-higher of the two peaks of the same precision. Training steps run in float32 and, with such an ``amp``, under
-autocast too; inference runs in float32, as the evaluation stages do.
+inference (no autograd) in the layout its stage uses, FLOPs counted with
+``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; what the peak measures too), time
+the best of ``--repeats`` timed runs after warm-up. ``share`` = achieved / the higher of the two peaks of the same
+precision. Training steps run in float32 and, with such an ``amp``, under autocast too; inference runs in float32,
+as the evaluation stages do.
 
     python -m bench.roofline [--json reports/roofline.json] [--device cuda] [--quick]
 """
