@@ -86,7 +86,6 @@ def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_native_bfloat16(monk
     from segdet import runtime
     from segdet.engine import autocast_dtype
 
-    cpu = torch.device("cpu")
     cases = {"Intel(R) Xeon(R) Platinum 8481C": ("amx_bf16 amx_tile avx512_bf16", "AMX", torch.bfloat16),
              "AMD EPYC 9B14": ("avx512_bf16 avx512_vnni", "AVX512-BF16", torch.bfloat16),
              "Intel(R) Xeon(R) Platinum 8259CL": ("avx512_vnni", None, None)}
@@ -95,11 +94,11 @@ def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_native_bfloat16(monk
         info.write_text(_CPUINFO.format(vendor="x", model=model, extra=extra) * 2)
         monkeypatch.setattr(runtime, "CPUINFO", str(info))
         assert runtime.cpu_bf16_units() == units, model
-        assert autocast_dtype(cpu, cpu_bf16=True) == dtype, model
-        assert autocast_dtype(cpu, cpu_bf16=False) is None  # float32 unless asked
+        assert autocast_dtype(CPU, cpu_bf16=True) == dtype, model
+        assert autocast_dtype(CPU, cpu_bf16=False) is None  # float32 unless asked
         assert runtime.cpu_has_amx() == (units == "AMX")
     monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "none"))  # not Linux: no flags, float32
-    assert runtime.cpu_flags() == set() and autocast_dtype(cpu, cpu_bf16=True) is None
+    assert runtime.cpu_flags() == set() and autocast_dtype(CPU, cpu_bf16=True) is None
     # training says so when the parameter cannot act here: without flags (above) it cannot tell ...
     with caplog.at_level(logging.INFO, logger="segdet.engine"):
         _fit(tmp_path / "fp32", 1, amp=True, cpu_bf16=True)

@@ -82,8 +82,8 @@ def test_pipeline_run_id_outside_dvc_is_one_per_process(monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the boot time psutil adds is Linux's /proc/stat")
 def test_pipeline_run_id_and_process_start_survive_a_moved_boot_time(monkeypatch):
     """psutil's create_time() adds the boot time of /proc/stat, which follows the wall clock, so it moves for one
-    process when the clock is stepped. The id the stages of one ``dvc repro`` share, and the start time that tells whether a
-    RUNNING run's process is still there, must not move with it."""
+    process when the clock is stepped. The id the stages of one ``dvc repro`` share, and the start time that tells
+    whether a RUNNING run's process is still there, must not move with it."""
     import psutil
 
     monkeypatch.delenv("SEGDET_PIPELINE_RUN", raising=False)
