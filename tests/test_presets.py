@@ -106,3 +106,12 @@ def test_cli_prints_a_command_the_shell_reads_back(tmp_path, capsys):
     assert main(["preset", "mine", "--presets-dir", str(d), "--params", str(PARAMS), "-S", "data.seg.path=x",
                  "-S", "unet_train.lr=-1"]) == 1
     assert "unet_train.lr = -1" in capsys.readouterr().err
+
+
+def test_cli_help_names_the_commands_in_plain_text(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "segdet console entry" in out and "{check,predict,preset}" in out
+    assert "``" not in out  # the module docstring's reStructuredText quoting is not shown to users

@@ -95,7 +95,7 @@ def _preset(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segdet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="segdet", description=__doc__.replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate manifests (seg: image + 0/255 mask; det: image + VOC XML)")
     check.add_argument("kind", choices=["seg", "det"], help="what the manifests list")
