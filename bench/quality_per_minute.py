@@ -3,15 +3,14 @@
 Every recipe trains with the same loop on the ISIC 2018 folder (``train/`` part, 1600 images at 512 px in
 ``../shared/realdata/isic2018-512``), resized once to each input size it uses and held in memory: Adam at 1e-3,
 random horizontal and vertical flips, inputs in [0, 1] as the stages give them (ImageNet-normalised for the smp
-``Unet``), cross-entropy + soft Dice on 2-class logits (segdet's ``SegLoss``),
-float32, no pretrained weights. Every ``--every`` seconds of training (evaluation not counted) the thresholded
+``Unet``), cross-entropy + soft Dice on 2-class logits (segdet's ``SegLoss``), float32, no pretrained weights. Every ``--every`` seconds of training (evaluation not counted) the thresholded
 Jaccard of the ``val/`` part (400 images) is measured at one common size (``--eval-size``: the network predicts
 at the size it is training at and its logits are resized bilinearly), so recipes of different input sizes are
 scored alike. The result is a curve per recipe: quality reached against training minutes.
 
 A recipe is ``MODEL:SIZES:BATCH[:nchw]``:
 
-- ``MODEL``: ``unet32``, ``unet64`` or ``resnet18`` (segdet's UNets) or ``smp-resnet18`` (the smp ``Unet`` with a
+- ``MODEL``: ``unet32``, ``unet64``, ``unet128`` or ``resnet18`` (segdet's UNets) or ``smp-resnet18`` (the smp ``Unet`` with a
   ResNet-18 encoder, the reference; ``pip install segmentation-models-pytorch``, a benchmark-only dependency);
 - ``SIZES``: the input size, or ``SMALL,LARGE``: train small, then fine-tune large for the last ``--switch``
   share of the minutes;
