@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 
 from segdet.config import load_section
 from segdet.data.datasets import SegmentationDataset
-from segdet.data.formats import parse_voc_xml, write_voc_xml
+from segdet.data.formats import FormatError, parse_voc_xml, write_voc_xml
 from segdet.data.manifest import build_manifests
 from segdet.data.pairs import read_manifest
 from segdet.data.sources import find_isic_pairs, import_coco, import_isic, import_voc, resolve_trainval, voc_split_lists
@@ -185,6 +186,23 @@ def test_voc_png_images_and_a_filename_that_differs_from_the_id(tmp_path: Path) 
     assert [im["file_name"] for im in coco["images"]] == ["raw/voc/JPEGImages/p4.png", "raw/voc/JPEGImages/p5.png"]
 
 
+@pytest.mark.parametrize("use_difficult", [False, True])
+def test_a_class_without_training_objects_is_named_before_any_training(tmp_path: Path, caplog,
+                                                                      use_difficult: bool) -> None:
+    # 'dog' is in the train split only as a difficult object, and in test: the detectors cannot learn it
+    # unless difficult objects train; the manifest stage says so, long before the R-CNN's SVMs would
+    voc = make_voc(tmp_path / "voc_src", TRAIN + TEST, {"train": TRAIN, "test": TEST})
+    write_voc_xml(voc / "Annotations" / "t0.xml", "t0.jpg", W, H, [("cat", (2, 3, 10, 12)), ("dog", (11, 2, 19, 9), True)])
+    write_voc_xml(voc / "Annotations" / "e0.xml", "e0.jpg", W, H, [("dog", (2, 3, 10, 12))])
+    with caplog.at_level("WARNING", logger="segdet.data.manifest"):
+        summary, out = run(tmp_path, voc=voc, det={"source": "voc", "path": str(voc), "use_difficult": use_difficult})
+    assert summary["det"]["classes"] == ["cat", "dog"]
+    assert "t0" in ids_of(out / "det_train.txt")  # data.seed's carve of val leaves it in train
+    assert ("no object of class 'dog' trains (objects in train / val / test: dog 1 / 0 / 1; difficult ones train "
+            "only with data.det.use_difficult)" in caplog.text) == (not use_difficult), caplog.text
+    assert "'cat'" not in caplog.text
+
+
 # ----------------------------------------------------------------------------------------------------------
 # COCO json
 # ----------------------------------------------------------------------------------------------------------
@@ -257,6 +275,90 @@ def test_coco_category_ids_with_gaps_map_to_class_lines_in_id_order(tmp_path: Pa
         files = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
         for a in coco["annotations"]:
             assert a["category_id"] == expected[files[a["image_id"]]]
+
+
+def _coco_split(json_path: Path, image_folder: Path, stems: list[str], first_id: int, categories: list[dict],
+                category: Callable[[int], int] = lambda k: 1) -> None:
+    """One split's instances json naming ``<stem>.jpg`` files (written into ``image_folder``), a box each, of
+    category ``category(k)`` for the k-th."""
+    images = [{"id": first_id + k, "file_name": f"{s}.jpg", "width": W, "height": H} for k, s in enumerate(stems)]
+    anns = [_ann(first_id + k, first_id + k, category(k), [1, 2, 8, 9]) for k in range(len(stems))]
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    for k, stem in enumerate(stems):
+        _rgb(image_folder / f"{stem}.jpg", first_id + k)
+
+
+def test_coco_release_layout_keeps_its_train_and_val_split(tmp_path: Path) -> None:
+    # annotations/instances_{train,val}2017.json with train2017/ and val2017/ beside, as the COCO release ships;
+    # captions and the unannotated test file lie beside them and are not instances of a split
+    root = tmp_path / "coco2017"
+    cats = [{"id": 1, "name": "person"}]
+    train, val = [f"{k:012d}" for k in range(1, 11)], [f"{k:012d}" for k in range(101, 105)]
+    _coco_split(root / "annotations" / "instances_train2017.json", root / "train2017", train, 1, cats)
+    _coco_split(root / "annotations" / "instances_val2017.json", root / "val2017", val, 101, cats)
+    (root / "annotations" / "captions_train2017.json").write_text("{}")
+    (root / "annotations" / "image_info_test2017.json").write_text("{}")
+    summary, out = run(tmp_path, coco=root)
+    info = import_coco(root, tmp_path / "again")
+    assert info["split_lists"] == ["train", "val"] and info["images"] == 14
+    # as for every source with train and val lists: the source's held-out val is the test split
+    assert sorted(ids_of(out / "det_test.txt")) == val
+    assert sorted(ids_of(out / "det_train.txt") + ids_of(out / "det_val.txt")) == train
+    assert summary["det"]["how"].startswith("the source's held-out val list became test")
+
+
+def test_coco_export_split_folders_import_with_their_splits(tmp_path: Path, caplog) -> None:
+    # an annotation tool's COCO export: train/, valid/, test/, each a json among its images; the export's
+    # category 0 names the project and holds no annotation
+    root = tmp_path / "export"
+    cats = [{"id": 0, "name": "animals", "supercategory": "none"}, {"id": 1, "name": "cat", "supercategory": "animals"},
+            {"id": 2, "name": "dog", "supercategory": "animals"}]
+    parts = {"train": [f"tr{k}" for k in range(8)], "valid": [f"va{k}" for k in range(3)],
+             "test": [f"te{k}" for k in range(3)]}
+    for n, (folder, stems) in enumerate(parts.items()):  # cat, dog, cat, dog ... in each
+        _coco_split(root / folder / "_annotations.coco.json", root / folder, stems, 1 + 100 * n, cats, lambda k: 1 + k % 2)
+    with caplog.at_level("WARNING", logger="segdet.data.sources"):
+        summary, out = run(tmp_path, coco=root)
+    assert "left out of the classes: animals" in caplog.text
+    assert (out / "det_classes.txt").read_text() == "cat\ndog\n"
+    for split, folder in (("train", "train"), ("val", "valid"), ("test", "test")):
+        assert sorted(ids_of(out / f"det_{split}.txt")) == sorted(parts[folder])
+    coco = json.loads((out / "det_test_coco.json").read_text())
+    files = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
+    assert sorted((files[a["image_id"]], a["category_id"]) for a in coco["annotations"]) == [
+        ("te0", 1), ("te1", 2), ("te2", 1)]
+
+
+def test_coco_folder_problems_are_named(tmp_path: Path) -> None:
+    cats = [{"id": 1, "name": "cat"}]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FormatError, match="no COCO instances json found; expected annotations/instances_<split>"):
+        import_coco(empty, tmp_path / "o1")
+    # one image in two splits
+    root = tmp_path / "twice"
+    _coco_split(root / "train" / "a.json", root / "train", ["x0", "x1"], 1, cats)
+    _coco_split(root / "val" / "a.json", root / "val", ["x1"], 10, cats)
+    with pytest.raises(FormatError, match=r"two images share the file name 'x1.jpg' .*\(image ids 2 of .*train.*, 10\)"):
+        import_coco(root, tmp_path / "o2")
+    # splits that disagree on a category
+    root = tmp_path / "clash"
+    _coco_split(root / "train" / "a.json", root / "train", ["y0"], 1, cats)
+    _coco_split(root / "test" / "a.json", root / "test", ["y1"], 10, [{"id": 1, "name": "dog"}])
+    with pytest.raises(FormatError, match="category id 1 is 'dog', but 'cat' in another split's json"):
+        import_coco(root, tmp_path / "o3")
+    # two jsons in one split folder, and valid/ beside val/
+    root = tmp_path / "two"
+    _coco_split(root / "train" / "a.json", root / "train", ["z0"], 1, cats)
+    (root / "train" / "b.json").write_text("{}")
+    with pytest.raises(FormatError, match="2 json files .*one instances json beside its images"):
+        import_coco(root, tmp_path / "o4")
+    root = tmp_path / "val_valid"
+    _coco_split(root / "val" / "a.json", root / "val", ["w0"], 1, cats)
+    _coco_split(root / "valid" / "a.json", root / "valid", ["w1"], 10, cats)
+    with pytest.raises(FormatError, match="are all the val split"):
+        import_coco(root, tmp_path / "o5")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from segdet.detection.rcnn.detect import RCNNDetector
 from segdet.detection.rcnn.features import extract_features, iter_chunks
 from segdet.detection.rcnn.model import RegionCNN, normalise, warp
 from segdet.detection.rcnn.regions import RegionBatches, label_regions
-from segdet.detection.rcnn.svm import _Reservoir, load_svm, save_svm, train_svms
+from segdet.detection.rcnn.svm import ABSENT_BIAS, _Reservoir, load_svm, save_svm, train_svms
 from segdet.nets.weights import transfer_weights
 from segdet.sections import RcnnSvmConfig
 
@@ -210,6 +210,33 @@ def test_features_svms_and_detector_find_coloured_squares(tmp_path):
     assert sorted(dets["labels"].tolist()) == [1, 2]  # one detection per square after NMS
     for box, lab in zip(dets["boxes"], dets["labels"], strict=True):
         assert box_iou(box[None], gt[lab - 1][None]).item() > 0.5
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_class_without_training_boxes_is_never_detected_and_the_others_still_train(tmp_path, caplog):
+    # a class listed but absent from the train split (a random split, a category only in test): the stage used
+    # to stop at rcnn_svm, after proposals, fine-tuning and features; now that class alone goes without an SVM
+    rng = np.random.default_rng(0)
+    colours = [(250, 20, 20), (20, 20, 250)]
+    items = [_scene(rng, colours) for _ in range(12)]
+    model = _Identity(3)
+    extract_features(model, iter(items), tmp_path / "f", crop_size=16, context=0, device=torch.device("cpu"),
+                     chunk_images=5, progress=False)
+    settings = RcnnSvmConfig(C=1.0, rounds=1, init_negatives=50, max_negatives=200, reg_alpha=1.0)
+    with caplog.at_level("WARNING", logger="segdet.detection.rcnn.svm"):
+        arrays = train_svms(tmp_path / "f", ["red", "blue", "green"], settings, progress=False)
+    assert "no training box of class 'green'" in caplog.text
+    assert list(arrays["positives"]) == [12, 12, 0] and list(arrays["negatives"])[2] == 0
+    assert not arrays["svm_weight"][2].any() and arrays["svm_bias"][2] == ABSENT_BIAS
+    detector = RCNNDetector(model, arrays, crop_size=16, context=0, device=torch.device("cpu"), min_score=-2.0,
+                            nms_iou=0.3)
+    image, props, gt, labels = _scene(np.random.default_rng(99), colours)
+    dets, _ = detector.detect(image, props)
+    assert 3 not in dets["labels"].tolist()  # not even down to the lowest reported score
+    best = {lab: max(box_iou(b[None], gt[lab - 1][None]).item() for b, la in zip(dets["boxes"], dets["labels"],
+                                                                              strict=True) if la == lab)
+            for lab in (1, 2)}
+    assert min(best.values()) > 0.5, best
 
 
 # ----------------------------------------------------------------------------------------------------------

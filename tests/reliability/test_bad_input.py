@@ -335,6 +335,17 @@ def _coco_missing_image(tmp, ws):
     return prepare_case(tmp, ws, det={"source": "coco", "path": str(path)})
 
 
+def _coco_folder_without_json(tmp, ws):
+    (tmp / "coco" / "train").mkdir(parents=True)
+    return prepare_case(tmp, ws, det={"source": "coco", "path": str(tmp / "coco")})
+
+
+def _coco_image_in_two_splits(tmp, ws):
+    for split in ("train", "valid"):
+        coco_json(tmp / "coco" / split)  # both name c0.jpg ... c5.jpg
+    return prepare_case(tmp, ws, det={"source": "coco", "path": str(tmp / "coco")})
+
+
 def _isic_missing_folder(tmp, ws):
     return prepare_case(tmp, ws, seg={"source": "isic", "path": str(tmp / "nowhere")})
 
@@ -467,6 +478,10 @@ CASES = {
                                      ["instances.json: images[0]", "lacks width, height"]),
     "coco: unknown category": (_coco(categories=[{"id": 2, "name": "square"}]),
                                ["instances.json: annotation 1 has unknown category_id 1"]),
+    "coco: folder without an instances json": (_coco_folder_without_json, [
+        "coco: no COCO instances json found; expected annotations/instances_<split>.json"]),
+    "coco: one image in two splits": (_coco_image_in_two_splits, [
+        "valid/instances.json: two images share the file name 'c0.jpg'"]),
     "manifest: a tab in a file name": (_tab_in_a_file_name, ["data/manifests/seg_", "path cannot be written to a "
                                                               "manifest line"]),
     # ISIC folders

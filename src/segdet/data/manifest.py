@@ -15,12 +15,13 @@ always on data the source held out. ``trainval`` is the union of train and val
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from segdet.data.formats import SPLITS
+from segdet.data.formats import SPLITS, VocAnnotation
 from segdet.data.pairs import (
     ManifestError,
     Pair,
@@ -259,4 +260,20 @@ def build_manifests(
             summary["det"][f"{s}_objects"] = {c: counts.get(c, 0) for c in classes}
             summary["det"][f"{s}_difficult"] = sum(o.difficult for a in split_anns for o in a.objects)
         (d / "det_classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    trained = class_counts([_trained_objects(anns[p.image], cfg.det.use_difficult) for p in det_splits["train"]])
+    if absent := [c for c in classes if not trained[c]]:
+        counts = "; ".join(f"{c} " + " / ".join(str(summary["det"][f"{s}_objects"][c]) for s in SPLITS) for c in absent)
+        log.warning("no object of class %s trains (objects in train / val / test: %s%s): R-CNN and YOLOv1 cannot "
+                    "learn it and will not detect it; give the train split images of it%s",
+                    ", ".join(map(repr, absent)), counts,
+                    "" if cfg.det.use_difficult else "; difficult ones train only with data.det.use_difficult",
+                    " (the split was drawn at random: another data.seed may put some in train)" if "seeded" in det_how
+                    else "")
     return summary
+
+
+def _trained_objects(ann: VocAnnotation | None, use_difficult: bool) -> VocAnnotation | None:
+    """``ann`` with only the objects training sees (difficult ones only with ``data.det.use_difficult``)."""
+    if ann is None or use_difficult:
+        return ann
+    return dataclasses.replace(ann, objects=tuple(o for o in ann.objects if not o.difficult))

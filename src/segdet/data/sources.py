@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Hashable
@@ -173,19 +174,67 @@ def _missing(entry: object, keys: tuple[str, ...]) -> list[str]:
     return missing
 
 
-def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> dict:
-    """Convert a COCO instances json and its images into the VOC layout under ``dst``.
+#: ``annotations/instances_<split><year>.json`` of the COCO release layout (captions, keypoints and the
+#: unannotated ``image_info_test`` files beside them are not instances files and are left alone)
+COCO_INSTANCES = re.compile(r"instances_([a-z]+)(\d*)\.json", re.IGNORECASE)
 
-    Image files are looked up as ``images_dir/<file_name>`` (default: the json's folder, then its
-    ``images/`` sibling); a ``file_name`` in a sub-folder (``sub/a.jpg``, also ``sub\\a.jpg``) is found there
-    and copied as its base name (``JPEGImages/a.jpg``), so two images with one base name are an error.
-    Boxes ``[x, y, w, h]`` become VOC corners rounded outwards. ``iscrowd`` annotations become objects
-    marked ``<difficult>1</difficult>``: ignore regions, neither a hit nor a miss in evaluation (as COCO
-    scores crowd regions) and left out of training unless ``data.det.use_difficult``.
-    ``classes.txt`` lists the categories in id order (ids may have gaps: 1, 3, 7 become lines 1, 2, 3),
-    so COCO names keep their order.
+
+def coco_split_files(folder: Path, images_dir: Path | None = None) -> dict[str, tuple[Path, list[Path]]]:
+    """The instances json of each split in a COCO folder, and where to look for its images.
+
+    Two layouts are recognised (split names as :data:`SPLIT_ALIASES`: ``valid`` is val ...):
+
+    - the COCO release: ``annotations/instances_train2017.json``, ``annotations/instances_val2017.json``, the
+      images in ``train2017/`` and ``val2017/`` beside ``annotations/`` (or in ``images/train2017/`` ...);
+    - one folder a split with its json among its images, as annotation tools export it (Roboflow:
+      ``train/_annotations.coco.json``, ``valid/...``, ``test/...``).
+
+    ``images_dir`` (``data.det.images``) is looked in first: ``images_dir/<split folder>/``, then ``images_dir``.
+
+    Raises:
+        FormatError: neither layout, both, two files for one split, or a split folder with several jsons.
     """
-    json_path = Path(json_path)
+    found: dict[str, list[tuple[Path, list[Path]]]] = {}
+
+    def add(split: str, json_path: Path, name: str, candidates: list[Path]) -> None:
+        first = [images_dir / name, images_dir] if images_dir else []
+        found.setdefault(split, []).append((json_path, first + candidates))
+
+    release = folder / "annotations"
+    if release.is_dir():
+        for f in sorted(release.glob("*.json")):
+            m = COCO_INSTANCES.fullmatch(f.name)
+            if m and m.group(1).lower() in SPLIT_ALIASES:
+                name = f.stem[len("instances_"):]  # train2017
+                add(SPLIT_ALIASES[m.group(1).lower()], f, name,
+                    [folder / name, folder / "images" / name, folder / "images", folder])
+    per_folder = {}
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if d.name.lower() in SPLIT_ALIASES and (jsons := sorted(d.glob("*.json"))):
+            if len(jsons) > 1:
+                raise FormatError(f"{d}: {len(jsons)} json files ({', '.join(j.name for j in jsons[:5])}); a split "
+                                  "folder of a COCO export holds one instances json beside its images")
+            per_folder[d.name] = (SPLIT_ALIASES[d.name.lower()], jsons[0], [d, d / "images"])
+    if found and per_folder:
+        raise FormatError(f"{folder}: both annotations/instances_*.json and split folders with a json "
+                          f"({', '.join(sorted(per_folder))}/); point data.det.path at one json or one layout")
+    for name, (split, json_path, candidates) in per_folder.items():
+        add(split, json_path, name, candidates)
+    doubles = {s: fs for s, fs in found.items() if len(fs) > 1}
+    if doubles:
+        raise FormatError("; ".join(f"{', '.join(str(f[0]) for f in fs)} are all the {s} split"
+                                    for s, fs in doubles.items()) + f" of {folder}: keep one json a split")
+    if not found:
+        raise FormatError(
+            f"{folder}: no COCO instances json found; expected annotations/instances_<split>.json (the COCO "
+            "release: instances_train2017.json, instances_val2017.json), split folders train/, val/ (or valid/), "
+            "test/ with one json each (Roboflow's _annotations.coco.json), or data.det.path = the json file itself"
+        )
+    return {s: found[s][0] for s in ("train", "trainval", "val", "test") if s in found}
+
+
+def _read_coco(json_path: Path) -> dict:
+    """A COCO instances json, checked for the keys the import reads (every problem named with its entry)."""
     try:
         coco = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -193,7 +242,6 @@ def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> d
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
             raise FormatError(f"{json_path}: no '{key}' list; expected a COCO instances file")
-    candidates = [images_dir] if images_dir else [json_path.parent, json_path.parent / "images"]
     entry_problems = [f"{json_path}: images[{i}] ({img!r:.80}) lacks {', '.join(_missing(img, COCO_IMAGE_KEYS))}"
                       for i, img in enumerate(coco["images"]) if _missing(img, COCO_IMAGE_KEYS)]
     entry_problems += [f"{json_path}: annotations[{i}] ({a!r:.80}) lacks {', '.join(_missing(a, COCO_ANN_KEYS))}"
@@ -203,53 +251,100 @@ def import_coco(json_path: Path, dst: Path, images_dir: Path | None = None) -> d
     if entry_problems:
         raise FormatError("\n".join(entry_problems[:20]) + "\n(a COCO instances file: images need id, file_name, width, "
                           "height; annotations need image_id, category_id and bbox [x, y, w, h])")
-    cats = sorted(coco["categories"], key=lambda c: c["id"])
-    cat_name = {c["id"]: c["name"] for c in cats}
-    by_image: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
+    return coco
+
+
+def import_coco(path: Path, dst: Path, images_dir: Path | None = None) -> dict:
+    """Convert COCO instances json(s) and their images into the VOC layout under ``dst``.
+
+    ``path`` is one instances json (its images pooled into ``trainval``, split later by the ratios) or a
+    folder holding one json a split (:func:`coco_split_files`: the COCO release's ``annotations/`` or an
+    export's ``train/``, ``valid/``, ``test/``), whose splits become ``ImageSets/Main/<split>.txt`` lists.
+    Image files are looked up as ``images_dir/<file_name>`` (default: the json's folder, then its
+    ``images/`` sibling); a ``file_name`` in a sub-folder (``sub/a.jpg``, also ``sub\\a.jpg``) is found there
+    and copied as its base name (``JPEGImages/a.jpg``), so two images with one base name are an error (also
+    across splits). Boxes ``[x, y, w, h]`` become VOC corners rounded outwards. ``iscrowd`` annotations become
+    objects marked ``<difficult>1</difficult>``: ignore regions, neither a hit nor a miss in evaluation (as
+    COCO scores crowd regions) and left out of training unless ``data.det.use_difficult``.
+    ``classes.txt`` lists the categories in id order (ids may have gaps: 1, 3, 7 become lines 1, 2, 3),
+    so COCO names keep their order; a category without a single annotation (an export's placeholder for the
+    project, say) is left out, with a warning. Several jsons must agree on the name of each category id.
+    """
+    path = Path(path)
+    if path.is_dir():
+        splits = coco_split_files(path, images_dir)
+        layout = "folder"
+    else:
+        candidates = [images_dir] if images_dir else [path.parent, path.parent / "images"]
+        splits = {"trainval": (path, candidates)}
+        layout = "json"
+    sources = {split: (json_path, cands, _read_coco(json_path)) for split, (json_path, cands) in splits.items()}
+    cat_name: dict[int, str] = {}
+    used: Counter[int] = Counter()
+    for json_path, _, coco in sources.values():
+        for c in coco["categories"]:
+            if cat_name.setdefault(c["id"], c["name"]) != c["name"]:
+                raise FormatError(f"{json_path}: category id {c['id']} is {c['name']!r}, but {cat_name[c['id']]!r} in "
+                                  f"another split's json; the splits of one dataset must share their categories")
+        used.update(a["category_id"] for a in coco["annotations"])
     (dst / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (dst / "Annotations").mkdir(parents=True, exist_ok=True)
     (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
-    ids: list[str] = []
-    names_seen: dict[str, int] = {}
+    names_seen: dict[str, tuple[str, int]] = {}
     crowd = written = 0
-    for img in coco["images"]:
-        fname = str(img.get("file_name", "")).replace("\\", "/")
-        found = next((Path(c) / fname for c in candidates if c and (Path(c) / fname).is_file()), None)
-        if found is None:
-            tried = ", ".join(str(Path(c) / fname) for c in candidates if c)
-            problems.append(f"{json_path}: image id {img.get('id')}: file {fname!r} not found (tried {tried})")
-            continue
-        base = Path(fname).name
-        stem = Path(base).stem
-        if stem in names_seen:  # a.jpg and a.png would share the id (annotation file) a
-            problems.append(f"{json_path}: two images share the file name {base!r} or its id {stem!r} "
-                            f"(image ids {names_seen[stem]}, {img['id']})")
-            continue
-        names_seen[stem] = img["id"]
-        shutil.copy2(found, dst / "JPEGImages" / base)
-        w, h = int(img["width"]), int(img["height"])
-        objects = []
-        for a in by_image.get(img["id"], []):
-            if a["category_id"] not in cat_name:
-                problems.append(f"{json_path}: annotation {a.get('id')} has unknown category_id {a['category_id']}")
+    lists: dict[str, list[str]] = {}
+    for split, (json_path, candidates, coco) in sources.items():
+        by_image: dict[int, list[dict]] = {}
+        for a in coco["annotations"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+        ids = lists.setdefault(split, [])
+        for img in coco["images"]:
+            fname = str(img.get("file_name", "")).replace("\\", "/")
+            found = next((Path(c) / fname for c in candidates if c and (Path(c) / fname).is_file()), None)
+            if found is None:
+                tried = ", ".join(str(Path(c) / fname) for c in candidates if c)
+                problems.append(f"{json_path}: image id {img.get('id')}: file {fname!r} not found (tried {tried})")
                 continue
-            is_crowd = bool(a.get("iscrowd", 0))
-            crowd += is_crowd
-            x, y, bw, bh = a["bbox"]
-            xmin, ymin, xmax, ymax = xyxy_to_voc(x, y, x + bw, y + bh)
-            box = (max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h))
-            objects.append((cat_name[a["category_id"]], box, is_crowd))
-            written += 1
-        write_voc_xml(dst / "Annotations" / f"{stem}.xml", base, w, h, objects)
-        ids.append(stem)
+            base = Path(fname).name
+            stem = Path(base).stem
+            if stem in names_seen:  # a.jpg and a.png would share the id (annotation file) a
+                where, other = names_seen[stem]
+                problems.append(f"{json_path}: two images share the file name {base!r} or its id {stem!r} "
+                                f"(image ids {other}{f' of {where}' if where != str(json_path) else ''}, {img['id']})")
+                continue
+            names_seen[stem] = (str(json_path), img["id"])
+            shutil.copy2(found, dst / "JPEGImages" / base)
+            w, h = int(img["width"]), int(img["height"])
+            objects = []
+            for a in by_image.get(img["id"], []):
+                if a["category_id"] not in cat_name:
+                    problems.append(f"{json_path}: annotation {a.get('id')} has unknown category_id {a['category_id']}")
+                    continue
+                is_crowd = bool(a.get("iscrowd", 0))
+                crowd += is_crowd
+                x, y, bw, bh = a["bbox"]
+                xmin, ymin, xmax, ymax = xyxy_to_voc(x, y, x + bw, y + bh)
+                box = (max(xmin, 1), max(ymin, 1), min(xmax, w), min(ymax, h))
+                objects.append((cat_name[a["category_id"]], box, is_crowd))
+                written += 1
+            write_voc_xml(dst / "Annotations" / f"{stem}.xml", base, w, h, objects)
+            ids.append(stem)
     if problems:
         raise FormatError("\n".join(problems))
-    (dst / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
-    (dst / "classes.txt").write_text("".join(f"{c['name']}\n" for c in cats))
-    return {"images": len(ids), "annotations": written - crowd, "crowd_as_difficult": crowd}
+    for split, ids in lists.items():
+        (dst / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
+    empty = [cat_name[i] for i in sorted(cat_name) if not used[i]]
+    if empty:
+        log.warning("COCO categories without a single annotation left out of the classes: %s", ", ".join(empty))
+    (dst / "classes.txt").write_text("".join(f"{cat_name[i]}\n" for i in sorted(cat_name) if used[i]))
+    info = {"images": sum(len(ids) for ids in lists.values()), "annotations": written - crowd,
+            "crowd_as_difficult": crowd}
+    if layout == "folder":
+        info |= {"split_lists": sorted(lists), "split_files": {s: str(f) for s, (f, _, _) in sources.items()}}
+    if empty:
+        info["empty_categories_dropped"] = empty
+    return info
 
 
 # ----------------------------------------------------------------------------------------------------------

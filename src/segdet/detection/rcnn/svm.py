@@ -25,6 +25,8 @@ FEATURE_NORM = 20.0
 EASY_NEGATIVE = -1.2
 #: a negative scoring above this (inside the margin) is hard and joins the cache (the paper: > -1)
 HARD_NEGATIVE = -1.0
+#: the bias of a class without a training box (no SVM): a margin no region reaches, so it is never detected
+ABSENT_BIAS = -1.0e4
 #: LinearSVC intercept_scaling: the bias is a feature of this value, so C regularises it far less
 INTERCEPT_SCALING = 10.0
 
@@ -89,16 +91,18 @@ def train_svms(feature_dir: Path, classes: list[str], settings: RcnnSvmConfig, s
                 t = encode(torch.from_numpy(chunk["boxes"][reg]), torch.from_numpy(chunk["gt_box"][reg])).numpy()
                 regs[c].add(np.concatenate([x[reg], t], axis=1))
     positives = [np.concatenate(p) if p else np.zeros((0, dim), np.float32) for p in positives]
-    for c, name in enumerate(classes):
-        if len(positives[c]) == 0:
-            raise ValueError(f"class {name!r} has no ground-truth box in the training features")
+    absent = [c for c in range(n) if len(positives[c]) == 0]
+    if absent:
+        log.warning("no training box of class %s: its SVM cannot be trained, so R-CNN never detects it (give the "
+                    "train split images of it)", ", ".join(repr(classes[c]) for c in absent))
     caches = [r.array(dim) for r in init]
     weights = np.zeros((n, dim), np.float32)
-    biases = np.zeros(n, np.float32)
+    biases = np.full(n, ABSENT_BIAS, np.float32)
     stats = {"hard_negatives_added": np.zeros(n, np.int64)}
     for rnd in range(s.rounds + 1):
         for c in range(n):
-            weights[c], biases[c] = _fit_svm(positives[c], caches[c], s, seed)
+            if c not in absent:
+                weights[c], biases[c] = _fit_svm(positives[c], caches[c], s, seed)
         if rnd == s.rounds:
             break
         # evict easy negatives, then mine: negatives inside the margin join the cache
