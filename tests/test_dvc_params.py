@@ -382,7 +382,7 @@ EVAL_AND_TRAIN = {"unet_train", "unet_eval", "rcnn_finetune", "rcnn_features", "
     ("data.det.num_images", 20, {"prepare"}),  # manifest reads the files, not the count
     ("data.split.train", 0.6, {"manifest"}),
     ("data.seg.source", "isic", {"prepare", "manifest", "report"}),
-    ("data.det.use_difficult", True, {"rcnn_finetune", "rcnn_features", "yolo_train"}),
+    ("data.det.use_difficult", True, {"manifest", "rcnn_finetune", "rcnn_features", "yolo_train"}),
 ])
 def test_dvc_status_reruns_only_the_stages_that_read_a_changed_key(lock_copy, key, value, stages):
     params = yaml.safe_load((lock_copy / "params.yaml").read_text())

@@ -63,7 +63,7 @@ class SegDataConfig:
 class DetDataConfig:
     """``data.det``: where the detection (Pascal VOC-style) data comes from."""
 
-    source: Literal["synthetic", "voc", "coco", "manifest"] = "synthetic"
+    source: Literal["synthetic", "voc", "coco", "yolo", "manifest"] = "synthetic"
     path: str | None = None
     images: str | None = None
     classes: tuple[str, ...] | None = None

@@ -23,7 +23,15 @@ from segdet.data.datasets import SegmentationDataset
 from segdet.data.formats import FormatError, parse_voc_xml, write_voc_xml
 from segdet.data.manifest import build_manifests
 from segdet.data.pairs import read_manifest
-from segdet.data.sources import find_isic_pairs, import_coco, import_isic, import_voc, resolve_trainval, voc_split_lists
+from segdet.data.sources import (
+    find_isic_pairs,
+    import_coco,
+    import_isic,
+    import_voc,
+    import_yolo,
+    resolve_trainval,
+    voc_split_lists,
+)
 
 SPLITS = ("train", "val", "test")
 W, H = 20, 16
@@ -359,6 +367,122 @@ def test_coco_folder_problems_are_named(tmp_path: Path) -> None:
     _coco_split(root / "valid" / "a.json", root / "valid", ["w1"], 10, cats)
     with pytest.raises(FormatError, match="are all the val split"):
         import_coco(root, tmp_path / "o5")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# YOLO txt labels
+# ----------------------------------------------------------------------------------------------------------
+
+BOX_LINE = "1 0.5 0.5 0.4 0.5"  # dog: x 0.3..0.7 of 20 px = 6..14, y 0.25..0.75 of 16 px = 4..12
+POLYGON_LINE = "0 0.1 0.125 0.3 0.125 0.2 0.5"  # cat, a segment label: its box x 2..6, y 2..8
+
+
+def _yolo_image(images: Path, labels: Path | None, stem: str, lines: list[str], seed: int = 0) -> None:
+    _rgb(images / f"{stem}.jpg", seed)
+    if labels is not None:
+        labels.mkdir(parents=True, exist_ok=True)
+        (labels / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+
+
+def _coco_boxes(out: Path, split: str) -> dict[str, list[tuple[list[float], int]]]:
+    coco = json.loads((out / f"det_{split}_coco.json").read_text())
+    files = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
+    boxes: dict[str, list] = {files[i]: [] for i in files}
+    for a in coco["annotations"]:
+        boxes[files[a["image_id"]]].append((a["bbox"], a["category_id"]))
+    return boxes
+
+
+def run_yolo(tmp_path: Path, src: Path) -> tuple[dict, Path]:
+    raw = tmp_path / "raw"
+    isic = make_isic(tmp_path / "isic_src")
+    import_isic(isic, raw / "isic")
+    import_yolo(src, raw / "voc")
+    cfg = load_section("data", {"data": {"seg": {"source": "isic", "path": str(isic)},
+                                         "det": {"source": "yolo", "path": str(src)}}})
+    return build_manifests(cfg, raw, tmp_path / "manifests", tmp_path, progress=False), tmp_path / "manifests"
+
+
+def test_yolo_ultralytics_yaml_layout_imports_boxes_polygons_and_background_images(tmp_path: Path) -> None:
+    root = tmp_path / "yolo"
+    root.mkdir()
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: cat\n  1: dog\n")
+    for k in range(8):
+        _yolo_image(root / "images" / "train", root / "labels" / "train", f"t{k}", [BOX_LINE, POLYGON_LINE], k)
+    _yolo_image(root / "images" / "train", None, "t_background", [], 50)  # no label file: no objects
+    for k in range(3):
+        _yolo_image(root / "images" / "val", root / "labels" / "val", f"v{k}", [BOX_LINE], 60 + k)
+    summary, out = run_yolo(tmp_path, root)
+    assert (out / "det_classes.txt").read_text() == "cat\ndog\n"
+    assert parse_voc_xml(tmp_path / "raw" / "voc" / "Annotations" / "t0.xml").objects[0].voc == (7, 5, 14, 12)
+    # the source's val is the test split (train and val given), as for VOC and ISIC; val is carved from train
+    assert sorted(ids_of(out / "det_test.txt")) == ["v0", "v1", "v2"]
+    assert sorted(ids_of(out / "det_train.txt") + ids_of(out / "det_val.txt")) == [f"t{k}" for k in range(8)] + [
+        "t_background"]
+    boxes = {**_coco_boxes(out, "train"), **_coco_boxes(out, "val")}
+    # category_id = YOLO class + 1; COCO [x, y, w, h] equal to the YOLO box in pixels
+    assert sorted(boxes["t3"]) == [([2.0, 2.0, 4.0, 6.0], 1), ([6.0, 4.0, 8.0, 8.0], 2)]
+    assert boxes["t_background"] == []
+
+
+def test_yolo_export_with_split_folders_and_a_yaml_pointing_one_folder_up(tmp_path: Path) -> None:
+    # Roboflow's YOLO export: train/ valid/ test/ with images/ and labels/, data.yaml says ../train/images
+    root = tmp_path / "export"
+    root.mkdir()
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\ntest: ../test/images\n"
+                                    "nc: 2\nnames: ['cat', 'dog']\n")
+    parts = {"train": 6, "valid": 2, "test": 2}
+    for folder, n in parts.items():
+        for k in range(n):
+            _yolo_image(root / folder / "images", root / folder / "labels", f"{folder}{k}", [BOX_LINE], k)
+    summary, out = run_yolo(tmp_path, root / "data.yaml")
+    for split, folder in (("train", "train"), ("val", "valid"), ("test", "test")):
+        assert sorted(ids_of(out / f"det_{split}.txt")) == [f"{folder}{k}" for k in range(parts[folder])]
+
+
+def test_yolo_folders_without_a_yaml_take_classes_txt(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    root.mkdir()
+    (root / "classes.txt").write_text("cat\ndog\n")
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        for k in range(n):
+            _yolo_image(root / "images" / split, root / "labels" / split, f"{split}{k}", [POLYGON_LINE], k)
+    summary, out = run_yolo(tmp_path, root)
+    assert [len(ids_of(out / f"det_{s}.txt")) for s in SPLITS] == [6, 2, 2]
+    assert _coco_boxes(out, "test")["test0"] == [([2.0, 2.0, 4.0, 6.0], 1)]
+
+
+def test_yolo_val_that_repeats_train_is_left_out(tmp_path: Path, caplog) -> None:
+    root = tmp_path / "demo"  # as coco128.yaml: val is the train folder
+    root.mkdir()
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [cat, dog]\n")
+    for k in range(10):
+        _yolo_image(root / "images" / "train", root / "labels" / "train", f"t{k}", [BOX_LINE], k)
+    with caplog.at_level("WARNING", logger="segdet.data.sources"):
+        summary, out = run_yolo(tmp_path, root)
+    assert "the val split is the train split's images again" in caplog.text
+    assert sum(len(ids_of(out / f"det_{s}.txt")) for s in SPLITS) == 10
+
+
+def test_yolo_label_problems_name_the_file_and_line(tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "classes.txt").write_text("cat\ndog\n")
+    labels = root / "labels" / "train"
+    _yolo_image(root / "images" / "train", labels, "a", [BOX_LINE, "2 0.5 0.5 0.1 0.1"])
+    _yolo_image(root / "images" / "train", labels, "b", ["0 0.5 0.5 0.1", "0 1.2 0.5 0.2 0.2", "x 0.5 0.5 0.1 0.1"])
+    with pytest.raises(FormatError) as err:
+        import_yolo(root, tmp_path / "out")
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{labels / 'a.txt'}:2: class 2 is not one of 0..1 (2 names)"
+    assert lines[1].startswith(f"{labels / 'b.txt'}:1: expected 5 numbers 'class cx cy w h'")
+    assert lines[2].startswith(f"{labels / 'b.txt'}:2: box 1.1,0.4,1.3,0.6 is outside the image")
+    assert lines[3].startswith(f"{labels / 'b.txt'}:3: expected 'class cx cy w h' numbers")
+    (root / "classes.txt").unlink()
+    with pytest.raises(FormatError, match="no class names: add a dataset yaml with 'names', or classes.txt"):
+        import_yolo(root, tmp_path / "out2")
+    with pytest.raises(FormatError, match="not a YOLO dataset"):
+        import_yolo(root / "labels", tmp_path / "o3")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -346,6 +346,16 @@ def _coco_image_in_two_splits(tmp, ws):
     return prepare_case(tmp, ws, det={"source": "coco", "path": str(tmp / "coco")})
 
 
+def _yolo_class_beyond_names(tmp, ws):
+    root = tmp / "yolo"
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "classes.txt").write_text("circle\n")
+    for i in range(4):
+        rgb(root / "images" / "train" / f"y{i}.jpg", seed=i)
+        (root / "labels" / "train" / f"y{i}.txt").write_text(f"{i // 3} 0.5 0.5 0.2 0.2\n")  # y3: class 1
+    return prepare_case(tmp, ws, det={"source": "yolo", "path": str(root)})
+
+
 def _isic_missing_folder(tmp, ws):
     return prepare_case(tmp, ws, seg={"source": "isic", "path": str(tmp / "nowhere")})
 
@@ -482,6 +492,8 @@ CASES = {
         "coco: no COCO instances json found; expected annotations/instances_<split>.json"]),
     "coco: one image in two splits": (_coco_image_in_two_splits, [
         "valid/instances.json: two images share the file name 'c0.jpg'"]),
+    "yolo: class beyond the names": (_yolo_class_beyond_names, [
+        "yolo/labels/train/y3.txt:1: class 1 is not one of 0..0 (1 names)"]),
     "manifest: a tab in a file name": (_tab_in_a_file_name, ["data/manifests/seg_", "path cannot be written to a "
                                                               "manifest line"]),
     # ISIC folders
@@ -534,7 +546,7 @@ def test_bad_input_fails_cleanly(case, workspace, tmp_path):
 def test_the_matrix_covers_every_kind_of_input():
     kinds = {c.split(":")[0] for c in CASES}
     assert len(CASES) >= 40
-    assert {"params", "seg", "manifest", "det", "voc", "coco", "isic", "checkpoint", "predict"} <= kinds
+    assert {"params", "seg", "manifest", "det", "voc", "coco", "yolo", "isic", "checkpoint", "predict"} <= kinds
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from segdet.data.sources import (
     import_coco,
     import_isic,
     import_voc,
+    import_yolo,
 )
 from segdet.io import atomic_dirs, write_json
 from segdet.sections import DataConfig
@@ -61,6 +62,8 @@ def prepare_data(
         elif det.source == "coco":
             images = resolve(det.images, root) if det.images else None
             info = import_coco(resolve(det.path, root), voc, images)
+        elif det.source == "yolo":
+            info = import_yolo(resolve(det.path, root), voc)
         else:
             info = {"manifest": str(resolve(det.path, root))}
         summary["det"] = {"source": det.source, **info}

@@ -14,7 +14,15 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
-from segdet.data.formats import IMAGE_EXTS, SPLITS, FormatError, name_problem, write_voc_xml, xyxy_to_voc
+from segdet.data.formats import (
+    IMAGE_EXTS,
+    SPLITS,
+    FormatError,
+    image_size,
+    name_problem,
+    write_voc_xml,
+    xyxy_to_voc,
+)
 
 #: split list / split folder names a source may carry, mapped to segdet's names
 SPLIT_ALIASES = {
@@ -454,3 +462,226 @@ def import_isic(src: Path, dst: Path) -> dict:
     if problems:
         raise FormatError("\n".join(problems))
     return {"images": sum(counts.values()), "splits": dict(counts)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# YOLO txt labels (ultralytics, Darknet, Roboflow exports) -> VOC layout
+# ----------------------------------------------------------------------------------------------------------
+
+#: a YOLO box coordinate may pass the image's edge by this much (normalised) before it is an error: exporters
+#: round; what passes is clipped to the edge
+YOLO_EDGE_TOLERANCE = 0.01
+#: files that name the classes, one a line, in a YOLO folder without a dataset yaml (Darknet's obj.names ...)
+YOLO_NAME_FILES = ("classes.txt", "obj.names", "names.txt", "classes.names")
+
+
+def _yolo_names(names: object, where: Path) -> list[str]:
+    """The ``names`` of a dataset yaml: a list, or a mapping ``{0: a, 1: b}`` with ids 0..n-1."""
+    if isinstance(names, list) and names and all(isinstance(n, (str, int)) for n in names):
+        return [str(n) for n in names]
+    if isinstance(names, dict) and names:
+        try:
+            ids = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            ids = []
+        if ids == list(range(len(names))):
+            return [str(names.get(i, names.get(str(i)))) for i in ids]
+    raise FormatError(f"{where}: 'names' must list the class names (a list, or {{0: name, 1: name, ...}}), "
+                      f"got {names!r:.80}")
+
+
+def _yolo_images(entry: object, root: Path, where: Path) -> list[Path]:
+    """The images of one split entry of a dataset yaml: folders (searched recursively) and .txt lists of image
+    paths; a path given as ``../x`` that does not exist is also tried as ``x`` (as ultralytics does: exports
+    write ``../train/images`` beside the yaml)."""
+    out: list[Path] = []
+    for item in entry if isinstance(entry, list) else [entry]:
+        if not isinstance(item, str) or not item:
+            raise FormatError(f"{where}: a split must name a folder or a .txt list of images, got {item!r:.80}")
+        p = (root / item).resolve() if not Path(item).is_absolute() else Path(item)
+        if not p.exists() and item.startswith("../"):
+            p = (root / item[3:]).resolve()
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        elif p.is_file() and p.suffix == ".txt":
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    f = Path(line.strip())
+                    out.append(f if f.is_absolute() else (p.parent / f).resolve())
+        else:
+            raise FormatError(f"{where}: split path {item!r} is neither a folder nor a .txt list of images "
+                              f"(looked for {p})")
+    return out
+
+
+def yolo_splits(src: Path) -> tuple[dict[str | None, list[Path]], list[str], str]:
+    """The images of each split and the class names of a YOLO dataset, and a sentence saying how they were found.
+
+    ``src`` is an ultralytics dataset yaml (``path``, ``train``, ``val``, ``test``, ``names``), or a folder
+    holding one, or a folder laid out as ``images/<split>/`` beside ``labels/<split>/`` (ultralytics),
+    ``<split>/images/`` beside ``<split>/labels/`` (Roboflow), or ``images/`` beside ``labels/`` (no splits:
+    ``{None: images}``), its class names in ``classes.txt`` (or ``obj.names``, ``names.txt``).
+    """
+    import yaml
+
+    yamls = [src] if src.is_file() else sorted([*src.glob("*.yaml"), *src.glob("*.yml")])
+    if src.is_file() or yamls:
+        if len(yamls) > 1:
+            raise FormatError(f"{src}: {len(yamls)} yaml files ({', '.join(y.name for y in yamls[:5])}); point "
+                              "data.det.path at the dataset yaml")
+        where = yamls[0]
+        try:
+            spec = yaml.safe_load(where.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise FormatError(f"{where}: not a readable dataset yaml ({exc})") from None
+        if not isinstance(spec, dict) or "names" not in spec or "train" not in spec:
+            raise FormatError(f"{where}: a YOLO dataset yaml needs 'train' and 'names' (and 'val', 'test')")
+        root = Path(str(spec.get("path") or ""))
+        root = root if root.is_absolute() else (where.parent / root).resolve()
+        splits: dict[str | None, list[Path]] = {}
+        for key in ("train", "val", "test"):
+            if spec.get(key):
+                splits[key] = _yolo_images(spec[key], root, where)
+        return splits, _yolo_names(spec["names"], where), f"{where.name}"
+    names_file = next((src / n for n in YOLO_NAME_FILES if (src / n).is_file()), None)
+    splits = {}
+    for d in sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []:
+        split = SPLIT_ALIASES.get(d.name.lower())
+        if split in (*SPLITS, "trainval") and (d / "images").is_dir():
+            splits.setdefault(split, []).extend(sorted(f for f in (d / "images").rglob("*")
+                                                       if f.is_file() and f.suffix.lower() in IMAGE_EXTS))
+    if not splits and (src / "images").is_dir():
+        subs = {SPLIT_ALIASES.get(d.name.lower()): d for d in (src / "images").iterdir() if d.is_dir()}
+        subs.pop(None, None)
+        for split, d in sorted(subs.items()):
+            splits[split] = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        if not subs:
+            splits[None] = sorted(f for f in (src / "images").rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+    if not splits:
+        raise FormatError(f"{src}: not a YOLO dataset: expected a dataset yaml (train, val, test, names), or "
+                          "images/<split>/ beside labels/<split>/, or <split>/images/ beside <split>/labels/, or "
+                          "images/ beside labels/")
+    if names_file is None:
+        raise FormatError(f"{src}: no class names: add a dataset yaml with 'names', or {YOLO_NAME_FILES[0]} with one "
+                          "class name a line (line 1 = class 0)")
+    names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+    return splits, names, f"folders, names from {names_file.name}"
+
+
+def yolo_label_path(image: Path) -> Path:
+    """The label file of an image: ``.../images/.../x.jpg`` -> ``.../labels/.../x.txt`` (the last ``images``
+    folder of its path), as ultralytics and Darknet pair them."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def read_yolo_labels(path: Path, width: int, height: int, names: list[str]
+                     ) -> tuple[list[tuple[str, tuple[int, int, int, int], bool]], list[str]]:
+    """A YOLO label file's objects as ``(class name, VOC corners, False)`` in pixels of a ``width`` x ``height``
+    image, and its problems (``file:line: what``).
+
+    A line is ``class cx cy w h`` (normalised to 0..1), or a polygon ``class x1 y1 x2 y2 ...`` (a segmentation
+    label: its bounding box). A coordinate up to :data:`YOLO_EDGE_TOLERANCE` past an edge is clipped to it.
+    """
+    objects, problems = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{n}"
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            problems.append(f"{where}: expected 'class cx cy w h' numbers, got {line.strip()!r:.80}")
+            continue
+        if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
+            problems.append(f"{where}: expected 5 numbers 'class cx cy w h' (or a polygon 'class x1 y1 x2 y2 ...'), "
+                            f"got {len(values)}")
+            continue
+        cls = values[0]
+        if cls != int(cls) or not 0 <= cls < len(names):
+            problems.append(f"{where}: class {fields[0]} is not one of 0..{len(names) - 1} ({len(names)} names)")
+            continue
+        if len(values) == 5:
+            cx, cy, w, h = values[1:]
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+            if w < 0 or h < 0:
+                problems.append(f"{where}: negative width or height")
+                continue
+        else:
+            xs, ys = values[1::2], values[2::2]
+            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+        if min(x1, y1) < -YOLO_EDGE_TOLERANCE or max(x2, y2) > 1 + YOLO_EDGE_TOLERANCE:
+            problems.append(f"{where}: box {x1:.4g},{y1:.4g},{x2:.4g},{y2:.4g} is outside the image (YOLO coordinates "
+                            "are fractions of its width and height, 0..1)")
+            continue
+        x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2))
+        xmin, ymin, xmax, ymax = xyxy_to_voc(x1 * width, y1 * height, x2 * width, y2 * height)
+        objects.append((names[int(cls)], (max(xmin, 1), max(ymin, 1), min(xmax, width), min(ymax, height)), False))
+    return objects, problems
+
+
+def import_yolo(src: Path, dst: Path) -> dict:
+    """Convert a YOLO dataset (:func:`yolo_splits`) into the VOC layout under ``dst``: each image copied to
+    ``JPEGImages/`` by its file name, its label file (:func:`yolo_label_path`) to ``Annotations/<stem>.xml``
+    (an image without a label file, or with an empty one, has no objects: a background image), the splits to
+    ``ImageSets/Main/<split>.txt`` and the names to ``classes.txt`` (line k + 1 = YOLO class k). Sizes come from
+    the image headers (stored pixels; EXIF orientation is not applied, as everywhere in segdet)."""
+    src = Path(src)
+    if not src.exists():
+        raise FormatError(f"{src}: no such folder or file (data.det.path must name a YOLO dataset folder or yaml)")
+    splits, names, how = yolo_splits(src)
+    if len(set(names)) != len(names):
+        raise FormatError(f"{src}: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    seen: dict[str, Path] = {}
+    lists: dict[str | None, list[str]] = {}
+    objects = unlabelled = 0
+    for split, images in splits.items():
+        same = next((s for s in lists if set(splits[s]) == set(images)), None)
+        if same is not None:  # coco128.yaml: val is the train folder again
+            log.warning("%s: the %s split is the %s split's images again; it is left out (the manifest stage carves "
+                        "a val split from train)", src, split, same)
+            continue
+        ids = lists.setdefault(split, [])
+        for image in images:
+            if problem := name_problem(image):
+                problems.append(problem)
+                continue
+            if not image.is_file():
+                problems.append(f"{image}: listed for {split}, but no such file")
+                continue
+            if image.stem in seen:
+                problems.append(f"{image}: a second image with the id {image.stem!r} (also {seen[image.stem]}); "
+                                "ids are file names without extension and must be unique across the splits")
+                continue
+            seen[image.stem] = image
+            size = image_size(image)
+            if size is None:
+                problems.append(f"{image}: cannot read the image's size (not an image file, or damaged)")
+                continue
+            label = yolo_label_path(image)
+            found: list = []
+            if label.is_file():
+                found, probs = read_yolo_labels(label, size[0], size[1], names)
+                problems += probs
+            unlabelled += not found
+            objects += len(found)
+            shutil.copy2(image, dst / "JPEGImages" / image.name)
+            write_voc_xml(dst / "Annotations" / f"{image.stem}.xml", image.name, size[0], size[1], found)
+            ids.append(image.stem)
+    if problems:
+        raise FormatError("\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""))
+    if not seen:
+        raise FormatError(f"{src}: no images found ({how})")
+    for split, ids in lists.items():
+        (dst / "ImageSets" / "Main" / f"{split or 'trainval'}.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
+    (dst / "classes.txt").write_text("".join(f"{n}\n" for n in names))
+    return {"images": len(seen), "annotations": objects, "images_without_objects": unlabelled,
+            "split_lists": sorted(s or "trainval" for s in lists), "found_by": how}
