@@ -425,6 +425,22 @@ def test_yolo_ultralytics_yaml_layout_imports_boxes_polygons_and_background_imag
     assert boxes["t_background"] == []
 
 
+def test_yolo_boxes_written_with_six_decimals_come_back_to_the_same_pixels(tmp_path: Path) -> None:
+    # a VOC box exported as YOLO fractions with 6 decimals (as exporters write them) lands a hair off its pixel
+    # edges; rounding outwards alone would grow such a box by a pixel. Image 1999 x 1333, as photos come
+    root = tmp_path / "round_trip"
+    (root / "labels").mkdir(parents=True)
+    (root / "classes.txt").write_text("cat\n")
+    w, h = 1999, 1333
+    boxes = [(11, 21, 1500, 900), (1, 1, 1999, 1333), (640, 7, 1237, 1111)]  # VOC corners
+    lines = [f"0 {(x1 - 1 + x2) / 2 / w:.6f} {(y1 - 1 + y2) / 2 / h:.6f} {(x2 - x1 + 1) / w:.6f} {(y2 - y1 + 1) / h:.6f}"
+             for x1, y1, x2, y2 in boxes]
+    _rgb(root / "images" / "p.jpg", w=w, h=h)
+    (root / "labels" / "p.txt").write_text("\n".join(lines) + "\n")
+    import_yolo(root, tmp_path / "voc")
+    assert [o.voc for o in parse_voc_xml(tmp_path / "voc" / "Annotations" / "p.xml").objects] == boxes
+
+
 def test_yolo_export_with_split_folders_and_a_yaml_pointing_one_folder_up(tmp_path: Path) -> None:
     # Roboflow's YOLO export: train/ valid/ test/ with images/ and labels/, data.yaml says ../train/images
     root = tmp_path / "export"

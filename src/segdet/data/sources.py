@@ -620,7 +620,11 @@ def read_yolo_labels(path: Path, width: int, height: int, names: list[str]
                             "are fractions of its width and height, 0..1)")
             continue
         x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2))
-        xmin, ymin, xmax, ymax = xyxy_to_voc(x1 * width, y1 * height, x2 * width, y2 * height)
+        # a whole pixel written as a fraction (6 decimals, as exporters write them) comes back a hair off it: snap it, so
+        # that rounding outwards does not grow the box by a pixel
+        x1, y1, x2, y2 = (round(v) if abs(v - round(v)) < 0.01 else v
+                          for v in (x1 * width, y1 * height, x2 * width, y2 * height))
+        xmin, ymin, xmax, ymax = xyxy_to_voc(x1, y1, x2, y2)
         objects.append((names[int(cls)], (max(xmin, 1), max(ymin, 1), min(xmax, width), min(ymax, height)), False))
     return objects, problems
 
