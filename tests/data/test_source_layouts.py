@@ -166,6 +166,15 @@ def test_voc_trainval_ids_beyond_train_and_val_go_to_train_with_a_warning(
     assert "added to train: x0, x1" in warning
 
 
+def test_a_vocdevkit_folder_names_the_voc_folders_inside_it(tmp_path: Path) -> None:
+    for year in ("VOC2007", "VOC2012"):
+        make_voc(tmp_path / "VOCdevkit" / year, ["a"], {"trainval": ["a"]})
+    with pytest.raises(FormatError) as err:
+        import_voc(tmp_path / "VOCdevkit", tmp_path / "out")
+    assert str(err.value).endswith(f"; the VOC folders inside it: {tmp_path / 'VOCdevkit' / 'VOC2007'}, "
+                                   f"{tmp_path / 'VOCdevkit' / 'VOC2012'} (set data.det.path to one)")
+
+
 def test_resolve_trainval_rules() -> None:
     tv = ["a", "b", "c", "d"]
     # train and val given: trainval dropped

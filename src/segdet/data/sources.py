@@ -120,9 +120,14 @@ def find_voc_image(folder: Path, image_id: str) -> Path | None:
 def check_voc_folder(folder: Path) -> None:
     missing = [d for d in ("JPEGImages", "Annotations") if not (folder / d).is_dir()]
     if missing:
+        # VOCdevkit/ holds VOC2007/ and VOC2012/: name them rather than leave the user to guess
+        inside = sorted(str(d) for d in (folder.iterdir() if folder.is_dir() else [])
+                        if (d / "JPEGImages").is_dir() and (d / "Annotations").is_dir())
         raise FormatError(
             f"{folder}: not a Pascal VOC folder (missing {', '.join(missing)}/); expected "
             "JPEGImages/, Annotations/*.xml and optionally ImageSets/Main/{train,val,test}.txt"
+            + (f"; the VOC folder{'s' if len(inside) > 1 else ''} inside it: {', '.join(inside)} (set "
+               "data.det.path to one)" if inside else "")
         )
 
 
