@@ -267,7 +267,7 @@ def test_coco_images_in_sub_folders_import(tmp_path: Path) -> None:
     _rgb(tmp_path / "pics" / "2017" / "a.jpg")
     _rgb(tmp_path / "pics" / "2017" / "night" / "b.png")
     _rgb(tmp_path / "pics" / "2018" / "c.jpg")
-    info = import_coco(path, tmp_path / "voc", images_dir=tmp_path / "pics")
+    info = import_coco(path.parent, tmp_path / "voc", images_dir=tmp_path / "pics")  # the json's folder: that json
     assert info["images"] == 3
     assert sorted(p.name for p in (tmp_path / "voc" / "JPEGImages").iterdir()) == ["a.jpg", "b.png", "c.jpg"]
     assert parse_voc_xml(tmp_path / "voc" / "Annotations" / "b.xml").filename == "b.png"

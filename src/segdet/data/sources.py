@@ -270,8 +270,8 @@ def _read_coco(json_path: Path) -> dict:
 def import_coco(path: Path, dst: Path, images_dir: Path | None = None) -> dict:
     """Convert COCO instances json(s) and their images into the VOC layout under ``dst``.
 
-    ``path`` is one instances json (its images pooled into ``trainval``, split later by the ratios) or a
-    folder holding one json a split (:func:`coco_split_files`: the COCO release's ``annotations/`` or an
+    ``path`` is one instances json (its images pooled into ``trainval``, split later by the ratios; also a folder
+    holding just that json and its images) or a folder holding one json a split (:func:`coco_split_files`: the COCO release's ``annotations/`` or an
     export's ``train/``, ``valid/``, ``test/``), whose splits become ``ImageSets/Main/<split>.txt`` lists.
     Image files are looked up as ``images_dir/<file_name>`` (default: the json's folder, then its
     ``images/`` sibling); a ``file_name`` in a sub-folder (``sub/a.jpg``, also ``sub\\a.jpg``) is found there
@@ -284,6 +284,10 @@ def import_coco(path: Path, dst: Path, images_dir: Path | None = None) -> dict:
     project, say) is left out, with a warning. Several jsons must agree on the name of each category id.
     """
     path = Path(path)
+    tops = sorted(path.glob("*.json")) if path.is_dir() else []
+    if len(tops) == 1 and not (path / "annotations").is_dir() and not any(
+            d.is_dir() and d.name.lower() in SPLIT_ALIASES for d in path.iterdir()):
+        path = tops[0]  # a folder holding one json and its images: that json
     if path.is_dir():
         splits = coco_split_files(path, images_dir)
         layout = "folder"
