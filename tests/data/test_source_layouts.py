@@ -483,9 +483,12 @@ def test_yolo_val_that_repeats_train_is_left_out(tmp_path: Path, caplog) -> None
     (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [cat, dog]\n")
     for k in range(10):
         _yolo_image(root / "images" / "train", root / "labels" / "train", f"t{k}", [BOX_LINE], k)
+    (root / "images" / "test").mkdir()  # an empty split folder
+    (root / "data.yaml").write_text((root / "data.yaml").read_text() + "test: images/test\n")
     with caplog.at_level("WARNING", logger="segdet.data.sources"):
         summary, out = run_yolo(tmp_path, root)
     assert "the val split is the train split's images again" in caplog.text
+    assert "the test split has no images; it is left out" in caplog.text
     assert sum(len(ids_of(out / f"det_{s}.txt")) for s in SPLITS) == 10
 
 

@@ -657,6 +657,9 @@ def import_yolo(src: Path, dst: Path) -> dict:
     lists: dict[str | None, list[str]] = {}
     objects = unlabelled = 0
     for split, images in splits.items():
+        if not images:
+            log.warning("%s: the %s split has no images; it is left out", src, split or "trainval")
+            continue
         same = next((s for s in lists if set(splits[s]) == set(images)), None)
         if same is not None:  # coco128.yaml: val is the train folder again
             log.warning("%s: the %s split is the %s split's images again; it is left out (the manifest stage carves "
