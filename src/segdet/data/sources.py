@@ -117,6 +117,11 @@ def find_voc_image(folder: Path, image_id: str) -> Path | None:
     return None
 
 
+def _listed(problems: list[str], most: int = 50) -> str:
+    """Problems one a line, the first ``most`` of them and how many more."""
+    return "\n".join(problems[:most]) + (f"\n... and {len(problems) - most} more" if len(problems) > most else "")
+
+
 def check_voc_folder(folder: Path) -> None:
     missing = [d for d in ("JPEGImages", "Annotations") if not (folder / d).is_dir()]
     if missing:
@@ -149,7 +154,7 @@ def import_voc(src: Path, dst: Path) -> dict:
             elif find_voc_image(src, image_id) is None:
                 missing.append(f"{where}: lists {image_id}, but there is no JPEGImages/{image_id}.jpg (or .png ...)")
     if missing:
-        raise FormatError("\n".join(missing[:50]) + (f"\n... and {len(missing) - 50} more" if len(missing) > 50 else ""))
+        raise FormatError(_listed(missing))
     for sub in ("JPEGImages", "Annotations"):
         shutil.copytree(src / sub, dst / sub)
     (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
@@ -271,8 +276,9 @@ def import_coco(path: Path, dst: Path, images_dir: Path | None = None) -> dict:
     """Convert COCO instances json(s) and their images into the VOC layout under ``dst``.
 
     ``path`` is one instances json (its images pooled into ``trainval``, split later by the ratios; also a folder
-    holding just that json and its images) or a folder holding one json a split (:func:`coco_split_files`: the COCO release's ``annotations/`` or an
-    export's ``train/``, ``valid/``, ``test/``), whose splits become ``ImageSets/Main/<split>.txt`` lists.
+    holding just that json and its images) or a folder holding one json a split (:func:`coco_split_files`: the
+    COCO release's ``annotations/`` or an export's ``train/``, ``valid/``, ``test/``), whose splits become
+    ``ImageSets/Main/<split>.txt`` lists.
     Image files are looked up as ``images_dir/<file_name>`` (default: the json's folder, then its
     ``images/`` sibling); a ``file_name`` in a sub-folder (``sub/a.jpg``, also ``sub\\a.jpg``) is found there
     and copied as its base name (``JPEGImages/a.jpg``), so two images with one base name are an error (also
@@ -693,7 +699,7 @@ def import_yolo(src: Path, dst: Path) -> dict:
             write_voc_xml(dst / "Annotations" / f"{image.stem}.xml", image.name, size[0], size[1], found)
             ids.append(image.stem)
     if problems:
-        raise FormatError("\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""))
+        raise FormatError(_listed(problems))
     if not seen:
         raise FormatError(f"{src}: no images found ({how})")
     for split, ids in lists.items():
