@@ -15,13 +15,13 @@ always on data the source held out. ``trainval`` is the union of train and val
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from segdet.data.formats import SPLITS, VocAnnotation
+from segdet.data.formats import SPLITS
 from segdet.data.pairs import (
     ManifestError,
     Pair,
@@ -260,7 +260,8 @@ def build_manifests(
             summary["det"][f"{s}_objects"] = {c: counts.get(c, 0) for c in classes}
             summary["det"][f"{s}_difficult"] = sum(o.difficult for a in split_anns for o in a.objects)
         (d / "det_classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    trained = class_counts([_trained_objects(anns[p.image], cfg.det.use_difficult) for p in det_splits["train"]])
+    trained = Counter(o.name for p in det_splits["train"] for o in anns[p.image].objects
+                      if cfg.det.use_difficult or not o.difficult)  # the objects training sees
     if absent := [c for c in classes if not trained[c]]:
         counts = "; ".join(f"{c} " + " / ".join(str(summary["det"][f"{s}_objects"][c]) for s in SPLITS) for c in absent)
         log.warning("no object of class %s trains (objects in train / val / test: %s%s): R-CNN and YOLOv1 cannot "
@@ -271,9 +272,3 @@ def build_manifests(
                     else "")
     return summary
 
-
-def _trained_objects(ann: VocAnnotation | None, use_difficult: bool) -> VocAnnotation | None:
-    """``ann`` with only the objects training sees (difficult ones only with ``data.det.use_difficult``)."""
-    if ann is None or use_difficult:
-        return ann
-    return dataclasses.replace(ann, objects=tuple(o for o in ann.objects if not o.difficult))
