@@ -7,7 +7,8 @@ inference (no autograd) in the layout its stage uses, FLOPs counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; what the peak measures too), time
 the best of ``--repeats`` timed runs after warm-up. ``share`` = achieved / the higher of the two peaks of the same
 precision. Training steps run in float32 and, with such an ``amp``, under autocast too; inference runs in float32,
-as the evaluation stages do.
+as the evaluation stages do. On a CPU, glibc's malloc keeps freed blocks for reuse as ``engine.fit`` has it
+(``segdet.runtime.keep_freed_memory``); ``--glibc-defaults`` measures without that.
 
     python -m bench.roofline [--json reports/roofline.json] [--device cuda] [--quick]
 """
@@ -32,7 +33,7 @@ from segdet.detection.yolo.loss import YoloLoss
 from segdet.engine import autocast_dtype, make_optimizer
 from segdet.nets.unet import build_unet
 from segdet.nets.yolo import YOLOv1
-from segdet.runtime import hardware
+from segdet.runtime import hardware, keep_freed_memory
 from segdet.sections import YoloTrainConfig
 from segdet.segmentation.losses import SegLoss
 
@@ -183,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke test)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (the stages' training raises them)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cpu" and not args.glibc_defaults:
+        keep_freed_memory()  # as engine.fit does for the stages' training
     quick = args.quick
     repeats = 2 if quick else args.repeats
     peak = peaks(device, quick)
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case.name:17s} {case.mode:5s} {case.precision:8s} {case.setting:47s} {flops / 1e9:7.2f} GFLOP "
               f"{seconds * 1e3:7.1f} ms {gflops:7.1f} GFLOP/s {share:5.2f} of the {case.precision} peak", flush=True)
     result = {"hardware": hardware(device), "threads": torch.get_num_threads(),
+              "allocator": "glibc defaults" if args.glibc_defaults or device.type != "cpu" else "freed blocks kept",
               "peak_gflops": peak, "models": rows}
     print("peak GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" on {result['hardware']}")
     if args.json:

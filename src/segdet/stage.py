@@ -85,9 +85,10 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     read-only folder), prints ``ERROR: ...`` and gives exit status 1."""
     setup_logging()
     signal.signal(signal.SIGTERM, _terminate)
-    from segdet.runtime import share_machine  # noqa: PLC0415 (keeps this module free of segdet imports at load)
+    from segdet.runtime import keep_freed_memory, share_machine  # noqa: PLC0415 (no segdet imports at load)
 
     share_machine()
+    keep_freed_memory()
     return report_errors(main, argv)
 
 
