@@ -7,7 +7,7 @@ inference (no autograd) in the layout its stage uses, FLOPs counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; what the peak measures too), time
 the best of ``--repeats`` timed runs after warm-up. ``share`` = achieved / the higher of the two peaks of the same
 precision. Training steps run in float32 and, with such an ``amp``, under autocast too; inference runs in float32,
-as the evaluation stages do. On a CPU, glibc's malloc keeps freed blocks for reuse as ``engine.fit`` has it
+as the evaluation stages do. On a CPU, glibc's malloc keeps freed blocks for reuse as every stage has it
 (``segdet.runtime.keep_freed_memory``); ``--glibc-defaults`` measures without that.
 
     python -m bench.roofline [--json reports/roofline.json] [--device cuda] [--quick]
@@ -185,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke test)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--glibc-defaults", action="store_true",
-                    help="leave glibc's malloc thresholds as they are (the stages' training raises them)")
+                    help="leave glibc's malloc thresholds as they are (every stage raises them)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu" and not args.glibc_defaults:
-        keep_freed_memory()  # as engine.fit does for the stages' training
+        keep_freed_memory()  # as segdet.stage.run_stage does for every stage
     quick = args.quick
     repeats = 2 if quick else args.repeats
     peak = peaks(device, quick)

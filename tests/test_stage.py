@@ -73,7 +73,6 @@ def test_check_writable_probes_the_folder_an_output_is_renamed_in(tmp_path):
     assert caught.value.filename == str(tmp_path / "file" / "out.json")
 
 
-
 _STEP_FAULTS = """
 import resource, statistics, subprocess, sys
 import torch

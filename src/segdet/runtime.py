@@ -219,7 +219,7 @@ def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
     ``mmap`` and hands the heap's free top back once it exceeds twice that, so each step faults in and zeroes
     those pages again: 10 to 25 thousand page faults a UNet32 training step. With both thresholds at ``limit``
     the blocks are reused from the heap (a few hundred faults a step): the stages run 4 to 20 % faster with the
-    same results, at 50 to 150 MB more peak memory (docs/benchmarks.md, "The allocator"). Called by every stage
+    same results, at up to about 130 MB more peak memory (docs/benchmarks.md, "The allocator"). Called by every stage
     at start (``segdet.stage.run_stage``); its child processes inherit it (``MALLOC_*_THRESHOLD_`` in the
     environment for those started fresh). A no-op returning False where there is no glibc ``mallopt`` (macOS,
     Windows, musl's stub) or where the environment sets ``SEGDET_KEEP_FREED_MEMORY=0``."""
