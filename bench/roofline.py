@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave glibc's malloc thresholds as they are (every stage raises them)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu" and not args.glibc_defaults:
-        keep_freed_memory()  # as segdet.stage.run_stage does for every stage
+    # as segdet.stage.run_stage does for every stage
+    kept = device.type == "cpu" and not args.glibc_defaults and keep_freed_memory()
     quick = args.quick
     repeats = 2 if quick else args.repeats
     peak = peaks(device, quick)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case.name:17s} {case.mode:5s} {case.precision:8s} {case.setting:47s} {flops / 1e9:7.2f} GFLOP "
               f"{seconds * 1e3:7.1f} ms {gflops:7.1f} GFLOP/s {share:5.2f} of the {case.precision} peak", flush=True)
     result = {"hardware": hardware(device), "threads": torch.get_num_threads(),
-              "allocator": "glibc defaults" if args.glibc_defaults or device.type != "cpu" else "freed blocks kept",
+              "allocator": "freed blocks kept" if kept else "glibc defaults",
               "peak_gflops": peak, "models": rows}
     print("peak GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" on {result['hardware']}")
     if args.json:
