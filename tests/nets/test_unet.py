@@ -106,3 +106,39 @@ def test_transposed_upsampling_learns_2x2_up_convolutions_and_keeps_any_input_si
 def test_unknown_upsampling_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"Wrong UNet upsample 'nearest'. Available options are: bilinear, transpose"):
         build_unet("unet32", upsample="nearest")
+
+
+def _output_and_grads(model, x):
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("variant", "upsample", "size"), [("unet32", "bilinear", (48, 48)),
+                                                         ("unet32", "transpose", (37, 53)),
+                                                         ("resnet18", "bilinear", (64, 64))])
+def test_decoders_skip_the_concatenation_on_a_cpu_with_the_concatenating_networks_outputs_and_gradients(
+        monkeypatch, variant, upsample, size):
+    # on a CPU in float32 the decoders convolve the upsampled map and the skip separately and sum (faster, no
+    # copy into a concatenation); the reference is the same weights run through torch.cat, as on CUDA
+    import copy
+
+    from segdet.nets import unet as unet_module
+
+    assert unet_module.split_concat(torch.zeros(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not unet_module.split_concat(torch.zeros(1))  # reduced-precision sums keep the concatenation
+    torch.manual_seed(0)
+    # eval mode: batch norms on running statistics, so float rounding is not amplified by batch statistics
+    model = build_unet(variant, upsample=upsample).to(memory_format=torch.channels_last).eval()
+    reference = copy.deepcopy(model)
+    x = torch.rand(2, 3, *size).contiguous(memory_format=torch.channels_last)
+    out, grads = _output_and_grads(model, x)
+    monkeypatch.setattr(unet_module, "split_concat", lambda t: False)
+    ref_out, ref_grads = _output_and_grads(reference, x)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        scale = ref_grads[name].abs().max().item()
+        assert (g - ref_grads[name]).abs().max().item() <= 1e-4 * scale, name
+    assert model.state_dict().keys() == reference.state_dict().keys()
