@@ -3,12 +3,14 @@
 Reads ``data/manifests/det_{train,val,test}.txt`` and params ``proposals``; writes
 ``data/proposals/{train,val,test}.parquet`` (columns ``image, x1, y1, x2, y2``) and
 ``reports/proposals.json`` (recall of the ground-truth boxes at IoU 0.5 and 0.7, boxes per image) and
-``reports/proposals_info.json`` (mode, workers, seconds per image: the run, not DVC metrics).
+``reports/proposals_info.json`` (mode, workers, seconds per image: the run, not DVC metrics; with ``mode: auto``
+the mode chosen on training images and the recalls it was chosen on, ``mode_auto``).
 """
 
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,7 +19,7 @@ from segdet import tracking
 from segdet.config import load_params, load_section
 from segdet.data.formats import SPLITS
 from segdet.data.pairs import box_targets, read_classes, read_manifest
-from segdet.detection.proposals import ProposalWriter, covered, propose_many
+from segdet.detection.proposals import ProposalWriter, choose_mode, covered, propose_many
 from segdet.io import atomic_dir, write_json
 from segdet.runtime import cpu_share
 from segdet.schema import flatten
@@ -40,6 +42,16 @@ def main(argv=None):
     report = {"max_side": cfg.max_side}
     info = {"mode": cfg.mode, "workers": workers}  # and the timings: the run, not results (no DVC metrics)
     with tracking.stage_run("proposals", flatten(cfg, "proposals.")) as run, atomic_dir(args.out) as out:
+        if cfg.mode == "auto":  # chosen on training images; rcnn_eval and segdet predict read it from info
+            pairs = read_manifest(args.manifests / "det_train.txt")
+            gt = [t.boxes for t in box_targets(pairs, classes, Path("."))]
+            mode, chosen_on = choose_mode([p.image for p in pairs], gt, cfg, workers)
+            settings = replace(cfg, mode=mode)
+            info.update(mode=mode, mode_auto=chosen_on)
+            run.set_tags({"proposals_mode": mode})
+            found = ", ".join(f"{m} {r:.3f}" for m, r in chosen_on["recall_0.5"].items())
+            print(f"proposals: mode auto -> {mode} (recall@0.5 on {chosen_on['images']} training images: {found}; "
+                  f"quality is chosen when it gains at least {chosen_on['min_gain']})")
         for split in SPLITS:
             pairs = read_manifest(args.manifests / f"det_{split}.txt")
             targets = box_targets(pairs, classes, Path("."))  # DVC runs the stage in the repository root

@@ -19,6 +19,7 @@ from segdet.config import load_params, load_section
 from segdet.data.datasets import read_classes
 from segdet.detection.detector import publish_report, run_detector
 from segdet.detection.evaluate import describe_cut, evaluate_detections
+from segdet.detection.proposals import resolve_mode
 from segdet.detection.rcnn.detect import load_rcnn
 from segdet.detection.rcnn.regions import iter_split
 from segdet.inference import settings_of
@@ -44,7 +45,8 @@ def main(argv=None):
     check_writable(args.metrics, args.info, args.out)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_eval", params)
-    proposals = load_section("proposals", params)  # what the served model searches with (mode, max_side, ...)
+    # what the served model searches with (mode, max_side, ...); mode auto: the one the proposals stage chose
+    proposals = resolve_mode(load_section("proposals", params), args.proposal_info)
     device = resolve_device(base.device)
     detector = load_rcnn(args.cnn, args.svm, device=device, min_score=cfg.min_score, nms_iou=None if cfg.nms_iou == "auto" else cfg.nms_iou,
                          max_detections=cfg.max_detections, box_voting=cfg.box_voting)

@@ -56,7 +56,11 @@ def _predict(args: argparse.Namespace) -> int:
 
         params = load_params(args.params) if Path(args.params).is_file() else {}
         ev = load_section(f"{args.kind}_eval", params)
-        proposals = load_section("proposals", params) if args.kind == "rcnn" else None
+        proposals = None
+        if args.kind == "rcnn":  # mode auto: the one the workspace's proposals stage chose
+            from segdet.detection.proposals import resolve_mode
+
+            proposals = resolve_mode(load_section("proposals", params), Path("reports/proposals_info.json"))
         settings = settings_of(args.kind, ev, proposals, args.score_threshold)
     device = resolve_device(args.device)
     images = find_images(args.inputs)

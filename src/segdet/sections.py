@@ -159,7 +159,7 @@ class UnetEvalConfig:
 class ProposalsConfig:
     """``proposals``: selective search region proposals."""
 
-    mode: Literal["fast", "quality"] = "fast"
+    mode: Literal["fast", "quality", "auto"] = "fast"
     max_side: int = param(256, ge=32, le=4096)
     min_size: int = param(8, ge=1)
     max_proposals: int = param(2000, ge=1, le=100_000)

@@ -92,3 +92,81 @@ def test_streamed_proposals_file_reads_back_per_image_in_any_order(tmp_path):
             np.testing.assert_array_equal(props, boxes.get(name, np.zeros((0, 4), np.float32)))
             assert props.dtype == np.float32 and props.shape[1] == 4
 
+
+
+def _fake_search(gt, quality_finds_both):
+    """A stand-in for propose_many: fast mode finds the first object of each image, quality mode both objects of the
+    images in ``quality_finds_both``; records which images each mode searched."""
+    searched = {}
+
+    def search(paths, settings, workers=0):
+        searched.setdefault(settings.mode, []).extend(paths)
+        for p in paths:
+            i = int(p[3:-4])
+            n = 2 if settings.mode == "quality" and i in quality_finds_both else 1
+            yield p, gt[i][:n], 1.0 if settings.mode == "fast" else 3.0
+
+    return search, searched
+
+
+@pytest.mark.parametrize(("quality_finds_both", "min_gain", "chosen"), [
+    (range(10), 0.02, "quality"),   # recall 1.0 against 0.5
+    ({0}, 0.02, "quality"),         # 5 of 8 objects against 4 of 8: +0.125
+    ({0}, 0.2, "fast"),             # the same gain under a higher bar
+    ((), 0.02, "fast"),             # no gain: the cheaper mode
+])
+def test_auto_mode_takes_quality_only_when_it_covers_enough_more_training_objects(monkeypatch, quality_finds_both,
+                                                                                min_gain, chosen):
+    from segdet.detection import proposals
+
+    gt = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)] * 10 + [np.zeros((0, 4), np.float32)] * 5
+    paths = [f"img{i}.jpg" for i in range(15)]
+    search, searched = _fake_search(gt, set(quality_finds_both))
+    monkeypatch.setattr(proposals, "propose_many", search)
+    mode, info = proposals.choose_mode(paths, gt, ProposalsConfig("auto"), images=4, min_gain=min_gain)
+    assert mode == chosen
+    # four images evenly spread over the ten with objects (the five without none would count nothing), both modes
+    assert searched == {"fast": ["img0.jpg", "img3.jpg", "img6.jpg", "img9.jpg"],
+                        "quality": ["img0.jpg", "img3.jpg", "img6.jpg", "img9.jpg"]}
+    found = len([i for i in (0, 3, 6, 9) if i in set(quality_finds_both)])
+    assert info == {"images": 4, "min_gain": min_gain, "recall_0.5": {"fast": 0.5, "quality": (4 + found) / 8},
+                    "seconds_per_image": {"fast": 1.0, "quality": 3.0}}
+
+
+def test_auto_mode_measures_each_modes_recall_with_the_real_search(tmp_path):
+    from dataclasses import replace
+
+    from segdet.detection.proposals import MODES, choose_mode
+
+    img = _scene()
+    paths, gt = [], []
+    for k in range(2):  # the scene and its mirror image, as files (the search reads them like the stage does)
+        path = tmp_path / f"scene{k}.png"
+        Image.fromarray(img[:, ::-1] if k else img).save(path)
+        paths.append(str(path))
+        boxes = np.array([[30, 20, 90, 60], [100, 70, 150, 110]], np.float32)
+        gt.append(np.stack([160 - boxes[:, 2], boxes[:, 1], 160 - boxes[:, 0], boxes[:, 3]], 1) if k else boxes)
+    cfg = ProposalsConfig("auto", max_side=100, min_size=4, max_proposals=20)
+    mode, info = choose_mode(paths, gt, cfg, workers=1)
+    assert mode in MODES and info["images"] == 2
+    for m in MODES:  # each recall is what the search of that mode gives on the images, counted independently
+        found = [selective_search(np.asarray(Image.open(p))[:, :, ::-1], replace(cfg, mode=m)) for p in paths]
+        assert info["recall_0.5"][m] == recall(gt, found, 0.5)
+
+
+def test_auto_mode_resolves_to_what_the_proposals_stage_chose(tmp_path):
+    import json
+
+    from segdet.detection.proposals import resolve_mode
+
+    cfg = ProposalsConfig("auto", max_side=640)
+    info = tmp_path / "proposals_info.json"
+    with pytest.raises(FileNotFoundError, match=r"proposals.mode is auto, and .*proposals_info.json .* run the "
+                                                r"proposals stage first, or set proposals.mode to fast or quality"):
+        resolve_mode(cfg, info)
+    info.write_text(json.dumps({"mode": "quality", "workers": 2}))
+    assert resolve_mode(cfg, info) == ProposalsConfig("quality", max_side=640)
+    assert resolve_mode(ProposalsConfig("fast"), tmp_path / "absent.json") == ProposalsConfig("fast")  # not read
+    info.write_text(json.dumps({"mode": "auto"}))
+    with pytest.raises(ValueError, match="mode 'auto' is not one of fast, quality"):
+        resolve_mode(cfg, info)
