@@ -45,7 +45,7 @@ def main(argv=None):
         if cfg.mode == "auto":  # chosen on training images; rcnn_eval and segdet predict read it from info
             pairs = read_manifest(args.manifests / "det_train.txt")
             gt = [t.boxes for t in box_targets(pairs, classes, Path("."))]
-            mode, chosen_on = choose_mode([p.image for p in pairs], gt, cfg, workers)
+            mode, chosen_on = choose_mode([p.image for p in pairs], gt, cfg, workers, progress=True)
             settings = replace(cfg, mode=mode)
             info.update(mode=mode, mode_auto=chosen_on)
             run.set_tags({"proposals_mode": mode})

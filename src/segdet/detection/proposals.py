@@ -92,7 +92,8 @@ def propose_many(paths: list[str | Path], settings: ProposalsConfig, workers: in
 
 
 def choose_mode(paths: list[str | Path], gt_boxes: list[np.ndarray], settings: ProposalsConfig, workers: int = 0,
-                images: int = AUTO_IMAGES, min_gain: float = AUTO_MIN_GAIN) -> tuple[str, dict]:
+                images: int = AUTO_IMAGES, min_gain: float = AUTO_MIN_GAIN, progress: bool = False
+                ) -> tuple[str, dict]:
     """``proposals.mode: auto``: ``quality`` if on up to ``images`` training images (evenly spaced among those with
     objects) it covers at least ``min_gain`` more of the ground-truth boxes at IoU 0.5 than ``fast``, else ``fast``.
 
@@ -111,8 +112,12 @@ def choose_mode(paths: list[str | Path], gt_boxes: list[np.ndarray], settings: P
     for mode in MODES:
         hits = objects = 0
         took = 0.0
-        for k, (_, boxes, s) in zip(picks, propose_many([paths[k] for k in picks], replace(settings, mode=mode),
-                                                         workers), strict=True):
+        searched = propose_many([paths[k] for k in picks], replace(settings, mode=mode), workers)
+        if progress:
+            from tqdm import tqdm
+
+            searched = tqdm(searched, total=len(picks), unit="img", desc=f"mode auto: {mode} on training images")
+        for k, (_, boxes, s) in zip(picks, searched, strict=True):
             hits, objects, took = hits + covered(gt_boxes[k], boxes, 0.5), objects + len(gt_boxes[k]), took + s
         found[mode], seconds[mode] = hits / objects, took / len(picks)
     chosen = "quality" if found["quality"] - found["fast"] >= min_gain else "fast"
