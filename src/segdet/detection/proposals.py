@@ -2,8 +2,9 @@
 
 Each image is resized so its longer side is ``max_side`` (up or down; selective search finds more small
 regions on larger images), searched in ``fast`` or ``quality`` mode (``auto``: the one that covers more of the
-training objects, :func:`choose_mode`), and the boxes are mapped back to the original pixels. Boxes smaller than ``min_size`` on either side are dropped, exact duplicates
-removed, and at most ``max_proposals`` kept in selective search's own (hierarchical) order.
+training objects, :func:`choose_mode`), and the boxes are mapped back to the original pixels. Boxes smaller than
+``min_size`` on either side are dropped, exact duplicates removed, and at most ``max_proposals`` kept in selective
+search's own (hierarchical) order.
 """
 
 from __future__ import annotations
