@@ -45,8 +45,10 @@ def main(argv=None):
     check_writable(args.metrics, args.info, args.out)
     params = load_params(args.params)
     base, cfg = load_section("base", params), load_section("rcnn_eval", params)
-    # what the served model searches with (mode, max_side, ...); mode auto: the one the proposals stage chose
-    proposals = resolve_mode(load_section("proposals", params), args.proposal_info)
+    # what the served model searches with; mode auto: the one the proposals stage chose
+    search = load_section("proposals", params)
+    proposals = {"mode": resolve_mode(search.mode, args.proposal_info), "max_side": search.max_side,
+                 "min_size": search.min_size, "max_proposals": search.max_proposals}
     device = resolve_device(base.device)
     detector = load_rcnn(args.cnn, args.svm, device=device, min_score=cfg.min_score, nms_iou=None if cfg.nms_iou == "auto" else cfg.nms_iou,
                          max_detections=cfg.max_detections, box_voting=cfg.box_voting)

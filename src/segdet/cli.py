@@ -58,9 +58,12 @@ def _predict(args: argparse.Namespace) -> int:
         ev = load_section(f"{args.kind}_eval", params)
         proposals = None
         if args.kind == "rcnn":  # mode auto: the one the workspace's proposals stage chose
+            from dataclasses import replace
+
             from segdet.detection.proposals import resolve_mode
 
-            proposals = resolve_mode(load_section("proposals", params), Path("reports/proposals_info.json"))
+            proposals = load_section("proposals", params)
+            proposals = replace(proposals, mode=resolve_mode(proposals.mode, Path("reports/proposals_info.json")))
         settings = settings_of(args.kind, ev, proposals, args.score_threshold)
     device = resolve_device(args.device)
     images = find_images(args.inputs)

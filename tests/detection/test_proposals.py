@@ -159,14 +159,13 @@ def test_auto_mode_resolves_to_what_the_proposals_stage_chose(tmp_path):
 
     from segdet.detection.proposals import resolve_mode
 
-    cfg = ProposalsConfig("auto", max_side=640)
     info = tmp_path / "proposals_info.json"
     with pytest.raises(FileNotFoundError, match=r"proposals.mode is auto, and .*proposals_info.json .* run the "
                                                 r"proposals stage first, or set proposals.mode to fast or quality"):
-        resolve_mode(cfg, info)
+        resolve_mode("auto", info)
     info.write_text(json.dumps({"mode": "quality", "workers": 2}))
-    assert resolve_mode(cfg, info) == ProposalsConfig("quality", max_side=640)
-    assert resolve_mode(ProposalsConfig("fast"), tmp_path / "absent.json") == ProposalsConfig("fast")  # not read
+    assert resolve_mode("auto", info) == "quality"
+    assert resolve_mode("fast", tmp_path / "absent.json") == "fast"  # a mode as given: nothing read
     info.write_text(json.dumps({"mode": "auto"}))
     with pytest.raises(ValueError, match="mode 'auto' is not one of fast, quality"):
-        resolve_mode(cfg, info)
+        resolve_mode("auto", info)

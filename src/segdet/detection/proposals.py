@@ -125,24 +125,26 @@ def choose_mode(paths: list[str | Path], gt_boxes: list[np.ndarray], settings: P
     return chosen, {"images": len(picks), "min_gain": min_gain, "recall_0.5": found, "seconds_per_image": seconds}
 
 
-def resolve_mode(settings: ProposalsConfig, info_path: str | Path) -> ProposalsConfig:
-    """``settings`` with ``mode: auto`` replaced by the mode the ``proposals`` stage chose (the ``mode`` of its
-    ``reports/proposals_info.json``), so what searches new images searches as the stage did.
+def resolve_mode(mode: str, info_path: str | Path) -> str:
+    """``proposals.mode`` as searched: ``auto`` becomes the mode the ``proposals`` stage chose (the ``mode`` of its
+    ``reports/proposals_info.json``), so what searches new images searches as the stage did; ``fast`` and ``quality``
+    stay as they are.
 
     Raises:
         FileNotFoundError: ``mode`` is ``auto`` and the stage has not written ``info_path``.
+        ValueError: the file names no mode the search knows.
     """
-    if settings.mode != "auto":
-        return settings
+    if mode != "auto":
+        return mode
     path = Path(info_path)
     if not path.is_file():
         raise FileNotFoundError(f"proposals.mode is auto, and {path} (where the proposals stage records the mode it "
                                 "chose) does not exist: run the proposals stage first, or set proposals.mode to "
                                 f"{' or '.join(MODES)}")
-    mode = json.loads(path.read_text()).get("mode")
-    if mode not in MODES:
-        raise ValueError(f"{path}: mode {mode!r} is not one of {', '.join(MODES)}; run the proposals stage again")
-    return replace(settings, mode=mode)
+    chosen = json.loads(path.read_text()).get("mode")
+    if chosen not in MODES:
+        raise ValueError(f"{path}: mode {chosen!r} is not one of {', '.join(MODES)}; run the proposals stage again")
+    return chosen
 
 
 def proposal_table(images: list[str], boxes: list[np.ndarray]) -> pd.DataFrame:
