@@ -111,16 +111,13 @@ def choose_mode(paths: list[str | Path], gt_boxes: list[np.ndarray], settings: P
     found: dict[str, float] = {}
     seconds: dict[str, float] = {}
     for mode in MODES:
-        hits = objects = 0
-        took = 0.0
         searched = propose_many([paths[k] for k in picks], replace(settings, mode=mode), workers)
         if progress:
             from tqdm import tqdm
 
             searched = tqdm(searched, total=len(picks), unit="img", desc=f"mode auto: {mode} on training images")
-        for k, (_, boxes, s) in zip(picks, searched, strict=True):
-            hits, objects, took = hits + covered(gt_boxes[k], boxes, 0.5), objects + len(gt_boxes[k]), took + s
-        found[mode], seconds[mode] = hits / objects, took / len(picks)
+        _, boxes, took = zip(*searched, strict=True)
+        found[mode], seconds[mode] = recall([gt_boxes[k] for k in picks], list(boxes), 0.5), sum(took) / len(picks)
     chosen = "quality" if found["quality"] - found["fast"] >= min_gain else "fast"
     return chosen, {"images": len(picks), "min_gain": min_gain, "recall_0.5": found, "seconds_per_image": seconds}
 
