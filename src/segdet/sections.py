@@ -120,13 +120,13 @@ class UnetTrainConfig:
     upsample: Literal["bilinear", "transpose"] = "bilinear"
     input_size: int = param(96, ge=16, le=2048)
     batch_size: int = param(8, ge=1, le=1024)
-    epochs: int = param(16, ge=1, le=10_000)
+    epochs: int = param(12, ge=1, le=10_000)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = param(0.001, gt=0.0, le=10.0)
     momentum: float = param(0.9, ge=0.0, lt=1.0)
     weight_decay: float = param(0.0, ge=0.0, le=1.0)
     loss: Literal["ce", "dice", "ce+dice"] = "ce+dice"
-    step_size: int = param(11, ge=1)
+    step_size: int = param(8, ge=1)
     gamma: float = param(0.1, gt=0.0, le=1.0)
     augment: bool = True
     rotate: float = param(0.0, ge=0.0, le=180.0)
