@@ -4,7 +4,8 @@ Reads ``data/manifests/det_{train,val,test}.txt`` and params ``proposals``; writ
 ``data/proposals/{train,val,test}.parquet`` (columns ``image, x1, y1, x2, y2``) and
 ``reports/proposals.json`` (recall of the ground-truth boxes at IoU 0.5 and 0.7, boxes per image) and
 ``reports/proposals_info.json`` (mode, workers, seconds per image: the run, not DVC metrics; with ``mode: auto``
-the mode chosen on training images and the recalls it was chosen on, ``mode_auto``).
+the mode chosen on training images and the recalls it was chosen on, ``mode_auto``; the training images searched
+for that choice are not searched again).
 """
 
 import argparse
@@ -19,7 +20,7 @@ from segdet import tracking
 from segdet.config import load_params, load_section
 from segdet.data.formats import SPLITS
 from segdet.data.pairs import box_targets, read_classes, read_manifest
-from segdet.detection.proposals import ProposalWriter, choose_mode, covered, propose_many
+from segdet.detection.proposals import ProposalWriter, choose_mode, covered, propose_reusing
 from segdet.io import atomic_dir, write_json
 from segdet.runtime import cpu_share
 from segdet.schema import flatten
@@ -41,11 +42,12 @@ def main(argv=None):
     classes = read_classes(args.manifests / "det_classes.txt")
     report = {"max_side": cfg.max_side}
     info = {"mode": cfg.mode, "workers": workers}  # and the timings: the run, not results (no DVC metrics)
+    sampled: dict = {}  # mode auto: the sampled training images' boxes in the chosen mode, not searched again
     with tracking.stage_run("proposals", flatten(cfg, "proposals.")) as run, atomic_dir(args.out) as out:
         if cfg.mode == "auto":  # chosen on training images; rcnn_eval and segdet predict read it from info
             pairs = read_manifest(args.manifests / "det_train.txt")
             gt = [t.boxes for t in box_targets(pairs, classes, Path("."))]
-            mode, chosen_on = choose_mode([p.image for p in pairs], gt, cfg, workers, progress=True)
+            mode, chosen_on = choose_mode([p.image for p in pairs], gt, cfg, workers, progress=True, keep=sampled)
             settings = replace(cfg, mode=mode)
             info.update(mode=mode, mode_auto=chosen_on)
             run.set_tags({"proposals_mode": mode})
@@ -61,8 +63,8 @@ def main(argv=None):
             objects = boxes = 0
             seconds = 0.0
             t0 = time.perf_counter()
-            found = tqdm(propose_many(paths, settings, workers), total=len(paths), unit="img",
-                         desc=f"selective search {split}")
+            found = tqdm(propose_reusing(paths, settings, workers, sampled if split == "train" else None),
+                         total=len(paths), unit="img", desc=f"selective search {split}")
             with ProposalWriter(out / f"{split}.parquet") as writer:
                 for (path, props, took), target in zip(found, targets, strict=True):
                     writer.add(path, props)

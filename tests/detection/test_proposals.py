@@ -147,11 +147,33 @@ def test_auto_mode_measures_each_modes_recall_with_the_real_search(tmp_path):
         boxes = np.array([[30, 20, 90, 60], [100, 70, 150, 110]], np.float32)
         gt.append(np.stack([160 - boxes[:, 2], boxes[:, 1], 160 - boxes[:, 0], boxes[:, 3]], 1) if k else boxes)
     cfg = ProposalsConfig("auto", max_side=100, min_size=4, max_proposals=20)
-    mode, info = choose_mode(paths, gt, cfg, workers=1)
+    kept = {}
+    mode, info = choose_mode(paths, gt, cfg, workers=1, keep=kept)
     assert mode in MODES and info["images"] == 2
     for m in MODES:  # each recall is what the search of that mode gives on the images, counted independently
         found = [selective_search(np.asarray(Image.open(p))[:, :, ::-1], replace(cfg, mode=m)) for p in paths]
         assert info["recall_0.5"][m] == recall(gt, found, 0.5)
+        if m == mode:  # the sample's boxes in the chosen mode, which the stage writes instead of searching again
+            assert list(kept) == paths
+            for p, boxes in zip(paths, found, strict=True):
+                np.testing.assert_array_equal(kept[p][0], boxes)
+
+
+def test_reused_search_results_keep_the_order_and_only_the_rest_is_searched(monkeypatch):
+    from segdet.detection import proposals
+
+    gt = [np.array([[i, 0, i + 10, 10]], np.float32) for i in range(6)]
+    search, searched = _fake_search(gt, set())
+    monkeypatch.setattr(proposals, "propose_many", search)
+    paths = [f"img{i}.jpg" for i in range(6)]
+    done = {"img1.jpg": (np.ones((3, 4), np.float32), 7.0), "img4.jpg": (np.zeros((0, 4), np.float32), 8.0)}
+    out = list(proposals.propose_reusing(paths, ProposalsConfig("fast"), 1, done))
+    assert [p for p, _, _ in out] == paths
+    assert searched == {"fast": ["img0.jpg", "img2.jpg", "img3.jpg", "img5.jpg"]}
+    assert [s for _, _, s in out] == [1.0, 7.0, 1.0, 1.0, 8.0, 1.0]
+    np.testing.assert_array_equal(out[1][1], done["img1.jpg"][0])
+    np.testing.assert_array_equal(out[2][1], gt[2])
+    assert [len(b) for _, b, _ in proposals.propose_reusing(paths[:2], ProposalsConfig("fast"), 1)] == [1, 1]
 
 
 def test_auto_mode_resolves_to_what_the_proposals_stage_chose(tmp_path):

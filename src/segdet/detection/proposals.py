@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -92,9 +92,26 @@ def propose_many(paths: list[str | Path], settings: ProposalsConfig, workers: in
         yield from pool.map(_work, jobs, chunksize=1)
 
 
+def propose_reusing(paths: list[str | Path], settings: ProposalsConfig, workers: int = 0,
+                    done: Mapping[str, tuple[np.ndarray, float]] | None = None) -> Iterator[tuple[str, np.ndarray, float]]:
+    """:func:`propose_many`, with the images in ``done`` (path -> ``(boxes, seconds)``, searched before with the same
+    ``settings``, e.g. :func:`choose_mode`'s sample in the mode it chose) taken from there instead of searched
+    again; in input order."""
+    done = {str(k): v for k, v in (done or {}).items()}
+    rest = propose_many([p for p in paths if str(p) not in done], settings, workers)
+    try:
+        for p in paths:
+            if str(p) in done:
+                yield (str(p), *done[str(p)])
+            else:
+                yield next(rest)
+    finally:
+        rest.close()
+
+
 def choose_mode(paths: list[str | Path], gt_boxes: list[np.ndarray], settings: ProposalsConfig, workers: int = 0,
-                images: int = AUTO_IMAGES, min_gain: float = AUTO_MIN_GAIN, progress: bool = False
-                ) -> tuple[str, dict]:
+                images: int = AUTO_IMAGES, min_gain: float = AUTO_MIN_GAIN, progress: bool = False,
+                keep: dict[str, tuple[np.ndarray, float]] | None = None) -> tuple[str, dict]:
     """``proposals.mode: auto``: ``quality`` if on up to ``images`` training images (evenly spaced among those with
     objects) it covers at least ``min_gain`` more of the ground-truth boxes at IoU 0.5 than ``fast``, else ``fast``.
 
@@ -102,6 +119,8 @@ def choose_mode(paths: list[str | Path], gt_boxes: list[np.ndarray], settings: P
     one colour that touch or overlap (cells, fruit, crowds) often merge into one region; quality mode's five
     colour spaces and five scales separate more of them, at about three times the time. Returns the mode and what
     it was chosen on: ``{"images", "min_gain", "recall_0.5": {mode: recall}, "seconds_per_image": {mode: s}}``.
+    ``keep``, when given, receives the sampled images' search in the chosen mode (path -> ``(boxes, seconds)``),
+    for :func:`propose_reusing`.
     """
     with_objects = [i for i, gt in enumerate(gt_boxes) if len(gt)]
     if not with_objects:
@@ -110,15 +129,19 @@ def choose_mode(paths: list[str | Path], gt_boxes: list[np.ndarray], settings: P
     picks = [with_objects[round(k * (len(with_objects) - 1) / max(1, n - 1))] for k in range(n)]  # distinct
     found: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    results: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
     for mode in MODES:
         searched = propose_many([paths[k] for k in picks], replace(settings, mode=mode), workers)
         if progress:
             from tqdm import tqdm
 
             searched = tqdm(searched, total=len(picks), unit="img", desc=f"mode auto: {mode} on training images")
-        _, boxes, took = zip(*searched, strict=True)
+        names, boxes, took = zip(*searched, strict=True)
         found[mode], seconds[mode] = recall([gt_boxes[k] for k in picks], list(boxes), 0.5), sum(took) / len(picks)
+        results[mode] = {n: (b, s) for n, b, s in zip(names, boxes, took, strict=True)}
     chosen = "quality" if found["quality"] - found["fast"] >= min_gain else "fast"
+    if keep is not None:
+        keep.update(results[chosen])
     return chosen, {"images": len(picks), "min_gain": min_gain, "recall_0.5": found, "seconds_per_image": seconds}
 
 
