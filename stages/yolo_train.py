@@ -1,8 +1,8 @@
 """DVC stage ``yolo_train``: train YOLOv1 on the detection manifests.
 
 Reads the det manifests, ``models/rcnn_cnn.pt`` (backbone transfer when the backbones match); writes
-``models/yolo.pt`` (best val mAP@0.5, with each class's best-F1 score on val under ``yolo_eval``'s detection
-settings: the operating point; with ``yolo_eval.nms_iou: auto`` also the NMS IoU of the best val mAP@0.5) and
+``models/yolo.pt`` (the weights of the best val mAP@0.5, or of the last epoch with ``keep: last``, with each
+class's best-F1 score on val under ``yolo_eval``'s detection settings: the operating point; with ``yolo_eval.nms_iou: auto`` also the NMS IoU of the best val mAP@0.5) and
 ``reports/yolo_train.csv``; ``models/yolo_run/last.pt`` resumes.
 """
 
@@ -50,8 +50,9 @@ def main(argv=None):
                                    use_difficult=use_difficult, cpu_bf16=base.cpu_bf16)
         if not distributed.is_main():  # rank 0 writes the outputs and logs
             return
+        kept = result.last_checkpoint if cfg.keep == "last" else result.best_checkpoint
         choice = save_with_thresholds(
-            model, result.best_checkpoint, args.model, DetectionDataset(args.manifests / "det_val.txt", classes),
+            model, kept, args.model, DetectionDataset(args.manifests / "det_val.txt", classes),
             json.loads((args.manifests / "det_val_coco.json").read_text()), device=device, min_score=ev.min_score,
             nms_iou=None if ev.nms_iou == "auto" else ev.nms_iou, max_detections=ev.max_detections,
             tta=None if ev.tta == "auto" else ev.tta)
@@ -68,8 +69,11 @@ def main(argv=None):
         run.log_metrics({"best_val_map50": result.best_value, "best_epoch": result.best_epoch})
         run.log_artifact(args.plots)
         run.log_checkpoint(args.model)  # for segdet predict --run
-        print(f"yolo_train: best val mAP@0.5 {result.best_value:.4f} at epoch {result.best_epoch} -> {args.model}; "
-              "operating thresholds (best F1 on val): "
+        last = result.history[-1] if result.history else {}
+        kept_as = (f"the last epoch ({last.get('epoch')}, val mAP@0.5 {last.get('val_map50', float('nan')):.4f}; "
+                   f"best {result.best_value:.4f} at epoch {result.best_epoch})" if cfg.keep == "last" else
+                   f"best val mAP@0.5 {result.best_value:.4f} at epoch {result.best_epoch}")
+        print(f"yolo_train: {kept_as} -> {args.model}; operating thresholds (best F1 on val): "
               + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, thresholds, strict=True)))
 
 

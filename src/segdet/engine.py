@@ -432,11 +432,13 @@ def loaders(train_ds, val_ds, *, batch_size: int, workers: int | str, device: to
     return train, val
 
 
-def load_best(model: nn.Module, result: FitResult, device: torch.device) -> nn.Module:
-    """``model`` with the weights of the run's best checkpoint (the epoch the monitored metric chose); under
+def load_best(model: nn.Module, result: FitResult, device: torch.device, last: bool = False) -> nn.Module:
+    """``model`` with the weights of the run's best checkpoint (the epoch the monitored metric chose), or with
+    ``last`` of its last checkpoint (the validated weights: the moving average's when there is one); under
     torchrun only rank 0, which wrote it, loads it (the others' work ends with training)."""
     if not distributed.is_main():
         return model
-    best = torch.load(result.best_checkpoint, map_location=device, weights_only=True)
+    best = torch.load(result.last_checkpoint if last else result.best_checkpoint, map_location=device,
+                      weights_only=True)
     model.load_state_dict(best["model"])
     return model

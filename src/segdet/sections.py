@@ -258,6 +258,7 @@ class YoloTrainConfig:
     workers: int | Literal["auto"] = param("auto", ge=0, le=64)
     amp: bool = True
     val_score_threshold: float = param(0.05, ge=0.0, le=1.0)
+    keep: Literal["best", "last"] = "best"
     weights: str | None = param(None, false_is_null=True)
     init_from: str | None = param(None, false_is_null=True)
     init_from_rcnn: bool = True

@@ -79,6 +79,35 @@ def test_ema_weights_are_saved_evaluated_and_resumed(scenes, tmp_path):
     assert load_checkpoint(tmp_path / "b" / "best.pt")["metrics"]["best_epoch"] == resumed.best_epoch
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_returns_the_best_or_the_last_epochs_weights(scenes, tmp_path, monkeypatch, keep):
+    """Validation made to peak at epoch 1 of 3: ``keep: best`` returns best.pt's weights (epoch 1), ``keep: last``
+    last.pt's (epoch 3)."""
+    calls = []
+
+    def falling(model, *args, **kwargs):
+        calls.append(1)
+        return {"val_loss": float(len(calls)), "val_map50": 1.0 / len(calls)}
+
+    monkeypatch.setattr(yolo_train, "validate", falling)
+    model, result = _train(scenes, tmp_path / keep, _cfg(keep=keep))
+    assert result.best_epoch == 1
+    best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
+    assert best["epoch"] == 1 and last["epoch"] == 3
+    kept = last if keep == "last" else best
+    other = best if keep == "last" else last
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in kept["model"].items())
+    assert not all(torch.equal(state[k], v) for k, v in other["model"].items())
+
+
+def test_keep_names_its_values():
+    with pytest.raises(ConfigError, match="yolo_train.keep = .final. is not allowed; choose one of: best, last"):
+        from segdet.schema import _build
+
+        _build(YoloTrainConfig, {"keep": "final"}, "yolo_train")
+
+
 def _lrs(cfg, lr=0.01):
     """The learning rate of each epoch under ``schedule`` (the optimizer built with ``lr``)."""
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=lr)

@@ -210,7 +210,8 @@ def train_yolo(
     use_difficult: bool = False,
     cpu_bf16: bool = False,
 ) -> tuple[YOLOv1, FitResult]:
-    """Train YOLOv1; ``run_dir`` gets ``last.pt`` (resume) and ``best.pt`` (highest validation mAP@0.5).
+    """Train YOLOv1; ``run_dir`` gets ``last.pt`` (resume) and ``best.pt`` (highest validation mAP@0.5). The
+    returned model has the weights ``cfg.keep`` names: ``best.pt``'s, or the last epoch's.
 
     ``use_difficult`` (``data.det.use_difficult``): train on VOC difficult objects too; validation mAP
     ignores them either way (:func:`validate`)."""
@@ -275,4 +276,4 @@ def train_yolo(
                  generator=generator, amp=cfg.amp, cpu_bf16=cpu_bf16, resume=cfg.weights, config=config, classes=classes,
                  on_epoch=on_epoch, progress=progress, desc=f"yolo {cfg.backbone}", grad_clip=cfg.grad_clip,
                  ema_decay=cfg.ema_decay)
-    return load_best(model, result, device), result
+    return load_best(model, result, device, last=cfg.keep == "last"), result
